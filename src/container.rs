@@ -1,0 +1,700 @@
+//! The `.tvlt` container: one encrypted file. See docs/FORMAT.md for the byte layout.
+//!
+//! ```text
+//! [fixed header 64 B][key slots][chunk ciphertexts][chunk table 28 B × n][header MAC 32 B]
+//! ```
+//! Chunk ciphertexts carry no inline tag: each chunk's nonce and tag live in the chunk table,
+//! which the header MAC covers. Rolling a chunk back, swapping, truncating or extending is
+//! therefore caught either by the MAC or by the chunk's AEAD check against the table.
+
+use std::io::{self, Seek, SeekFrom, Write};
+
+use crate::crypto::{
+    self, CryptoError, FileKeys, PrivateKey, PublicKey, SecretKey, WrappedKey, FILE_ID_LEN,
+    MAC_LEN, NONCE_LEN, TAG_LEN, WRAPPED_KEY_LEN,
+};
+
+pub const MAGIC: [u8; 4] = *b"TVLT";
+pub const VERSION: u16 = 1;
+pub const FIXED_HEADER_LEN: usize = 64;
+/// The header MAC covers the fixed header up to the slot-section length, which is excluded so
+/// that key slots can be added or removed by someone who does not hold the data key.
+pub const MACED_HEADER_LEN: usize = 60;
+pub const TABLE_ENTRY_LEN: usize = NONCE_LEN + TAG_LEN;
+pub const MIN_CHUNK_LOG2: u8 = 12;
+pub const MAX_CHUNK_LOG2: u8 = 20;
+pub const DEFAULT_CHUNK_LOG2: u8 = 16;
+/// Bounds what a hostile file can make a parser allocate for key slots.
+pub const MAX_SLOTS_LEN: u32 = 1 << 20;
+pub const MAX_LABEL_LEN: usize = 255;
+const SLOT_FIXED_LEN: usize = 32 + NONCE_LEN + WRAPPED_KEY_LEN;
+const SLOT_AAD_PREFIX: &[u8] = b"tensorvault v1 slot";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("not a tensorvault container (bad magic)")]
+    NotAContainer,
+    #[error("unsupported container version {0} (this build reads version {VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("malformed container: {0}")]
+    Malformed(String),
+    #[error(
+        "container is {actual} bytes but its header implies {expected} (truncated or extended)"
+    )]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error("no key slot for {0:?}")]
+    NoSlot(String),
+    #[error("key slot for {0:?} does not open with this key")]
+    SlotAuthentication(String),
+    #[error("header authentication failed (header or chunk table altered, or wrong data key)")]
+    HeaderAuthentication,
+    #[error("chunk {index} failed authentication (altered, swapped or rolled back)")]
+    ChunkAuthentication { index: u64 },
+    #[error("invalid chunk size 2^{0}: must be a power of two from 4 KiB to 1 MiB")]
+    ChunkSize(u8),
+    #[error("invalid key slot label {0:?}")]
+    Label(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ContainerError>;
+
+/// Number of chunks for a plaintext length. An empty file still has one (empty, final) chunk,
+/// so that truncating a file to nothing is detected like any other truncation.
+pub fn chunk_count(plaintext_len: u64, chunk_log2: u8) -> u64 {
+    let cs = 1u64 << chunk_log2;
+    plaintext_len.div_ceil(cs).max(1)
+}
+
+pub fn chunk_log2_from_size(size: u64) -> Result<u8> {
+    let log2 = size.trailing_zeros();
+    let log2 = u8::try_from(log2).unwrap_or(u8::MAX);
+    if !size.is_power_of_two() || !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&log2) {
+        return Err(ContainerError::ChunkSize(log2));
+    }
+    Ok(log2)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedHeader {
+    pub file_id: [u8; FILE_ID_LEN],
+    pub chunk_log2: u8,
+    pub plaintext_len: u64,
+    pub slots_len: u32,
+}
+
+impl FixedHeader {
+    pub fn encode(&self) -> [u8; FIXED_HEADER_LEN] {
+        let mut b = [0u8; FIXED_HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        b[6] = self.chunk_log2;
+        b[8..24].copy_from_slice(&self.file_id);
+        b[24..32].copy_from_slice(&self.plaintext_len.to_le_bytes());
+        b[60..64].copy_from_slice(&self.slots_len.to_le_bytes());
+        b
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let b: &[u8; FIXED_HEADER_LEN] = bytes
+            .get(..FIXED_HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| {
+                if bytes.len() >= 4 && bytes[..4] != MAGIC {
+                    ContainerError::NotAContainer
+                } else {
+                    ContainerError::Malformed(format!(
+                        "{} bytes is shorter than the {FIXED_HEADER_LEN}-byte header",
+                        bytes.len()
+                    ))
+                }
+            })?;
+        if b[0..4] != MAGIC {
+            return Err(ContainerError::NotAContainer);
+        }
+        let version = u16::from_le_bytes([b[4], b[5]]);
+        if version != VERSION {
+            return Err(ContainerError::UnsupportedVersion(version));
+        }
+        let chunk_log2 = b[6];
+        if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
+            return Err(ContainerError::ChunkSize(chunk_log2));
+        }
+        if b[7] != 0 || b[32..60].iter().any(|&x| x != 0) {
+            return Err(ContainerError::Malformed(
+                "reserved header bytes are not zero".into(),
+            ));
+        }
+        let mut file_id = [0u8; FILE_ID_LEN];
+        file_id.copy_from_slice(&b[8..24]);
+        let plaintext_len = u64::from_le_bytes(le8(&b[24..32]));
+        let slots_len = u32::from_le_bytes([b[60], b[61], b[62], b[63]]);
+        if !(2..=MAX_SLOTS_LEN).contains(&slots_len) {
+            return Err(ContainerError::Malformed(format!(
+                "key-slot section length {slots_len} is out of range"
+            )));
+        }
+        Ok(FixedHeader {
+            file_id,
+            chunk_log2,
+            plaintext_len,
+            slots_len,
+        })
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        1u64 << self.chunk_log2
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        chunk_count(self.plaintext_len, self.chunk_log2)
+    }
+
+    /// Offsets of each region, or `None` if they overflow a u64 (a hostile length field).
+    pub fn layout(&self) -> Option<Layout> {
+        let data = (FIXED_HEADER_LEN as u64).checked_add(u64::from(self.slots_len))?;
+        let table = data.checked_add(self.plaintext_len)?;
+        let mac = self
+            .chunk_count()
+            .checked_mul(TABLE_ENTRY_LEN as u64)?
+            .checked_add(table)?;
+        let total = mac.checked_add(MAC_LEN as u64)?;
+        Some(Layout {
+            data,
+            table,
+            mac,
+            total,
+        })
+    }
+
+    /// Plaintext range of chunk `index`.
+    pub fn chunk_range(&self, index: u64) -> (u64, u64) {
+        let start = index << self.chunk_log2;
+        let end = (start + self.chunk_size()).min(self.plaintext_len);
+        (start, end.max(start))
+    }
+}
+
+fn le8(s: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&s[..8]);
+    a
+}
+
+/// Byte offsets of the regions of a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub data: u64,
+    pub table: u64,
+    pub mac: u64,
+    pub total: u64,
+}
+
+/// The data key wrapped to one recipient, labelled with the recipient's user name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySlot {
+    pub label: String,
+    pub wrapped: WrappedKey,
+}
+
+fn check_label(label: &str) -> Result<()> {
+    if label.is_empty() || label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
+        return Err(ContainerError::Label(label.to_string()));
+    }
+    Ok(())
+}
+
+/// A slot's AEAD binds it to this file and this label: a slot copied to another file, or
+/// relabelled to another user, does not open.
+fn slot_aad(file_id: &[u8; FILE_ID_LEN], label: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(SLOT_AAD_PREFIX.len() + FILE_ID_LEN + label.len());
+    aad.extend_from_slice(SLOT_AAD_PREFIX);
+    aad.extend_from_slice(file_id);
+    aad.extend_from_slice(label.as_bytes());
+    aad
+}
+
+impl KeySlot {
+    pub fn seal(
+        file_id: &[u8; FILE_ID_LEN],
+        label: &str,
+        recipient: &PublicKey,
+        data_key: &SecretKey,
+    ) -> Result<Self> {
+        check_label(label)?;
+        let wrapped = crypto::wrap_key(recipient, data_key, &slot_aad(file_id, label))?;
+        Ok(KeySlot {
+            label: label.to_string(),
+            wrapped,
+        })
+    }
+
+    pub fn open(&self, file_id: &[u8; FILE_ID_LEN], key: &PrivateKey) -> Result<SecretKey> {
+        crypto::unwrap_key(key, &self.wrapped, &slot_aad(file_id, &self.label))
+            .map_err(|_| ContainerError::SlotAuthentication(self.label.clone()))
+    }
+}
+
+pub fn encode_slots(slots: &[KeySlot]) -> Result<Vec<u8>> {
+    let count = u16::try_from(slots.len())
+        .map_err(|_| ContainerError::Malformed(format!("{} key slots is too many", slots.len())))?;
+    let mut out = Vec::with_capacity(2 + slots.len() * (1 + 16 + SLOT_FIXED_LEN));
+    out.extend_from_slice(&count.to_le_bytes());
+    for slot in slots {
+        check_label(&slot.label)?;
+        if slots.iter().filter(|s| s.label == slot.label).count() > 1 {
+            return Err(ContainerError::Malformed(format!(
+                "two key slots for {:?}",
+                slot.label
+            )));
+        }
+        out.push(slot.label.len() as u8);
+        out.extend_from_slice(slot.label.as_bytes());
+        out.extend_from_slice(&slot.wrapped.ephemeral_public);
+        out.extend_from_slice(&slot.wrapped.nonce);
+        out.extend_from_slice(&slot.wrapped.sealed);
+    }
+    if out.len() > MAX_SLOTS_LEN as usize {
+        return Err(ContainerError::Malformed(
+            "key-slot section too large".into(),
+        ));
+    }
+    Ok(out)
+}
+
+pub fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
+    let bad = |why: &str| ContainerError::Malformed(format!("key-slot section: {why}"));
+    let (count, mut rest) = match bytes {
+        [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
+        _ => return Err(bad("too short")),
+    };
+    let mut slots: Vec<KeySlot> = Vec::with_capacity(usize::from(count).min(1024));
+    for _ in 0..count {
+        let (&len, tail) = rest.split_first().ok_or_else(|| bad("truncated"))?;
+        let len = usize::from(len);
+        if tail.len() < len + SLOT_FIXED_LEN {
+            return Err(bad("truncated"));
+        }
+        let label = std::str::from_utf8(&tail[..len])
+            .map_err(|_| bad("label is not UTF-8"))?
+            .to_string();
+        check_label(&label)?;
+        if slots.iter().any(|s| s.label == label) {
+            return Err(bad(&format!("two slots for {label:?}")));
+        }
+        let f = &tail[len..len + SLOT_FIXED_LEN];
+        let mut wrapped = WrappedKey {
+            ephemeral_public: [0; 32],
+            nonce: [0; NONCE_LEN],
+            sealed: [0; WRAPPED_KEY_LEN],
+        };
+        wrapped.ephemeral_public.copy_from_slice(&f[..32]);
+        wrapped.nonce.copy_from_slice(&f[32..32 + NONCE_LEN]);
+        wrapped.sealed.copy_from_slice(&f[32 + NONCE_LEN..]);
+        slots.push(KeySlot { label, wrapped });
+        rest = &tail[len + SLOT_FIXED_LEN..];
+    }
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the last slot"));
+    }
+    Ok(slots)
+}
+
+/// A structurally checked container whose contents are not yet authenticated. Opening it
+/// needs the data key, obtained from one of its key slots.
+pub struct Container<B> {
+    bytes: B,
+    header: FixedHeader,
+    layout: Layout,
+    slots: Vec<KeySlot>,
+}
+
+impl<B: AsRef<[u8]>> Container<B> {
+    /// Checks magic, version, reserved bytes, the slot section and that the total length is
+    /// exactly what the header implies. No key is needed.
+    pub fn parse(bytes: B) -> Result<Self> {
+        let b = bytes.as_ref();
+        let header = FixedHeader::decode(b)?;
+        let layout = header
+            .layout()
+            .ok_or_else(|| ContainerError::Malformed("region lengths overflow".into()))?;
+        let actual = b.len() as u64;
+        if actual != layout.total {
+            return Err(ContainerError::SizeMismatch {
+                expected: layout.total,
+                actual,
+            });
+        }
+        let slots = decode_slots(&b[FIXED_HEADER_LEN..layout.data as usize])?;
+        Ok(Container {
+            bytes,
+            header,
+            layout,
+            slots,
+        })
+    }
+
+    pub fn header(&self) -> &FixedHeader {
+        &self.header
+    }
+
+    pub fn slots(&self) -> &[KeySlot] {
+        &self.slots
+    }
+
+    pub fn slot(&self, label: &str) -> Option<&KeySlot> {
+        self.slots.iter().find(|s| s.label == label)
+    }
+
+    /// Unwraps the data key from `label`'s slot.
+    pub fn unwrap_key(&self, label: &str, key: &PrivateKey) -> Result<SecretKey> {
+        self.slot(label)
+            .ok_or_else(|| ContainerError::NoSlot(label.to_string()))?
+            .open(&self.header.file_id, key)
+    }
+
+    /// Verifies the header MAC under `data_key` and returns a reader. The MAC covers the
+    /// fixed header and the whole chunk table, so after this every chunk's expected tag is
+    /// trusted.
+    pub fn open(self, data_key: &SecretKey) -> Result<Reader<B>> {
+        let keys = FileKeys::derive(data_key, &self.header.file_id);
+        let b = self.bytes.as_ref();
+        let fixed = &b[..MACED_HEADER_LEN];
+        let table = &b[self.layout.table as usize..self.layout.mac as usize];
+        let mac = &b[self.layout.mac as usize..self.layout.total as usize];
+        keys.verify_header_mac(&[fixed, table], mac)
+            .map_err(|_| ContainerError::HeaderAuthentication)?;
+        Ok(Reader {
+            bytes: self.bytes,
+            header: self.header,
+            layout: self.layout,
+            slots: self.slots,
+            keys,
+        })
+    }
+
+    /// Writes this container with `slots` replacing its key slots; the data, chunk table and
+    /// MAC are copied unchanged (no re-encryption).
+    pub fn write_with_slots<W: Write>(&self, slots: &[KeySlot], out: &mut W) -> Result<()> {
+        let encoded = encode_slots(slots)?;
+        let mut header = self.header;
+        header.slots_len = encoded.len() as u32;
+        out.write_all(&header.encode())?;
+        out.write_all(&encoded)?;
+        out.write_all(&self.bytes.as_ref()[self.layout.data as usize..])?;
+        Ok(())
+    }
+
+    pub fn into_bytes(self) -> B {
+        self.bytes
+    }
+}
+
+/// An authenticated, random-access view of a container's plaintext. `Sync`: the mount reads
+/// one reader from many threads at once.
+pub struct Reader<B> {
+    bytes: B,
+    header: FixedHeader,
+    layout: Layout,
+    slots: Vec<KeySlot>,
+    keys: FileKeys,
+}
+
+impl<B: AsRef<[u8]>> Reader<B> {
+    pub fn header(&self) -> &FixedHeader {
+        &self.header
+    }
+
+    pub fn slots(&self) -> &[KeySlot] {
+        &self.slots
+    }
+
+    pub fn len(&self) -> u64 {
+        self.header.plaintext_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.plaintext_len == 0
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.header.chunk_size()
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.header.chunk_count()
+    }
+
+    fn table_entry(&self, index: u64) -> ([u8; NONCE_LEN], [u8; TAG_LEN]) {
+        let at = (self.layout.table + index * TABLE_ENTRY_LEN as u64) as usize;
+        let e = &self.bytes.as_ref()[at..at + TABLE_ENTRY_LEN];
+        let mut nonce = [0u8; NONCE_LEN];
+        let mut tag = [0u8; TAG_LEN];
+        nonce.copy_from_slice(&e[..NONCE_LEN]);
+        tag.copy_from_slice(&e[NONCE_LEN..]);
+        (nonce, tag)
+    }
+
+    /// Decrypts chunk `index` into the front of `out` and returns its length. `out` must hold
+    /// at least `chunk_size()` bytes (or the chunk's length).
+    pub fn read_chunk(&self, index: u64, out: &mut [u8]) -> Result<usize> {
+        if index >= self.chunk_count() {
+            return Err(ContainerError::Malformed(format!(
+                "chunk {index} is past the last chunk"
+            )));
+        }
+        let (start, end) = self.header.chunk_range(index);
+        let n = (end - start) as usize;
+        let out = &mut out[..n];
+        let at = (self.layout.data + start) as usize;
+        out.copy_from_slice(&self.bytes.as_ref()[at..at + n]);
+        let (nonce, tag) = self.table_entry(index);
+        let last = index + 1 == self.chunk_count();
+        self.keys
+            .open_chunk(index, last, &nonce, &tag, out)
+            .map_err(|_| ContainerError::ChunkAuthentication { index })?;
+        Ok(n)
+    }
+
+    /// Fills `buf` with plaintext from `offset`, decrypting only the chunks that overlap the
+    /// range; returns the number of bytes read (short only at end of file). Whole chunks are
+    /// decrypted straight into `buf`; only partially covered chunks go through a scratch
+    /// buffer.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let len = self.len();
+        if offset >= len || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = len.min(offset.saturating_add(buf.len() as u64));
+        let want = (end - offset) as usize;
+        let cs = self.chunk_size();
+        let mut scratch: Vec<u8> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos >> self.header.chunk_log2;
+            let (cstart, cend) = self.header.chunk_range(index);
+            let dst = (pos - offset) as usize;
+            if pos == cstart && cend <= end {
+                let n = (cend - cstart) as usize;
+                self.read_chunk(index, &mut buf[dst..dst + n])?;
+            } else {
+                if scratch.is_empty() {
+                    scratch.resize(cs as usize, 0);
+                }
+                self.read_chunk(index, &mut scratch)?;
+                let from = (pos - cstart) as usize;
+                let to = (cend.min(end) - cstart) as usize;
+                buf[dst..dst + to - from].copy_from_slice(&scratch[from..to]);
+            }
+            pos = cend.min(end);
+        }
+        zeroize::Zeroize::zeroize(&mut scratch);
+        Ok(want)
+    }
+
+    /// Authenticates every chunk (for `fsck` and `get`), without keeping plaintext.
+    pub fn verify_all(&self) -> Result<()> {
+        let mut scratch = zeroize::Zeroizing::new(vec![0u8; self.chunk_size() as usize]);
+        for index in 0..self.chunk_count() {
+            self.read_chunk(index, &mut scratch)?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams plaintext into a new container. Full chunks are sealed and written as soon as the
+/// next byte shows they are not the last; the fixed header (with the final length), the
+/// chunk table and the MAC are written by `finish`.
+pub struct Writer<W: Write + Seek> {
+    out: W,
+    keys: FileKeys,
+    header: FixedHeader,
+    table: Vec<u8>,
+    /// Plaintext of the chunk being filled; wiped on drop.
+    pending: zeroize::Zeroizing<Vec<u8>>,
+    next_index: u64,
+    written: u64,
+}
+
+impl<W: Write + Seek> Writer<W> {
+    /// `recipients` are (label, public key) pairs, one key slot each.
+    pub fn new(
+        mut out: W,
+        data_key: &SecretKey,
+        chunk_log2: u8,
+        recipients: &[(String, PublicKey)],
+    ) -> Result<Self> {
+        if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
+            return Err(ContainerError::ChunkSize(chunk_log2));
+        }
+        let file_id: [u8; FILE_ID_LEN] = crypto::random_array()?;
+        let slots = recipients
+            .iter()
+            .map(|(label, pk)| KeySlot::seal(&file_id, label, pk, data_key))
+            .collect::<Result<Vec<_>>>()?;
+        let encoded = encode_slots(&slots)?;
+        let header = FixedHeader {
+            file_id,
+            chunk_log2,
+            plaintext_len: 0,
+            slots_len: encoded.len() as u32,
+        };
+        out.write_all(&header.encode())?;
+        out.write_all(&encoded)?;
+        Ok(Writer {
+            out,
+            keys: FileKeys::derive(data_key, &file_id),
+            header,
+            table: Vec::new(),
+            pending: zeroize::Zeroizing::new(Vec::with_capacity(1 << chunk_log2)),
+            next_index: 0,
+            written: 0,
+        })
+    }
+
+    pub fn file_id(&self) -> &[u8; FILE_ID_LEN] {
+        &self.header.file_id
+    }
+
+    fn seal_pending(&mut self, last: bool) -> Result<()> {
+        let (nonce, tag) =
+            self.keys
+                .seal_chunk(self.next_index, last, self.pending.as_mut_slice())?;
+        self.out.write_all(&self.pending)?;
+        self.table.extend_from_slice(&nonce);
+        self.table.extend_from_slice(&tag);
+        self.pending.clear();
+        self.next_index += 1;
+        Ok(())
+    }
+
+    pub fn write_all(&mut self, mut data: &[u8]) -> Result<()> {
+        let cs = self.header.chunk_size() as usize;
+        while !data.is_empty() {
+            if self.pending.len() == cs {
+                // More data follows, so the buffered full chunk is not the last one.
+                self.seal_pending(false)?;
+            }
+            let take = (cs - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            self.written += take as u64;
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    /// Seals the last chunk, appends table and MAC, rewrites the fixed header with the final
+    /// length, and returns the sink (not yet synced: the caller decides durability).
+    pub fn finish(mut self) -> Result<W> {
+        self.seal_pending(true)?;
+        self.header.plaintext_len = self.written;
+        let encoded = self.header.encode();
+        let mac = self
+            .keys
+            .header_mac(&[&encoded[..MACED_HEADER_LEN], &self.table]);
+        self.out.write_all(&self.table)?;
+        self.out.write_all(&mac)?;
+        self.out.seek(SeekFrom::Start(0))?;
+        self.out.write_all(&encoded)?;
+        self.out.seek(SeekFrom::End(0))?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    pub(crate) fn encrypt(data: &[u8], log2: u8, who: &[(&str, &PrivateKey)]) -> Vec<u8> {
+        let dk = SecretKey::generate().unwrap();
+        let recipients: Vec<_> = who
+            .iter()
+            .map(|(n, k)| (n.to_string(), k.public_key()))
+            .collect();
+        let mut w = Writer::new(Cursor::new(Vec::new()), &dk, log2, &recipients).unwrap();
+        // Feed in odd-sized pieces to exercise chunk boundaries.
+        for piece in data.chunks(1000) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    fn open(bytes: Vec<u8>, key: &PrivateKey) -> Result<Reader<Vec<u8>>> {
+        let c = Container::parse(bytes)?;
+        let dk = c.unwrap_key("alice", key)?;
+        c.open(&dk)
+    }
+
+    #[test]
+    fn round_trip_sizes() {
+        let alice = PrivateKey::generate().unwrap();
+        for log2 in [12u8, 16] {
+            let cs = 1usize << log2;
+            for size in [0, 1, cs - 1, cs, cs + 1, 3 * cs + 17] {
+                let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+                let enc = encrypt(&data, log2, &[("alice", &alice)]);
+                let r = open(enc, &alice).unwrap();
+                assert_eq!(r.len(), size as u64);
+                let mut out = vec![0u8; size + 10];
+                assert_eq!(r.read_at(0, &mut out).unwrap(), size);
+                assert_eq!(&out[..size], &data[..]);
+                r.verify_all().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn slots_rewrite_keeps_data() {
+        let alice = PrivateKey::generate().unwrap();
+        let bob = PrivateKey::generate().unwrap();
+        let enc = encrypt(b"hello world", 12, &[("alice", &alice)]);
+        let c = Container::parse(enc).unwrap();
+        let dk = c.unwrap_key("alice", &alice).unwrap();
+        let mut slots = c.slots().to_vec();
+        slots.push(KeySlot::seal(&c.header().file_id, "bob", &bob.public_key(), &dk).unwrap());
+        let mut out = Vec::new();
+        c.write_with_slots(&slots, &mut out).unwrap();
+        let c2 = Container::parse(out).unwrap();
+        let dk2 = c2.unwrap_key("bob", &bob).unwrap();
+        let r = c2.open(&dk2).unwrap();
+        let mut buf = [0u8; 11];
+        r.read_at(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"hello world");
+    }
+
+    #[test]
+    fn relabelled_slot_does_not_open() {
+        let alice = PrivateKey::generate().unwrap();
+        let enc = encrypt(b"x", 12, &[("alice", &alice)]);
+        let c = Container::parse(enc).unwrap();
+        let mut slots = c.slots().to_vec();
+        slots[0].label = "mallory".into();
+        let mut out = Vec::new();
+        c.write_with_slots(&slots, &mut out).unwrap();
+        let c2 = Container::parse(out).unwrap();
+        assert!(matches!(
+            c2.unwrap_key("mallory", &alice),
+            Err(ContainerError::SlotAuthentication(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_headers_do_not_panic() {
+        let alice = PrivateKey::generate().unwrap();
+        let enc = encrypt(&[1u8; 5000], 12, &[("alice", &alice)]);
+        for i in 0..enc.len().min(300) {
+            for v in [0u8, 0xff, 0x80] {
+                let mut b = enc.clone();
+                b[i] = v;
+                let _ = open(b, &alice);
+            }
+        }
+        for cut in 0..enc.len() {
+            assert!(Container::parse(&enc[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! Cryptographic building blocks: chunk AEAD, header MAC, key derivation, key wrapping to
+//! X25519 recipients and passphrase sealing with Argon2id.
+//!
+//! Everything here is a thin, typed layer over audited RustCrypto / dalek primitives; this
+//! module knows nothing about files, users or stores. All secret material lives in types that
+//! zeroize on drop and have no `Debug` output that could leak it into logs.
+
+use aes_gcm_siv::aead::AeadInPlace;
+use aes_gcm_siv::{Aes256GcmSiv, KeyInit, Nonce, Tag};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+pub const KEY_LEN: usize = 32;
+pub const NONCE_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
+pub const MAC_LEN: usize = 32;
+pub const FILE_ID_LEN: usize = 16;
+/// Wrapped 32-byte key plus its AEAD tag.
+pub const WRAPPED_KEY_LEN: usize = KEY_LEN + TAG_LEN;
+
+const INFO_CHUNK_KEY: &[u8] = b"tensorvault v1 chunk key";
+const INFO_MAC_KEY: &[u8] = b"tensorvault v1 header mac key";
+const INFO_WRAP_KEY: &[u8] = b"tensorvault v1 key slot";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("authentication failed")]
+    Authentication,
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+    #[error("invalid key-derivation parameters: {0}")]
+    KdfParams(String),
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::getrandom(buf).map_err(|e| CryptoError::Random(e.to_string()))
+}
+
+pub fn random_array<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut out = [0u8; N];
+    fill_random(&mut out)?;
+    Ok(out)
+}
+
+/// A 256-bit secret key (a file's data key, or a key derived from a passphrase).
+#[derive(Clone)]
+pub struct SecretKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl SecretKey {
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        fill_random(key.as_mut())?;
+        Ok(SecretKey(key))
+    }
+
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        SecretKey(Zeroizing::new(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+fn hkdf_expand(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; KEY_LEN]> {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so expand cannot fail.
+    if hk.expand_multi_info(info, out.as_mut()).is_err() {
+        unreachable!("HKDF-SHA256 output of 32 bytes is always valid");
+    }
+    out
+}
+
+/// Per-file keys derived from the data key and the file id: one for chunk AEAD, one for the
+/// header MAC. Deriving both from the data key is what makes the header MAC a commitment to it.
+pub struct FileKeys {
+    chunk_cipher: Aes256GcmSiv,
+    mac_key: Zeroizing<[u8; KEY_LEN]>,
+    file_id: [u8; FILE_ID_LEN],
+}
+
+/// Additional data bound to every chunk: the file it belongs to, its position and whether it
+/// is the last one (so truncation at a chunk boundary is detected).
+fn chunk_aad(file_id: &[u8; FILE_ID_LEN], index: u64, last: bool) -> [u8; FILE_ID_LEN + 9] {
+    let mut aad = [0u8; FILE_ID_LEN + 9];
+    aad[..FILE_ID_LEN].copy_from_slice(file_id);
+    aad[FILE_ID_LEN..FILE_ID_LEN + 8].copy_from_slice(&index.to_le_bytes());
+    aad[FILE_ID_LEN + 8] = u8::from(last);
+    aad
+}
+
+impl FileKeys {
+    pub fn derive(data_key: &SecretKey, file_id: &[u8; FILE_ID_LEN]) -> Self {
+        let chunk_key = hkdf_expand(data_key.as_bytes(), file_id, &[INFO_CHUNK_KEY]);
+        let mac_key = hkdf_expand(data_key.as_bytes(), file_id, &[INFO_MAC_KEY]);
+        FileKeys {
+            chunk_cipher: Aes256GcmSiv::new(chunk_key.as_ref().into()),
+            mac_key,
+            file_id: *file_id,
+        }
+    }
+
+    /// Encrypts `buf` in place under a fresh random nonce; returns (nonce, tag).
+    pub fn seal_chunk(
+        &self,
+        index: u64,
+        last: bool,
+        buf: &mut [u8],
+    ) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN]), CryptoError> {
+        let nonce: [u8; NONCE_LEN] = random_array()?;
+        let aad = chunk_aad(&self.file_id, index, last);
+        let tag = self
+            .chunk_cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, buf)
+            .map_err(|_| CryptoError::Authentication)?;
+        Ok((nonce, tag.into()))
+    }
+
+    /// Decrypts `buf` in place. On failure `buf` holds no plaintext: it is zeroed.
+    pub fn open_chunk(
+        &self,
+        index: u64,
+        last: bool,
+        nonce: &[u8; NONCE_LEN],
+        tag: &[u8; TAG_LEN],
+        buf: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        let aad = chunk_aad(&self.file_id, index, last);
+        let result = self.chunk_cipher.decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            &aad,
+            buf,
+            Tag::from_slice(tag),
+        );
+        if result.is_err() {
+            buf.zeroize();
+            return Err(CryptoError::Authentication);
+        }
+        Ok(())
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        match <Hmac<Sha256> as Mac>::new_from_slice(self.mac_key.as_ref()) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC accepts keys of any length"),
+        }
+    }
+
+    /// HMAC-SHA256 over the concatenation of `parts`.
+    pub fn header_mac(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+        let mut mac = self.mac();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Constant-time check of a header MAC.
+    pub fn verify_header_mac(&self, parts: &[&[u8]], expected: &[u8]) -> Result<(), CryptoError> {
+        let mut mac = self.mac();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.verify_slice(expected)
+            .map_err(|_| CryptoError::Authentication)
+    }
+}
+
+/// An X25519 public key of a keyring.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(x25519_dalek::PublicKey);
+
+impl PublicKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        PublicKey(x25519_dalek::PublicKey::from(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// Short, human-comparable fingerprint: the first 16 bytes of SHA-256, hex in groups of 4.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.as_bytes());
+        let hex = hex::encode(&digest[..16]);
+        hex.as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", self.fingerprint())
+    }
+}
+
+/// An X25519 private key; the dalek type zeroizes itself on drop.
+pub struct PrivateKey(x25519_dalek::StaticSecret);
+
+impl PrivateKey {
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut bytes: [u8; 32] = random_array()?;
+        let key = PrivateKey(x25519_dalek::StaticSecret::from(bytes));
+        bytes.zeroize();
+        Ok(key)
+    }
+
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        PrivateKey(x25519_dalek::StaticSecret::from(*bytes))
+    }
+
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(x25519_dalek::PublicKey::from(&self.0))
+    }
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+/// A data key wrapped to one recipient: ephemeral public key, nonce and sealed key + tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub ephemeral_public: [u8; 32],
+    pub nonce: [u8; NONCE_LEN],
+    pub sealed: [u8; WRAPPED_KEY_LEN],
+}
+
+fn wrap_cipher(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) -> Aes256GcmSiv {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(ephemeral);
+    salt[32..].copy_from_slice(recipient);
+    let key = hkdf_expand(shared, &salt, &[INFO_WRAP_KEY]);
+    Aes256GcmSiv::new(key.as_ref().into())
+}
+
+/// Wraps `data_key` to `recipient` (ephemeral-static ECDH, HKDF-SHA256, AES-256-GCM-SIV).
+/// `aad` binds the slot to its context (file id and recipient label).
+pub fn wrap_key(
+    recipient: &PublicKey,
+    data_key: &SecretKey,
+    aad: &[u8],
+) -> Result<WrappedKey, CryptoError> {
+    let ephemeral = PrivateKey::generate()?;
+    let ephemeral_public = *ephemeral.public_key().as_bytes();
+    let shared = ephemeral.0.diffie_hellman(&recipient.0);
+    let cipher = wrap_cipher(shared.as_bytes(), &ephemeral_public, recipient.as_bytes());
+    let nonce: [u8; NONCE_LEN] = random_array()?;
+    let mut sealed = [0u8; WRAPPED_KEY_LEN];
+    sealed[..KEY_LEN].copy_from_slice(data_key.as_bytes());
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut sealed[..KEY_LEN])
+        .map_err(|_| CryptoError::Authentication)?;
+    sealed[KEY_LEN..].copy_from_slice(&tag);
+    Ok(WrappedKey {
+        ephemeral_public,
+        nonce,
+        sealed,
+    })
+}
+
+pub fn unwrap_key(
+    private: &PrivateKey,
+    wrapped: &WrappedKey,
+    aad: &[u8],
+) -> Result<SecretKey, CryptoError> {
+    let ephemeral = x25519_dalek::PublicKey::from(wrapped.ephemeral_public);
+    let shared = private.0.diffie_hellman(&ephemeral);
+    // A low-order ephemeral key yields an all-zero secret anyone could compute; refuse it.
+    if !shared.was_contributory() {
+        return Err(CryptoError::Authentication);
+    }
+    let recipient = private.public_key();
+    let cipher = wrap_cipher(
+        shared.as_bytes(),
+        &wrapped.ephemeral_public,
+        recipient.as_bytes(),
+    );
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    key.copy_from_slice(&wrapped.sealed[..KEY_LEN]);
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&wrapped.nonce),
+            aad,
+            key.as_mut(),
+            Tag::from_slice(&wrapped.sealed[KEY_LEN..]),
+        )
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok(SecretKey(key))
+}
+
+/// Argon2id cost parameters, stored beside every sealed keyring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// The default: m = 64 MiB, t = 3, p = 1 (OWASP's Argon2id guidance is weaker than this).
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 1,
+    };
+    /// Upper bounds so a hostile keyring file cannot make unlock allocate unbounded memory.
+    pub const MAX_M_KIB: u32 = 4 * 1024 * 1024;
+    pub const MAX_T: u32 = 64;
+    pub const MAX_P: u32 = 16;
+
+    fn argon2(&self) -> Result<argon2::Argon2<'static>, CryptoError> {
+        if self.m_kib > Self::MAX_M_KIB || self.t > Self::MAX_T || self.p > Self::MAX_P {
+            return Err(CryptoError::KdfParams(format!(
+                "m={} KiB t={} p={} exceeds the limits m<={} t<={} p<={}",
+                self.m_kib,
+                self.t,
+                self.p,
+                Self::MAX_M_KIB,
+                Self::MAX_T,
+                Self::MAX_P
+            )));
+        }
+        let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(KEY_LEN))
+            .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+        Ok(argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            params,
+        ))
+    }
+
+    pub fn validate(&self) -> Result<(), CryptoError> {
+        self.argon2().map(|_| ())
+    }
+}
+
+/// Derives a key from a passphrase with Argon2id.
+pub fn passphrase_key(
+    passphrase: &[u8],
+    salt: &[u8],
+    params: &KdfParams,
+) -> Result<SecretKey, CryptoError> {
+    let argon = params.argon2()?;
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    argon
+        .hash_password_into(passphrase, salt, out.as_mut())
+        .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+    Ok(SecretKey(out))
+}
+
+/// Seals a 32-byte secret under `key` (AES-256-GCM-SIV, random nonce); returns (nonce, sealed).
+pub fn seal_secret(
+    key: &SecretKey,
+    secret: &[u8; KEY_LEN],
+    aad: &[u8],
+) -> Result<([u8; NONCE_LEN], [u8; WRAPPED_KEY_LEN]), CryptoError> {
+    let cipher = Aes256GcmSiv::new(key.as_bytes().into());
+    let nonce: [u8; NONCE_LEN] = random_array()?;
+    let mut sealed = [0u8; WRAPPED_KEY_LEN];
+    sealed[..KEY_LEN].copy_from_slice(secret);
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut sealed[..KEY_LEN])
+        .map_err(|_| CryptoError::Authentication)?;
+    sealed[KEY_LEN..].copy_from_slice(&tag);
+    Ok((nonce, sealed))
+}
+
+pub fn open_secret(
+    key: &SecretKey,
+    nonce: &[u8; NONCE_LEN],
+    sealed: &[u8; WRAPPED_KEY_LEN],
+    aad: &[u8],
+) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
+    let cipher = Aes256GcmSiv::new(key.as_bytes().into());
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    out.copy_from_slice(&sealed[..KEY_LEN]);
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad,
+            out.as_mut(),
+            Tag::from_slice(&sealed[KEY_LEN..]),
+        )
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> FileKeys {
+        FileKeys::derive(&SecretKey::from_bytes([7; 32]), &[9; FILE_ID_LEN])
+    }
+
+    #[test]
+    fn chunk_round_trip_and_binding() {
+        let k = keys();
+        let plain = b"tensor bytes".to_vec();
+        let mut buf = plain.clone();
+        let (nonce, tag) = k.seal_chunk(3, false, &mut buf).unwrap();
+        assert_ne!(buf, plain);
+        let mut good = buf.clone();
+        k.open_chunk(3, false, &nonce, &tag, &mut good).unwrap();
+        assert_eq!(good, plain);
+        // Wrong index, wrong final flag, other file: all refused, and nothing leaks.
+        for (index, last) in [(4, false), (3, true)] {
+            let mut b = buf.clone();
+            assert_eq!(
+                k.open_chunk(index, last, &nonce, &tag, &mut b),
+                Err(CryptoError::Authentication)
+            );
+            assert!(b.iter().all(|&x| x == 0));
+        }
+        let other = FileKeys::derive(&SecretKey::from_bytes([7; 32]), &[8; FILE_ID_LEN]);
+        let mut b = buf.clone();
+        assert!(other.open_chunk(3, false, &nonce, &tag, &mut b).is_err());
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let k = keys();
+        let (n1, _) = k.seal_chunk(0, true, &mut [0u8; 4]).unwrap();
+        let (n2, _) = k.seal_chunk(0, true, &mut [0u8; 4]).unwrap();
+        assert_ne!(n1, n2);
+    }
+
+    #[test]
+    fn header_mac_commits_to_data_key() {
+        let a = keys();
+        let b = FileKeys::derive(&SecretKey::from_bytes([6; 32]), &[9; FILE_ID_LEN]);
+        let mac = a.header_mac(&[b"header", b"table"]);
+        assert!(a.verify_header_mac(&[b"header", b"table"], &mac).is_ok());
+        assert!(a.verify_header_mac(&[b"headex", b"table"], &mac).is_err());
+        assert!(b.verify_header_mac(&[b"header", b"table"], &mac).is_err());
+    }
+
+    #[test]
+    fn wrap_unwrap() {
+        let alice = PrivateKey::generate().unwrap();
+        let bob = PrivateKey::generate().unwrap();
+        let dk = SecretKey::generate().unwrap();
+        let w = wrap_key(&alice.public_key(), &dk, b"ctx").unwrap();
+        assert_eq!(
+            unwrap_key(&alice, &w, b"ctx").unwrap().as_bytes(),
+            dk.as_bytes()
+        );
+        assert!(unwrap_key(&alice, &w, b"other").is_err());
+        assert!(unwrap_key(&bob, &w, b"ctx").is_err());
+        let mut low_order = w.clone();
+        low_order.ephemeral_public = [0; 32];
+        assert!(unwrap_key(&alice, &low_order, b"ctx").is_err());
+    }
+
+    #[test]
+    fn passphrase_seal() {
+        let params = KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
+        let key = passphrase_key(b"hunter2", b"saltsaltsaltsalt", &params).unwrap();
+        let (n, s) = seal_secret(&key, &[5; 32], b"aad").unwrap();
+        assert_eq!(*open_secret(&key, &n, &s, b"aad").unwrap(), [5; 32]);
+        let wrong = passphrase_key(b"hunter3", b"saltsaltsaltsalt", &params).unwrap();
+        assert!(open_secret(&wrong, &n, &s, b"aad").is_err());
+        let huge = KdfParams {
+            m_kib: u32::MAX,
+            t: 1,
+            p: 1,
+        };
+        assert!(passphrase_key(b"x", b"saltsaltsaltsalt", &huge).is_err());
+    }
+}
