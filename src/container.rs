@@ -356,10 +356,9 @@ impl<B: AsRef<[u8]>> Container<B> {
             .open(&self.header.file_id, key)
     }
 
-    /// Verifies the header MAC under `data_key` and returns a reader. The MAC covers the
-    /// fixed header and the whole chunk table, so after this every chunk's expected tag is
-    /// trusted.
-    pub fn open(self, data_key: &SecretKey) -> Result<Reader<B>> {
+    /// Verifies the header MAC under `data_key`. The MAC covers the fixed header and the
+    /// whole chunk table, so after this every chunk's expected tag is trusted.
+    fn authenticate(&self, data_key: &SecretKey) -> Result<FileKeys> {
         let keys = FileKeys::derive(data_key, &self.header.file_id);
         let b = self.bytes.as_ref();
         let fixed = &b[..MACED_HEADER_LEN];
@@ -367,6 +366,16 @@ impl<B: AsRef<[u8]>> Container<B> {
         let mac = &b[self.layout.mac as usize..self.layout.total as usize];
         keys.verify_header_mac(&[fixed, table], mac)
             .map_err(|_| ContainerError::HeaderAuthentication)?;
+        Ok(keys)
+    }
+
+    pub fn verify_header(&self, data_key: &SecretKey) -> Result<()> {
+        self.authenticate(data_key).map(|_| ())
+    }
+
+    /// Authenticates the header under `data_key` and returns a reader.
+    pub fn open(self, data_key: &SecretKey) -> Result<Reader<B>> {
+        let keys = self.authenticate(data_key)?;
         Ok(Reader {
             bytes: self.bytes,
             header: self.header,

@@ -1,0 +1,294 @@
+//! The `tvault` command line: argument definitions and dispatch. Commands are thin wrappers
+//! over the library layers; all policy lives below.
+
+mod passphrase;
+mod store_cmds;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "tvault",
+    version,
+    about = "Encrypted-at-rest store for model weights, mounted with FUSE for per-user access",
+    long_about = "tensorvault keeps .safetensors models and their companion files encrypted in a \
+                  store directory. Each file is readable only by the users holding a key slot for it.\n\n\
+                  Log output is controlled by RUST_LOG (e.g. RUST_LOG=debug)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct PassphraseArgs {
+    /// Read the passphrase from the first line of this file instead of the terminal or stdin
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct KdfArgs {
+    /// Argon2id memory in KiB (default 65536 = 64 MiB)
+    #[arg(long, value_name = "KIB", default_value_t = crate::crypto::KdfParams::DEFAULT.m_kib)]
+    kdf_memory: u32,
+    /// Argon2id passes (default 3)
+    #[arg(long, value_name = "N", default_value_t = crate::crypto::KdfParams::DEFAULT.t)]
+    kdf_iterations: u32,
+    /// Argon2id lanes (default 1)
+    #[arg(long, value_name = "N", default_value_t = crate::crypto::KdfParams::DEFAULT.p)]
+    kdf_parallelism: u32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new, empty store
+    Init {
+        store: PathBuf,
+        /// Default plaintext chunk size for files put into the store (4K to 1M, power of two)
+        #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
+        chunk_size: u64,
+    },
+    /// Manage users (keyrings)
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Encrypt files or whole directories into the store (no passphrase needed)
+    Put {
+        store: PathBuf,
+        /// Files or directories to store
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+        /// Recipients: user names, comma-separated or repeated
+        #[arg(
+            long,
+            required = true,
+            value_delimiter = ',',
+            value_name = "USER[,USER...]"
+        )]
+        to: Vec<String>,
+        /// Store path for a single file, or the prefix for a directory's files
+        #[arg(long = "as", value_name = "REL")]
+        as_rel: Option<String>,
+        /// Plaintext chunk size (4K to 1M, power of two); default: the store's
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        chunk_size: Option<u64>,
+        /// Replace files that already exist in the store
+        #[arg(long)]
+        force: bool,
+    },
+    /// Decrypt one file from the store
+    Get {
+        store: PathBuf,
+        rel: String,
+        /// Output path ("-" for stdout); written atomically
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// Whose keyring to unlock
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        #[command(flatten)]
+        pass: PassphraseArgs,
+    },
+    /// Show the tensor table of a .safetensors file: `inspect FILE` or `inspect STORE REL --user NAME`
+    Inspect {
+        /// A plaintext .safetensors file (also one on a tvault mount), or a store
+        path: PathBuf,
+        /// Store path of an encrypted file (with STORE as the first argument)
+        rel: Option<String>,
+        /// Whose keyring to unlock (for an encrypted file)
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        #[command(flatten)]
+        pass: PassphraseArgs,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Share a file (or every file under a directory) with another user
+    Grant {
+        store: PathBuf,
+        rel: String,
+        /// The user who gets access
+        grantee: String,
+        /// A user who can already read REL (their passphrase unwraps the data key)
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        #[command(flatten)]
+        pass: PassphraseArgs,
+    },
+    /// Remove a user's key slot from a file (or every file under a directory)
+    Revoke {
+        store: PathBuf,
+        rel: String,
+        /// The user who loses access
+        revokee: String,
+        /// Also re-encrypt under a new data key, so a key the user kept no longer decrypts it
+        #[arg(long, requires = "user")]
+        rekey: bool,
+        /// With --rekey: a remaining reader whose passphrase unwraps the data key
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        #[command(flatten)]
+        pass: PassphraseArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a keyring for a new user (asks the user's passphrase)
+    Add {
+        store: PathBuf,
+        name: String,
+        /// The Unix uid whose processes this keyring unlocks for on a mount
+        #[arg(long)]
+        uid: u32,
+        #[command(flatten)]
+        kdf: KdfArgs,
+        #[command(flatten)]
+        pass: PassphraseArgs,
+    },
+    /// List users: name, uid, public key fingerprint
+    List {
+        store: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a user's passphrase (re-seals the private key; no file is re-encrypted)
+    Passwd {
+        store: PathBuf,
+        name: String,
+        /// Read the new passphrase from this file
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+        #[command(flatten)]
+        pass: PassphraseArgs,
+    },
+    /// Print a user's public key (one line)
+    Export { store: PathBuf, name: String },
+    /// Add a recipient whose private key lives elsewhere
+    Import {
+        store: PathBuf,
+        name: String,
+        #[arg(long)]
+        uid: u32,
+        /// The line printed by `tvault user export`
+        #[arg(long, value_name = "KEY")]
+        public_key: String,
+    },
+}
+
+/// Parses sizes such as 65536, 64K, 64KiB, 1M, 256M, 2G.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected e.g. 65536, 64K, 256M"))?;
+    let mult = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {text:?}: use K, M or G")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+pub fn run(cli: Cli) -> CliResult {
+    use store_cmds as s;
+    match cli.command {
+        Command::Init { store, chunk_size } => s::init(&store, chunk_size),
+        Command::User(cmd) => match cmd {
+            UserCommand::Add {
+                store,
+                name,
+                uid,
+                kdf,
+                pass,
+            } => s::user_add(&store, &name, uid, &kdf, &pass),
+            UserCommand::List { store, json } => s::user_list(&store, json),
+            UserCommand::Passwd {
+                store,
+                name,
+                new_passphrase_file,
+                kdf,
+                pass,
+            } => s::user_passwd(&store, &name, new_passphrase_file.as_deref(), &kdf, &pass),
+            UserCommand::Export { store, name } => s::user_export(&store, &name),
+            UserCommand::Import {
+                store,
+                name,
+                uid,
+                public_key,
+            } => s::user_import(&store, &name, uid, &public_key),
+        },
+        Command::Put {
+            store,
+            sources,
+            to,
+            as_rel,
+            chunk_size,
+            force,
+        } => s::put(&store, &sources, &to, as_rel.as_deref(), chunk_size, force),
+        Command::Get {
+            store,
+            rel,
+            output,
+            user,
+            pass,
+        } => s::get(&store, &rel, &output, &user, &pass),
+        Command::Inspect {
+            path,
+            rel,
+            user,
+            pass,
+            json,
+        } => s::inspect(&path, rel.as_deref(), user.as_deref(), &pass, json),
+        Command::Grant {
+            store,
+            rel,
+            grantee,
+            user,
+            pass,
+        } => s::grant(&store, &rel, &grantee, &user, &pass),
+        Command::Revoke {
+            store,
+            rel,
+            revokee,
+            rekey,
+            user,
+            pass,
+        } => s::revoke(&store, &rel, &revokee, rekey, user.as_deref(), &pass),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
