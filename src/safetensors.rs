@@ -2,10 +2,14 @@
 //!
 //! A safetensors file is an 8-byte little-endian header length `N`, `N` bytes
 //! of UTF-8 JSON describing the tensors, then the raw tensor bytes. This module
-//! accepts exactly what the reference implementation (huggingface/safetensors)
-//! accepts, except that duplicate JSON keys are rejected instead of silently
-//! keeping the last one: a file whose meaning depends on which duplicate wins
-//! is not something we want to store.
+//! accepts what the reference implementation (huggingface/safetensors 0.8)
+//! accepts, with differences only on inputs no writer produces:
+//! - duplicate JSON keys are rejected, where the reference silently keeps the
+//!   last one: a file whose meaning depends on which duplicate wins is not
+//!   something we want to store;
+//! - a dtype in serde's enum-as-map form (`{"F32": null}`) is rejected;
+//! - unknown fields nested deeper than serde_json's recursion limit (128) are
+//!   skipped, where the reference's buffering hits the limit and rejects them.
 
 use std::borrow::Cow;
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -51,6 +55,7 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Every dtype, so that `name` is the only place spellings are written.
     const ALL: [Dtype; 22] = [
         Dtype::Bool,
         Dtype::F4,
@@ -190,6 +195,7 @@ impl Header {
     }
 }
 
+/// Why a file or header was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum SafetensorsError {
     #[error("file is {file_len} bytes, too short for the 8-byte header length")]
@@ -1040,7 +1046,10 @@ mod tests {
         ];
         for entry in overflow {
             assert!(
-                matches!(case(&[entry.clone()], 0), Err(E::SizeOverflow { .. })),
+                matches!(
+                    case(std::slice::from_ref(&entry), 0),
+                    Err(E::SizeOverflow { .. })
+                ),
                 "{entry}"
             );
         }

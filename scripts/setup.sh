@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what tvault's demo and tests need on Debian (idempotent), then builds the release
+# binary. Needs root (or sudo) for apt; the Rust toolchain must already be present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+command -v getfattr >/dev/null 2>&1 || missing+=(attr)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import safetensors, numpy' >/dev/null 2>&1; then
+  echo "setup: creating .venv with safetensors and numpy" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check safetensors numpy
+fi
+
+cargo build --release --quiet
+echo "setup: ready (binary: target/release/tvault, python: .venv/bin/python)" >&2

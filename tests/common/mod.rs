@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests: running the real `tvault` binary, building
+//! safetensors files, and stores with fast-KDF users.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
+
+/// Cheap Argon2id settings so tests do not spend seconds per unlock.
+pub const FAST_KDF: [&str; 4] = ["--kdf-memory", "1024", "--kdf-iterations", "1"];
+
+pub fn tvault(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(TVAULT)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tvault");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait tvault")
+}
+
+/// Runs tvault and asserts success, returning stdout.
+pub fn ok(args: &[&str], stdin: &str) -> String {
+    let out = tvault(args, stdin);
+    assert!(
+        out.status.success(),
+        "tvault {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs tvault and asserts failure, returning stderr.
+pub fn fails(args: &[&str], stdin: &str) -> String {
+    let out = tvault(args, stdin);
+    assert!(
+        !out.status.success(),
+        "tvault {args:?} unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Creates a store with users alice (uid 1001, passphrase "pw-alice") and bob (1002, "pw-bob").
+pub fn store_with_users(dir: &Path) -> PathBuf {
+    let store = dir.join("store");
+    ok(&["init", s(&store)], "");
+    for (name, uid) in [("alice", "1001"), ("bob", "1002")] {
+        let mut args = vec!["user", "add", s(&store), name, "--uid", uid];
+        args.extend(FAST_KDF);
+        ok(&args, &format!("pw-{name}\n"));
+    }
+    store
+}
+
+/// Builds a safetensors file: (name, dtype, shape, element size in bytes) with deterministic data.
+pub fn safetensors_bytes(tensors: &[(&str, &str, &[u64], u64)]) -> Vec<u8> {
+    let mut entries = Vec::new();
+    let mut offset = 0u64;
+    let mut data = Vec::new();
+    for (name, dtype, shape, elem) in tensors {
+        let n: u64 = shape.iter().product::<u64>() * elem;
+        entries.push(format!(
+            "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{}]}}",
+            offset + n
+        ));
+        data.extend((0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(name.len() as u8)));
+        offset += n;
+    }
+    let mut header = format!("{{{}}}", entries.join(","));
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for plaintexts that do not compress.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// True if `haystack` contains any `window`-byte run of `needle`.
+pub fn contains_run(haystack: &[u8], needle: &[u8], window: usize) -> bool {
+    if needle.len() < window {
+        return false;
+    }
+    let runs: std::collections::HashSet<&[u8]> =
+        needle.windows(window).step_by(window / 2).collect();
+    haystack.windows(window).any(|w| runs.contains(w))
+}
