@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 TV="$PWD/target/release/tvault"
-PY="$PWD/.venv/bin/python"
+PY="${TVAULT_VENV:-$PWD/.venv}/bin/python"
 W="${DEMO_DIR:-/tmp/tvault-demo}"
 rm -rf "$W"; mkdir -p "$W"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

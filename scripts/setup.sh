@@ -11,18 +11,21 @@ missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v getfattr >/dev/null 2>&1 || missing+=(attr)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# Debian's python (not a per-user install) so that the tests' other uids can run it too.
+[ -x /usr/bin/python3 ] || missing+=(python3)
+/usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import safetensors, numpy' >/dev/null 2>&1; then
-  echo "setup: creating .venv with safetensors and numpy" >&2
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check safetensors numpy
+VENV="${TVAULT_VENV:-$PWD/.venv}"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import safetensors, numpy' >/dev/null 2>&1; then
+  echo "setup: creating $VENV with safetensors and numpy" >&2
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check safetensors numpy
 fi
 
 cargo build --release --quiet
-echo "setup: ready (binary: target/release/tvault, python: .venv/bin/python)" >&2
+echo "setup: ready (binary: target/release/tvault, python: $VENV/bin/python)" >&2

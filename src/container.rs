@@ -312,6 +312,23 @@ pub struct Container<B> {
     slots: Vec<KeySlot>,
 }
 
+impl Container<memmap2::Mmap> {
+    /// Maps an open container file read-only and checks its structure.
+    pub fn map(file: &std::fs::File) -> Result<Self> {
+        let len = file.metadata()?.len();
+        if len < FIXED_HEADER_LEN as u64 {
+            return Err(ContainerError::Malformed(format!(
+                "{len} bytes is shorter than the {FIXED_HEADER_LEN}-byte header"
+            )));
+        }
+        // SAFETY: tvault never modifies a container in place (every change is a new file
+        // renamed over the old one), so the mapping does not change under us. A hostile
+        // in-place truncation can still fault the mapping; docs/SECURITY.md says so.
+        let map = unsafe { memmap2::Mmap::map(file) }?;
+        Container::parse(map)
+    }
+}
+
 impl<B: AsRef<[u8]>> Container<B> {
     /// Checks magic, version, reserved bytes, the slot section and that the total length is
     /// exactly what the header implies. No key is needed.
@@ -457,7 +474,10 @@ impl<B: AsRef<[u8]>> Reader<B> {
         }
         let (start, end) = self.header.chunk_range(index);
         let n = (end - start) as usize;
-        let out = &mut out[..n];
+        let have = out.len();
+        let out = out.get_mut(..n).ok_or_else(|| {
+            ContainerError::Malformed(format!("buffer of {have} bytes for a {n}-byte chunk"))
+        })?;
         let at = (self.layout.data + start) as usize;
         out.copy_from_slice(&self.bytes.as_ref()[at..at + n]);
         let (nonce, tag) = self.table_entry(index);

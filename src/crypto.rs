@@ -32,6 +32,8 @@ pub enum CryptoError {
     Random(String),
     #[error("invalid key-derivation parameters: {0}")]
     KdfParams(String),
+    #[error("the public key is a low-order point (no recipient can own it)")]
+    WeakPublicKey,
 }
 
 /// Fills `buf` from the operating system's CSPRNG.
@@ -189,6 +191,13 @@ impl PublicKey {
         self.0.as_bytes()
     }
 
+    /// True for the low-order points, for which X25519 yields a shared secret that does not
+    /// depend on the other party's private key.
+    pub fn is_low_order(&self) -> bool {
+        let probe = x25519_dalek::StaticSecret::from([0x55; 32]);
+        !probe.diffie_hellman(&self.0).was_contributory()
+    }
+
     /// Short, human-comparable fingerprint: the first 16 bytes of SHA-256, hex in groups of 4.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.as_bytes());
@@ -263,6 +272,11 @@ pub fn wrap_key(
     let ephemeral = PrivateKey::generate()?;
     let ephemeral_public = *ephemeral.public_key().as_bytes();
     let shared = ephemeral.0.diffie_hellman(&recipient.0);
+    // A low-order recipient key gives a shared secret anyone can compute: wrapping to it
+    // would publish the data key.
+    if !shared.was_contributory() {
+        return Err(CryptoError::WeakPublicKey);
+    }
     let cipher = wrap_cipher(shared.as_bytes(), &ephemeral_public, recipient.as_bytes());
     let nonce: [u8; NONCE_LEN] = random_array()?;
     let mut sealed = [0u8; WRAPPED_KEY_LEN];
@@ -473,6 +487,13 @@ mod tests {
         let mut low_order = w.clone();
         low_order.ephemeral_public = [0; 32];
         assert!(unwrap_key(&alice, &low_order, b"ctx").is_err());
+        let weak = PublicKey::from_bytes([0; 32]);
+        assert!(weak.is_low_order());
+        assert!(!alice.public_key().is_low_order());
+        assert_eq!(
+            wrap_key(&weak, &dk, b"ctx"),
+            Err(CryptoError::WeakPublicKey)
+        );
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub enum KeyringError {
     NoPrivateKey(String),
     #[error("invalid public key {0:?}: expected {PUBLIC_KEY_PREFIX} followed by 64 hex digits")]
     InvalidPublicKey(String),
+    #[error(
+        "public key {0:?} is a low-order point: files wrapped to it would be readable by anyone"
+    )]
+    WeakPublicKey(String),
     #[error("malformed keyring: {0}")]
     Malformed(String),
     #[error("the passphrase is empty")]
@@ -59,7 +63,11 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey> {
         .ok_or_else(bad)?;
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| bad())?;
-    Ok(PublicKey::from_bytes(bytes))
+    let key = PublicKey::from_bytes(bytes);
+    if key.is_low_order() {
+        return Err(KeyringError::WeakPublicKey(text.to_string()));
+    }
+    Ok(key)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -342,6 +350,11 @@ mod tests {
         let pk = PrivateKey::generate().unwrap().public_key();
         assert_eq!(parse_public_key(&format_public_key(&pk)).unwrap(), pk);
         assert!(parse_public_key("tvault-x25519:zz").is_err());
+        let zero = format!("tvault-x25519:{}", "00".repeat(32));
+        assert!(matches!(
+            parse_public_key(&zero),
+            Err(KeyringError::WeakPublicKey(_))
+        ));
         assert!(Keyring::from_json(b"{}").is_err());
         assert!(Keyring::create("a", 1, b"", FAST).is_err());
     }

@@ -1,12 +1,17 @@
 //! tensorvault: an encrypted store for model weights, mounted with FUSE for per-user access.
 //!
 //! Layers, lowest first (a module only imports the ones before it):
-//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `cli`.
+//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `access` →
+//! `fs`, `control` → `daemon` → `cli`.
 //! See docs/ARCHITECTURE.md.
 
+pub mod access;
 pub mod cli;
 pub mod container;
+pub mod control;
 pub mod crypto;
+pub mod daemon;
+pub mod fs;
 pub mod fsutil;
 pub mod keyring;
 pub mod safetensors;

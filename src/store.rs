@@ -534,17 +534,7 @@ impl Store {
 
 pub fn open_container_at(path: &Path) -> Result<Container<Mmap>> {
     let file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
-    if len < container::FIXED_HEADER_LEN as u64 {
-        return Err(container_err(path)(ContainerError::Malformed(format!(
-            "{len} bytes is shorter than the {}-byte header",
-            container::FIXED_HEADER_LEN
-        ))));
-    }
-    // SAFETY: containers are only ever replaced by rename, never modified in place, so the
-    // mapped file does not change underneath us (see docs/SECURITY.md for hostile edits).
-    let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
-    Container::parse(map).map_err(container_err(path))
+    Container::map(&file).map_err(container_err(path))
 }
 
 fn unwrap_for(

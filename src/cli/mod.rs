@@ -1,6 +1,7 @@
 //! The `tvault` command line: argument definitions and dispatch. Commands are thin wrappers
 //! over the library layers; all policy lives below.
 
+mod mount_cmds;
 mod passphrase;
 mod store_cmds;
 
@@ -135,6 +136,47 @@ enum Command {
         #[command(flatten)]
         pass: PassphraseArgs,
     },
+    /// Mount a store with FUSE (as a daemon unless --foreground)
+    Mount {
+        store: PathBuf,
+        mountpoint: PathBuf,
+        /// Stay in the foreground (for systemd and tests); SIGINT/SIGTERM unmount
+        #[arg(long)]
+        foreground: bool,
+        /// Bytes of decrypted chunks kept in memory (e.g. 256M, 1G)
+        #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+        cache_size: u64,
+        /// Refuse every write
+        #[arg(long)]
+        read_only: bool,
+        /// Where the daemon's log goes once detached (default: discarded; RUST_LOG sets the level)
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        #[arg(long, hide = true)]
+        daemon_child: bool,
+    },
+    /// Unlock the calling user's keyring on a running mount
+    Unlock {
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        pass: PassphraseArgs,
+    },
+    /// Forget the calling user's keys on a running mount
+    Lock {
+        mountpoint: PathBuf,
+        /// Lock even with files open: their cached pages are dropped and further reads fail
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show unlocked users, open files and cache counters of a running mount
+    Status {
+        mountpoint: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unmount a tvault mount
+    Umount { mountpoint: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -268,6 +310,27 @@ pub fn run(cli: Cli) -> CliResult {
             user,
             pass,
         } => s::revoke(&store, &rel, &revokee, rekey, user.as_deref(), &pass),
+        Command::Mount {
+            store,
+            mountpoint,
+            foreground,
+            cache_size,
+            read_only,
+            log_file,
+            daemon_child,
+        } => mount_cmds::mount(&mount_cmds::MountArgs {
+            store,
+            mountpoint,
+            foreground,
+            cache_size,
+            read_only,
+            log_file,
+            daemon_child,
+        }),
+        Command::Unlock { mountpoint, pass } => mount_cmds::unlock(&mountpoint, &pass),
+        Command::Lock { mountpoint, force } => mount_cmds::lock(&mountpoint, force),
+        Command::Status { mountpoint, json } => mount_cmds::status(&mountpoint, json),
+        Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
     }
 }
 

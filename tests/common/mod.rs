@@ -2,6 +2,8 @@
 //! safetensors files, and stores with fast-KDF users.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

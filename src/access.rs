@@ -1,0 +1,298 @@
+//! Who may open what on a running mount: per-uid unlocked sessions and the open decision.
+//!
+//! A uid is mapped to the one keyring registered for it in the store. Unlocking unseals that
+//! keyring's private key; data keys are then unwrapped from key slots on first use and kept in
+//! the session, in memory only, until the uid locks or the mount ends (all zeroized on drop).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::container::{Container, ContainerError};
+use crate::crypto::{PrivateKey, SecretKey, FILE_ID_LEN};
+use crate::keyring::KeyringError;
+use crate::store::{Store, StoreError};
+
+/// Why an open was refused; `code()` is the stable reason string used in logs and the audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// The uid has no keyring in the store.
+    NoKeyring,
+    /// The uid has a keyring but has not unlocked it (or locked it).
+    Locked,
+    /// The uid's user holds no key slot for this file.
+    NoKeySlot,
+    /// The slot or header did not authenticate under the user's key.
+    Integrity(String),
+    /// The store could not be read.
+    StoreError(String),
+}
+
+impl Denial {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::NoKeyring => "no-keyring",
+            Denial::Locked => "locked",
+            Denial::NoKeySlot => "no-key-slot",
+            Denial::Integrity(_) => "integrity",
+            Denial::StoreError(_) => "store-error",
+        }
+    }
+}
+
+/// One unlocked user. Handles opened by the user keep a reference, so that a lock takes
+/// effect on them too (`is_locked`).
+pub struct UserSession {
+    pub uid: u32,
+    pub name: String,
+    private: PrivateKey,
+    data_keys: Mutex<HashMap<[u8; FILE_ID_LEN], SecretKey>>,
+    locked: AtomicBool,
+}
+
+impl UserSession {
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Acquire)
+    }
+
+    /// The data key of `container` for this user: from the session's memory, or unwrapped
+    /// from the user's slot and checked against the header MAC (which commits to it).
+    fn data_key<B: AsRef<[u8]>>(&self, container: &Container<B>) -> Result<SecretKey, Denial> {
+        let file_id = container.header().file_id;
+        if let Some(key) = self.keys().get(&file_id) {
+            return Ok(key.clone());
+        }
+        let key = container
+            .unwrap_key(&self.name, &self.private)
+            .map_err(|e| match e {
+                ContainerError::NoSlot(_) => Denial::NoKeySlot,
+                e => Denial::Integrity(e.to_string()),
+            })?;
+        container
+            .verify_header(&key)
+            .map_err(|e| Denial::Integrity(e.to_string()))?;
+        self.keys().insert(file_id, key.clone());
+        Ok(key)
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; FILE_ID_LEN], SecretKey>> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
+        self.data_keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cached_keys(&self) -> usize {
+        self.keys().len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    #[error("uid {0} has no keyring in this store")]
+    NoKeyring(u32),
+    #[error("wrong passphrase for {0:?}")]
+    WrongPassphrase(String),
+    #[error("too many failed attempts for uid {uid}; retry in {} s", retry_in.as_secs().max(1))]
+    RateLimited { uid: u32, retry_in: Duration },
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Consecutive failed unlocks of one uid and when the next attempt is allowed.
+struct Backoff {
+    failures: u32,
+    next_allowed: Instant,
+}
+
+/// Delay after `failures` consecutive failures: none for the first two, then doubling from
+/// one second up to a minute. Combined with Argon2id this keeps online guessing slow.
+fn backoff_delay(failures: u32) -> Duration {
+    if failures < 3 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (failures - 3).min(6)).min(Duration::from_secs(60))
+}
+
+pub struct Access {
+    sessions: RwLock<HashMap<u32, Arc<UserSession>>>,
+    backoff: Mutex<HashMap<u32, Backoff>>,
+    /// Argon2id uses 64 MiB per unlock by default; one at a time bounds memory under abuse.
+    unlock_gate: Mutex<()>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Access {
+    pub fn new() -> Self {
+        Access {
+            sessions: RwLock::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+            unlock_gate: Mutex::new(()),
+        }
+    }
+
+    pub fn session(&self, uid: u32) -> Option<Arc<UserSession>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uid)
+            .cloned()
+    }
+
+    pub fn sessions(&self) -> Vec<Arc<UserSession>> {
+        let mut all: Vec<_> = self
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|s| s.uid);
+        all
+    }
+
+    /// Unseals the keyring registered for `uid`. Returns the user name.
+    pub fn unlock(
+        &self,
+        store: &Store,
+        uid: u32,
+        passphrase: &[u8],
+    ) -> Result<String, UnlockError> {
+        self.check_backoff(uid)?;
+        let keyring = match store.user_by_uid(uid) {
+            Ok(Some(k)) => k,
+            Ok(None) => return Err(UnlockError::NoKeyring(uid)),
+            Err(e) => return Err(UnlockError::Store(e.to_string())),
+        };
+        let result = {
+            let _gate = self.unlock_gate.lock().unwrap_or_else(|p| p.into_inner());
+            keyring.unlock(passphrase)
+        };
+        let private = match result {
+            Ok(private) => private,
+            Err(KeyringError::WrongPassphrase(name)) => {
+                self.record_failure(uid);
+                return Err(UnlockError::WrongPassphrase(name));
+            }
+            Err(e) => return Err(UnlockError::Store(e.to_string())),
+        };
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
+        let session = Arc::new(UserSession {
+            uid,
+            name: keyring.name.clone(),
+            private,
+            data_keys: Mutex::new(HashMap::new()),
+            locked: AtomicBool::new(false),
+        });
+        let old = self
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid, session);
+        if let Some(old) = old {
+            old.locked.store(true, Ordering::Release);
+        }
+        Ok(keyring.name)
+    }
+
+    fn check_backoff(&self, uid: u32) -> Result<(), UnlockError> {
+        let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = backoff.get(&uid) {
+            let now = Instant::now();
+            if now < b.next_allowed {
+                return Err(UnlockError::RateLimited {
+                    uid,
+                    retry_in: b.next_allowed - now,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, uid: u32) {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = backoff.entry(uid).or_insert(Backoff {
+            failures: 0,
+            next_allowed: Instant::now(),
+        });
+        entry.failures = entry.failures.saturating_add(1);
+        entry.next_allowed = Instant::now() + backoff_delay(entry.failures);
+    }
+
+    /// Forgets `uid`'s keys. Handles that hold the session see `is_locked()` from now on.
+    /// The keys are zeroized when the last reference to the session goes.
+    pub fn lock(&self, uid: u32) -> Option<Arc<UserSession>> {
+        let session = self
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid)?;
+        session.locked.store(true, Ordering::Release);
+        session.keys().clear();
+        Some(session)
+    }
+
+    /// Forgets every session (at unmount).
+    pub fn lock_all(&self) {
+        let drained: Vec<_> = self
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (_, session) in drained {
+            session.locked.store(true, Ordering::Release);
+            session.keys().clear();
+        }
+    }
+
+    /// The open decision: `uid` may open `container` if it has unlocked and its user holds a
+    /// slot whose key authenticates the header. Returns the session and the data key.
+    pub fn authorize<B: AsRef<[u8]>>(
+        &self,
+        store: &Store,
+        uid: u32,
+        container: &Container<B>,
+    ) -> Result<(Arc<UserSession>, SecretKey), Denial> {
+        let Some(session) = self.session(uid) else {
+            return Err(match store.user_by_uid(uid) {
+                Ok(Some(_)) => Denial::Locked,
+                Ok(None) => Denial::NoKeyring,
+                Err(e) => Denial::StoreError(e.to_string()),
+            });
+        };
+        // Checked on every open, so a revoked slot refuses at once even if the key is cached.
+        if container.slot(&session.name).is_none() {
+            return Err(Denial::NoKeySlot);
+        }
+        let key = session.data_key(container)?;
+        Ok((session, key))
+    }
+}
+
+impl From<StoreError> for Denial {
+    fn from(e: StoreError) -> Self {
+        Denial::StoreError(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff_delay(1), Duration::ZERO);
+        assert_eq!(backoff_delay(2), Duration::ZERO);
+        assert_eq!(backoff_delay(3), Duration::from_secs(1));
+        assert_eq!(backoff_delay(4), Duration::from_secs(2));
+        assert_eq!(backoff_delay(100), Duration::from_secs(60));
+    }
+}

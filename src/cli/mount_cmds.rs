@@ -1,0 +1,296 @@
+//! Commands that work on a mount: mount, unlock, lock, status, umount.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{passphrase, CliResult, PassphraseArgs};
+use crate::control::{self, ClientError, Request};
+use crate::daemon::{self, MountOptions};
+
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(120);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct MountArgs {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub cache_size: u64,
+    pub read_only: bool,
+    pub log_file: Option<PathBuf>,
+    pub daemon_child: bool,
+}
+
+/// Points fd `target` at `path` (or /dev/null).
+fn redirect(target: i32, path: Option<&Path>) -> std::io::Result<()> {
+    let file = match path {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?,
+        None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
+    };
+    // SAFETY: dup2 onto a standard descriptor; `file` stays valid for the call.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), target) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn mount(args: &MountArgs) -> CliResult {
+    let opts = MountOptions {
+        store: args.store.clone(),
+        mountpoint: args.mountpoint.clone(),
+        cache_bytes: args.cache_size,
+        read_only: args.read_only,
+    };
+    if args.foreground {
+        let ready = || {
+            eprintln!(
+                "tvault: mounted {} at {} (pid {})",
+                args.store.display(),
+                args.mountpoint.display(),
+                std::process::id()
+            );
+            if args.daemon_child {
+                // Closing our end of the parent's pipe tells it we are up.
+                if let Err(e) = redirect(2, args.log_file.as_deref()) {
+                    log::warn!("cannot redirect log output: {e}");
+                }
+            }
+        };
+        daemon::run(&opts, ready)?;
+        return Ok(());
+    }
+    spawn_daemon(args)
+}
+
+/// Starts `tvault mount --foreground` detached (new session, no terminal) and waits until
+/// it reports the mount up, or relays its error.
+fn spawn_daemon(args: &MountArgs) -> CliResult {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg(&args.store)
+        .arg(&args.mountpoint)
+        .args(["--foreground", "--daemon-child", "--cache-size"])
+        .arg(args.cache_size.to_string());
+    if args.read_only {
+        cmd.arg("--read-only");
+    }
+    if let Some(log) = &args.log_file {
+        cmd.arg("--log-file").arg(log);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let mut said = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut said)?;
+    }
+    match child.try_wait()? {
+        Some(status) if !status.success() => {
+            eprint!("{said}");
+            Err("the mount daemon failed to start".into())
+        }
+        _ if said.contains("tvault: mounted") => {
+            print!("{said}");
+            Ok(())
+        }
+        _ => {
+            eprint!("{said}");
+            Err("the mount daemon exited without mounting".into())
+        }
+    }
+}
+
+pub fn unlock(mountpoint: &Path, pass: &PassphraseArgs) -> CliResult {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let phrase = passphrase::read(
+        &format!("Passphrase for uid {uid}"),
+        pass.passphrase_file.as_deref(),
+        false,
+    )?;
+    let text = String::from_utf8(phrase.to_vec()).map_err(|_| "the passphrase is not UTF-8")?;
+    let reply = control::call(
+        mountpoint,
+        &Request::Unlock { passphrase: text },
+        UNLOCK_TIMEOUT,
+    )?;
+    println!(
+        "unlocked {} (uid {uid}) on {}",
+        reply["user"].as_str().unwrap_or("?"),
+        mountpoint.display()
+    );
+    Ok(())
+}
+
+pub fn lock(mountpoint: &Path, force: bool) -> CliResult {
+    let reply = control::call(mountpoint, &Request::Lock { force }, REQUEST_TIMEOUT)?;
+    let invalidated = reply["invalidated"].as_u64().unwrap_or(0);
+    print!(
+        "locked {} on {}",
+        reply["user"].as_str().unwrap_or("?"),
+        mountpoint.display()
+    );
+    if invalidated > 0 {
+        print!("; {invalidated} open file(s) invalidated");
+    }
+    println!();
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn status(mountpoint: &Path, as_json: bool) -> CliResult {
+    let mut reply = control::call(mountpoint, &Request::Status, REQUEST_TIMEOUT)?;
+    if let Value::Object(map) = &mut reply {
+        map.remove("ok");
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    println!(
+        "mount:      {} (store {}, daemon pid {})",
+        reply["mountpoint"].as_str().unwrap_or("?"),
+        reply["store"].as_str().unwrap_or("?"),
+        n(&reply["pid"])
+    );
+    let users: Vec<String> = reply["unlocked"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|u| {
+                    format!(
+                        "{} (uid {})",
+                        u["user"].as_str().unwrap_or("?"),
+                        n(&u["uid"])
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "unlocked:   {}",
+        if users.is_empty() {
+            "nobody".into()
+        } else {
+            users.join(", ")
+        }
+    );
+    let open = reply["open_files"].as_array().cloned().unwrap_or_default();
+    println!("open files: {}", open.len());
+    for f in &open {
+        println!(
+            "  {} (uid {} {})",
+            f["path"].as_str().unwrap_or("?"),
+            n(&f["uid"]),
+            f["user"].as_str().unwrap_or("?")
+        );
+    }
+    let c = &reply["cache"];
+    println!(
+        "cache:      {} of {}, {} hits, {} misses",
+        human(n(&c["bytes"])),
+        human(n(&c["capacity"])),
+        n(&c["hits"]),
+        n(&c["misses"])
+    );
+    println!("decrypted:  {}", human(n(&reply["bytes_decrypted"])));
+    println!(
+        "opens:      {} allowed, {} denied; integrity failures: {}",
+        n(&reply["opens_allowed"]),
+        n(&reply["opens_denied"]),
+        n(&reply["integrity_failures"])
+    );
+    Ok(())
+}
+
+fn wait_unmounted(mountpoint: &Path, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if !daemon::is_mount_point(mountpoint) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn umount(mountpoint: &Path) -> CliResult {
+    // The mountpoint of a dead daemon cannot be canonicalized (ENOTCONN): use it as given,
+    // made absolute.
+    let absolute = std::path::absolute(mountpoint)?;
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| absolute.clone());
+    match control::call(mountpoint, &Request::Umount, REQUEST_TIMEOUT) {
+        Ok(_) => {
+            if wait_unmounted(&canonical, Duration::from_secs(10)) {
+                println!("unmounted {}", mountpoint.display());
+                return Ok(());
+            }
+            Err(format!("{}: still mounted after 10 s", mountpoint.display()).into())
+        }
+        Err(ClientError::Refused(msg)) => Err(msg.into()),
+        Err(e) => {
+            // No daemon answers (killed?): detach the dead mount so the directory is usable.
+            if !daemon::is_mount_point(&canonical) {
+                return Err(e.into());
+            }
+            detach(&canonical)?;
+            println!(
+                "detached {} (its daemon was not answering)",
+                mountpoint.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn detach(mountpoint: &Path) -> CliResult {
+    let path = CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mountpoint)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(format!(
+            "{}: cannot unmount (not root, and fusermount3 failed)",
+            mountpoint.display()
+        )
+        .into()),
+    }
+}

@@ -1,0 +1,289 @@
+//! The control socket between the CLI and a running mount daemon.
+//!
+//! One Unix stream socket per mount, at `$TVAULT_RUNTIME_DIR` (default `/run/tvault`) /
+//! `<first 16 bytes of SHA-256(canonical mountpoint), hex>.sock`, mode 0666: every local user
+//! may connect, and the daemon identifies the caller by `SO_PEERCRED`, never by anything the
+//! client says. Protocol: one JSON request line, one JSON response line, then close.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+/// Requests are tiny; anything longer is abuse.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+const MAX_CONNECTIONS: usize = 64;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Unseal the caller's keyring.
+    Unlock {
+        passphrase: String,
+    },
+    /// Forget the caller's keys; `force` also invalidates files the caller still has open.
+    Lock {
+        force: bool,
+    },
+    Status,
+    /// Unmount (the daemon's owner or root only).
+    Umount,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Request::Unlock { passphrase } = self {
+            passphrase.zeroize();
+        }
+    }
+}
+
+/// The connecting process, as the kernel reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+pub trait Handler: Send + Sync + 'static {
+    /// Returns the response body (merged into `{"ok": true, ...}`) or an error message.
+    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String>;
+}
+
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("TVAULT_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/tvault"))
+}
+
+/// The socket path for a mountpoint (which must exist, to be canonicalized).
+pub fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
+    let canonical = std::fs::canonicalize(mountpoint)?;
+    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    Ok(runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16]))))
+}
+
+fn peer_cred(stream: &UnixStream) -> io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        uid: cred.uid,
+        gid: cred.gid,
+        pid: cred.pid,
+    })
+}
+
+/// Binds the socket, replacing a stale one left by a dead daemon but refusing to steal one
+/// that a live daemon still answers on.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{}: another tvault daemon is serving this mountpoint",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Accepts connections forever on a background thread, one short-lived thread per
+/// connection, at most `MAX_CONNECTIONS` at once (the rest are refused, not queued).
+pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("tvault-control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let _ = respond(&mut stream, Err("daemon busy: too many connections".into()));
+                    continue;
+                }
+                let handler = handler.clone();
+                let active = active.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("tvault-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = handle_connection(&mut stream, handler.as_ref()) {
+                            log::debug!("control connection: {e}");
+                        }
+                        active.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    log::warn!("control: cannot spawn a connection thread");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn handle_connection(stream: &mut UnixStream, handler: &dyn Handler) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let peer = peer_cred(stream)?;
+    let mut line = Vec::new();
+    let n = BufReader::new(stream.try_clone()?.take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    let result = if n == 0 {
+        Err("empty request".to_string())
+    } else if !line.ends_with(b"\n") && n as u64 >= MAX_REQUEST {
+        Err(format!("request longer than {MAX_REQUEST} bytes"))
+    } else {
+        match serde_json::from_slice::<Request>(&line) {
+            Ok(request) => handler.handle(peer, &request),
+            Err(e) => Err(format!("malformed request: {e}")),
+        }
+    };
+    line.zeroize();
+    respond(stream, result)
+}
+
+fn respond(stream: &mut UnixStream, result: Result<Value, String>) -> io::Result<()> {
+    let body = match result {
+        Ok(Value::Object(mut map)) => {
+            map.insert("ok".into(), Value::Bool(true));
+            Value::Object(map)
+        }
+        Ok(other) => json!({"ok": true, "result": other}),
+        Err(error) => json!({"ok": false, "error": error}),
+    };
+    let mut text = body.to_string();
+    text.push('\n');
+    stream.write_all(text.as_bytes())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{mountpoint}: no tvault daemon answers for this mountpoint ({source}); is it mounted with `tvault mount`?")]
+    NoDaemon {
+        mountpoint: String,
+        source: io::Error,
+    },
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed response from the daemon: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends one request to the daemon serving `mountpoint` and returns its response body.
+pub fn call(mountpoint: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
+    let no_daemon = |source| ClientError::NoDaemon {
+        mountpoint: mountpoint.display().to_string(),
+        source,
+    };
+    let path = socket_path(mountpoint).map_err(no_daemon)?;
+    let mut stream = UnixStream::connect(&path).map_err(no_daemon)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut text =
+        serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    text.push('\n');
+    let written = stream.write_all(text.as_bytes());
+    text.zeroize();
+    written?;
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_REQUEST)).read_line(&mut line)?;
+    let value: Value =
+        serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if value.get("ok") == Some(&Value::Bool(true)) {
+        Ok(value)
+    } else {
+        let msg = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("request refused")
+            .to_string();
+        Err(ClientError::Refused(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
+            match request {
+                Request::Status => Ok(json!({"uid": peer.uid})),
+                _ => Err("nope".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn request_wire_format() {
+        let r: Request = serde_json::from_str(r#"{"op":"lock","force":true}"#).unwrap();
+        assert!(matches!(r, Request::Lock { force: true }));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"bogus"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"lock","force":1}"#).is_err());
+    }
+
+    #[test]
+    fn round_trip_and_abuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let listener = bind(&path).unwrap();
+        assert!(bind(&path).is_err(), "a live socket must not be stolen");
+        serve(listener, Arc::new(Echo)).unwrap();
+        let call_raw = |bytes: &[u8]| {
+            let mut s = UnixStream::connect(&path).unwrap();
+            let _ = s.write_all(bytes);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut out = String::new();
+            // An oversized request may be cut off with a reset instead of an answer.
+            match s.read_to_string(&mut out) {
+                Ok(_) => serde_json::from_str::<Value>(&out).unwrap(),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => json!({"ok": false}),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let ok = call_raw(b"{\"op\":\"status\"}\n");
+        assert_eq!(ok["ok"], true);
+        assert_eq!(ok["uid"], unsafe { libc::getuid() });
+        assert_eq!(call_raw(b"{\"op\":\"umount\"}\n")["error"], "nope");
+        assert_eq!(call_raw(b"garbage\n")["ok"], false);
+        let huge = vec![b'x'; (MAX_REQUEST as usize) * 2];
+        assert_eq!(call_raw(&huge)["ok"], false);
+    }
+}

@@ -1,0 +1,365 @@
+//! The mount daemon: wires the store, access sessions, FUSE frontend and control socket
+//! together, and owns the process's lifecycle (signals, unmount, cleanup).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use serde_json::{json, Value};
+
+use crate::access::Access;
+use crate::control::{self, Handler, Peer, Request};
+use crate::fs::{Shared, TvaultFs};
+use crate::store::Store;
+
+pub struct MountOptions {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    pub cache_bytes: u64,
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}: mountpoint does not exist")]
+    NoMountpoint(String),
+    #[error("{0}: mountpoint is not a directory")]
+    NotADirectory(String),
+    #[error("{0}: already a mount point (unmount it first, or pick another directory)")]
+    InUse(String),
+    #[error("{path}: cannot mount: {source}")]
+    Mount {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Mount points from /proc/self/mountinfo: (mount point, "major:minor").
+pub fn mounts() -> Vec<(PathBuf, String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let dev = fields.nth(2)?.to_string();
+            let point = fields.nth(1)?;
+            Some((PathBuf::from(unescape_mountinfo(point)), dev))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo octal.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn is_mount_point(path: &Path) -> bool {
+    mounts().iter().any(|(p, _)| p == path)
+}
+
+/// Raises the kernel's readahead for this mount so reads arrive as 1 MiB requests (the
+/// FUSE INIT offer is capped at 128 KiB; the backing-device knob is not).
+fn raise_readahead(mountpoint: &Path) {
+    let Some((_, dev)) = mounts().into_iter().rev().find(|(p, _)| p == mountpoint) else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, "1024") {
+        log::info!("cannot raise readahead ({knob}): {e}");
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-mask manipulation on a zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Unmounts once, from whichever of the signal thread and the control socket asks first.
+struct Unmount {
+    unmounter: Mutex<Option<SessionUnmounter>>,
+    mountpoint: PathBuf,
+}
+
+impl Unmount {
+    fn trigger(&self) {
+        let taken = self
+            .unmounter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut unmounter) = taken else { return };
+        if let Err(e) = unmounter.unmount() {
+            // Busy (a file is still open): detach now; the daemon exits when the last
+            // handle closes.
+            log::warn!("unmount: {e}; detaching lazily");
+            if let Ok(path) = CString::new(self.mountpoint.as_os_str().as_encoded_bytes()) {
+                // SAFETY: valid NUL-terminated path.
+                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+struct DaemonControl {
+    shared: Arc<Shared>,
+    unmount: Arc<Unmount>,
+    owner_uid: u32,
+    read_only: bool,
+    store_path: PathBuf,
+}
+
+impl DaemonControl {
+    fn status(&self, peer: Peer) -> Value {
+        let privileged = peer.uid == 0 || peer.uid == self.owner_uid;
+        let visible = |uid: u32| privileged || uid == peer.uid;
+        let s = &self.shared;
+        let users: Vec<_> = s
+            .access
+            .sessions()
+            .into_iter()
+            .filter(|u| visible(u.uid))
+            .map(|u| json!({"user": u.name, "uid": u.uid, "data_keys": u.cached_keys()}))
+            .collect();
+        let open: Vec<_> = s
+            .open_files()
+            .into_iter()
+            .filter(|f| visible(f.uid))
+            .map(|f| json!({"path": f.path, "uid": f.uid, "user": f.user}))
+            .collect();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "store": self.store_path.display().to_string(),
+            "mountpoint": self.unmount.mountpoint.display().to_string(),
+            "pid": std::process::id(),
+            "read_only": self.read_only,
+            "unlocked": users,
+            "open_files": open,
+            "cache": {
+                "bytes": s.cache.bytes(),
+                "capacity": s.cache.capacity(),
+                "hits": load(&s.cache.hits),
+                "misses": load(&s.cache.misses),
+            },
+            "bytes_decrypted": load(&s.stats.bytes_decrypted),
+            "opens_allowed": load(&s.stats.opens_allowed),
+            "opens_denied": load(&s.stats.opens_denied),
+            "integrity_failures": load(&s.stats.integrity_failures),
+        })
+    }
+}
+
+impl Handler for DaemonControl {
+    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
+        let comm = crate::fs::process_name(peer.pid as u32);
+        match request {
+            Request::Unlock { passphrase } => {
+                match self
+                    .shared
+                    .access
+                    .unlock(&self.shared.store, peer.uid, passphrase.as_bytes())
+                {
+                    Ok(user) => {
+                        log::info!(target: "tvault::audit", "unlock allow uid={} user={user} pid={} comm={comm}", peer.uid, peer.pid);
+                        Ok(json!({"user": user, "uid": peer.uid}))
+                    }
+                    Err(e) => {
+                        log::warn!(target: "tvault::audit", "unlock deny uid={} pid={} comm={comm}: {e}", peer.uid, peer.pid);
+                        Err(e.to_string())
+                    }
+                }
+            }
+            Request::Lock { force } => {
+                let Some(session) = self.shared.access.session(peer.uid) else {
+                    return Err(format!("uid {} is not unlocked on this mount", peer.uid));
+                };
+                let open: Vec<String> = self
+                    .shared
+                    .open_files()
+                    .into_iter()
+                    .filter(|f| f.uid == peer.uid)
+                    .map(|f| f.path)
+                    .collect();
+                if !open.is_empty() && !force {
+                    return Err(format!(
+                        "{} file(s) still open by uid {}: {}; close them, or use --force to lock anyway \
+                         (reads on them then fail, and mappings get SIGBUS)",
+                        open.len(),
+                        peer.uid,
+                        open.join(", ")
+                    ));
+                }
+                self.shared.access.lock(peer.uid);
+                let invalidated = self.shared.invalidate_open_files_of(peer.uid);
+                log::info!(target: "tvault::audit", "lock uid={} user={} pid={} comm={comm} invalidated={invalidated}", peer.uid, session.name, peer.pid);
+                Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
+            }
+            Request::Status => Ok(self.status(peer)),
+            Request::Umount => {
+                if peer.uid != 0 && peer.uid != self.owner_uid {
+                    return Err("only root or the user who mounted may unmount".into());
+                }
+                log::info!(target: "tvault::audit", "umount requested uid={} pid={} comm={comm}", peer.uid, peer.pid);
+                let unmount = self.unmount.clone();
+                // Reply first: the unmount tears down the process.
+                std::thread::spawn(move || unmount.trigger());
+                Ok(json!({}))
+            }
+        }
+    }
+}
+
+/// Mounts and serves until unmounted (by `tvault umount`, SIGINT/SIGTERM, or an outside
+/// `umount`). `on_ready` runs once the mount is live and the control socket answers.
+pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonError> {
+    // Before any thread exists, so that every thread inherits the mask and only the signal
+    // thread below receives them.
+    let signals = block_signals();
+    let display = opts.mountpoint.display().to_string();
+    let meta = std::fs::metadata(&opts.mountpoint)
+        .map_err(|_| DaemonError::NoMountpoint(display.clone()))?;
+    if !meta.is_dir() {
+        return Err(DaemonError::NotADirectory(display));
+    }
+    let mountpoint = std::fs::canonicalize(&opts.mountpoint)
+        .map_err(|_| DaemonError::NoMountpoint(display.clone()))?;
+    if is_mount_point(&mountpoint) {
+        return Err(DaemonError::InUse(display));
+    }
+    let store = Store::open(&opts.store)?;
+    let store_path =
+        std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+    let socket = control::socket_path(&mountpoint).map_err(|source| DaemonError::Socket {
+        path: display.clone(),
+        source,
+    })?;
+    let listener = control::bind(&socket).map_err(|source| DaemonError::Socket {
+        path: socket.display().to_string(),
+        source,
+    })?;
+
+    let access = Arc::new(Access::new());
+    let shared = Shared::new(store, access, opts.cache_bytes);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("tvault:{}", store_path.display())),
+        MountOption::CUSTOM("subtype=tvault".into()),
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        // Writes through the mount are not supported yet: the kernel refuses them.
+        MountOption::RO,
+    ];
+    // Other users must reach the mount (allow_other); tvault itself decides every open.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2),
+    );
+    config.clone_fd = true;
+    let mut session =
+        Session::new(TvaultFs::new(shared.clone()), &mountpoint, &config).map_err(|source| {
+            let _ = std::fs::remove_file(&socket);
+            DaemonError::Mount {
+                path: display.clone(),
+                source,
+            }
+        })?;
+    shared.set_notifier(session.notifier());
+    raise_readahead(&mountpoint);
+    let unmount = Arc::new(Unmount {
+        unmounter: Mutex::new(Some(session.unmount_callable())),
+        mountpoint: mountpoint.clone(),
+    });
+    // SAFETY: getuid has no preconditions.
+    let owner_uid = unsafe { libc::getuid() };
+    let handler = DaemonControl {
+        shared: shared.clone(),
+        unmount: unmount.clone(),
+        owner_uid,
+        read_only: opts.read_only,
+        store_path: store_path.clone(),
+    };
+    control::serve(listener, Arc::new(handler)).map_err(|source| DaemonError::Socket {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let signal_unmount = unmount.clone();
+    std::thread::Builder::new()
+        .name("tvault-signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: waits on the set blocked above.
+            if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                if sig == libc::SIGHUP {
+                    continue;
+                }
+                log::info!("signal {sig}: unmounting");
+                signal_unmount.trigger();
+                return;
+            }
+        })
+        .map_err(|source| DaemonError::Mount {
+            path: display.clone(),
+            source,
+        })?;
+    log::info!(target: "tvault::audit", "mount store={} mountpoint={}", store_path.display(), mountpoint.display());
+    on_ready();
+    let result = session.run();
+    shared.access.lock_all();
+    shared.cache.clear();
+    let _ = std::fs::remove_file(&socket);
+    log::info!(target: "tvault::audit", "unmount mountpoint={}", mountpoint.display());
+    result.map_err(|source| DaemonError::Mount {
+        path: display,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
+    }
+}
