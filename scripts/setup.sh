@@ -20,7 +20,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-VENV="${TVAULT_VENV:-$PWD/.venv}"
+# The demo and the tests run Python as other uids, so the venv lives where every uid can
+# reach it (the checkout may sit in a private home directory).
+VENV="${TVAULT_VENV:-/var/tmp/tvault-venv}"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import safetensors, numpy' >/dev/null 2>&1; then
   echo "setup: creating $VENV with safetensors and numpy" >&2
   /usr/bin/python3 -m venv "$VENV"

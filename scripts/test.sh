@@ -3,9 +3,7 @@
 # real FUSE filesystems and read them as other uids, so they need root and /dev/fuse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The mount tests run Python as other uids, so the venv must sit where every uid can reach
-# it (the checkout may be under a private home directory).
-export TVAULT_VENV="${TVAULT_VENV:-/var/tmp/tvault-test-venv}"
+export TVAULT_VENV="${TVAULT_VENV:-/var/tmp/tvault-venv}"
 bash scripts/setup.sh
 export TVAULT_PYTHON="$TVAULT_VENV/bin/python"
 cargo test --release -- --test-threads=2 "$@"

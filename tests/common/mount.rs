@@ -14,7 +14,7 @@ use super::{s, store_with_users, TVAULT};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn python() -> String {
-    std::env::var("TVAULT_PYTHON").unwrap_or_else(|_| "/var/tmp/tvault-test-venv/bin/python".into())
+    std::env::var("TVAULT_PYTHON").unwrap_or_else(|_| "/var/tmp/tvault-venv/bin/python".into())
 }
 
 pub fn is_mounted(mountpoint: &Path) -> bool {
