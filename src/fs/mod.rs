@@ -244,17 +244,19 @@ impl Shared {
     }
 
     /// What to decrypt ahead after a read of `[offset, end)`: the rest of the tensor the read
-    /// landed in, or, for a sequential reader of any file, a window past the read.
+    /// landed in, or, for a sequential reader of another file, a window past the read.
     fn prefetch_after(&self, handle: &Handle, offset: u64, end: u64) {
         let file = &handle.file;
         let len = file.reader.len();
         let sequential = handle.next_offset.swap(end, Ordering::Relaxed) == offset;
         let window = prefetch::window(self.cache.capacity());
-        let target_end = match file.tensors.as_ref().and_then(|h| {
-            h.tensor_at_file_offset(offset)
-                .map(|t| h.data_start() + t.end)
-        }) {
-            Some(tensor_end) => tensor_end.min(end + window),
+        // A safetensors file is prefetched tensor by tensor only, so that reading the header
+        // or one tensor never pays for its neighbours.
+        let target_end = match &file.tensors {
+            Some(h) => match h.tensor_at_file_offset(offset) {
+                Some(t) => (h.data_start() + t.end).min(end + window),
+                None => return,
+            },
             None if sequential => end + window,
             None => return,
         }
