@@ -1,11 +1,12 @@
 //! tensorvault: an encrypted store for model weights, mounted with FUSE for per-user access.
 //!
 //! Layers, lowest first (a module only imports the ones before it):
-//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `access` →
+//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `audit`, `access` →
 //! `fs`, `control` → `daemon` → `cli`.
 //! See docs/ARCHITECTURE.md.
 
 pub mod access;
+pub mod audit;
 pub mod cli;
 pub mod container;
 pub mod control;
