@@ -225,6 +225,12 @@ impl Event {
         self
     }
 
+    /// Sets `pid` only (see [`Event::process_of`] to fill `process` and `exe` too).
+    pub fn pid(mut self, pid: u32) -> Self {
+        self.pid = Some(pid);
+        self
+    }
+
     pub fn uid(mut self, uid: u32) -> Self {
         self.uid = Some(uid);
         self
@@ -1584,7 +1590,7 @@ mod tests {
             Err(AuditError::Closed)
         ));
         let key_bytes = read_key(&key).unwrap();
-        let report = verify(&[log.clone()], &key_bytes, Some(&last)).unwrap();
+        let report = verify(std::slice::from_ref(&log), &key_bytes, Some(&last)).unwrap();
         assert_eq!(report.entries, 2);
         assert_eq!(report.last_hash.as_deref(), Some(last.as_str()));
         assert_eq!(report.anchor.as_deref(), Some(id.as_str()));
@@ -1637,7 +1643,12 @@ mod tests {
         assert_eq!(fresh.len(), 2);
         assert!(fresh[0].contains("\"reason\":\"corrupt-tail\""));
         let k = read_key(&key).unwrap();
-        assert_eq!(verify(&[log.clone()], &k, None).unwrap().entries, 2);
+        assert_eq!(
+            verify(std::slice::from_ref(&log), &k, None)
+                .unwrap()
+                .entries,
+            2
+        );
         let (file, line, _) = broken_at(verify(&[moved.clone(), log.clone()], &k, None));
         assert_eq!((file, line), (moved, 3));
 
@@ -1648,7 +1659,7 @@ mod tests {
         let audit = AuditLog::open(&log, &key, None).unwrap();
         audit.close().unwrap();
         assert_eq!(lines(&log).len(), 1);
-        verify(&[log.clone()], &k, None).unwrap();
+        verify(std::slice::from_ref(&log), &k, None).unwrap();
         assert!(rotated_name(&log, 2).exists());
     }
 
@@ -1658,13 +1669,13 @@ mod tests {
         write_log(&log, &key, 6);
         let k = read_key(&key).unwrap();
         let orig = lines(&log);
-        verify(&[log.clone()], &k, None).unwrap();
+        verify(std::slice::from_ref(&log), &k, None).unwrap();
 
         // Edit a field (MAC fails).
         let mut edited = orig.clone();
         edited[2] = edited[2].replace("\"allow\"", "\"deny\"");
         put_lines(&log, &edited);
-        let (_, line, why) = broken_at(verify(&[log.clone()], &k, None));
+        let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), &k, None));
         assert_eq!(line, 3);
         assert!(why.contains("MAC"), "{why}");
 
@@ -1672,7 +1683,7 @@ mod tests {
         let mut spaced = orig.clone();
         spaced[1] = spaced[1].replacen(",", ", ", 1);
         put_lines(&log, &spaced);
-        let (_, line, why) = broken_at(verify(&[log.clone()], &k, None));
+        let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), &k, None));
         assert_eq!(line, 2);
         assert!(why.contains("canonical"), "{why}");
 
@@ -1680,7 +1691,7 @@ mod tests {
         let mut inserted = orig.clone();
         inserted.insert(4, orig[1].clone());
         put_lines(&log, &inserted);
-        assert_eq!(broken_at(verify(&[log.clone()], &k, None)).1, 5);
+        assert_eq!(broken_at(verify(std::slice::from_ref(&log), &k, None)).1, 5);
 
         // Insert a forged line.
         let mut forged = orig.clone();
@@ -1691,39 +1702,42 @@ mod tests {
                 .replace("user3", "mallory"),
         );
         put_lines(&log, &forged);
-        assert_eq!(broken_at(verify(&[log.clone()], &k, None)).1, 4);
+        assert_eq!(broken_at(verify(std::slice::from_ref(&log), &k, None)).1, 4);
 
         // Delete a line: the next one no longer links.
         let mut deleted = orig.clone();
         deleted.remove(2);
         put_lines(&log, &deleted);
-        let (_, line, why) = broken_at(verify(&[log.clone()], &k, None));
+        let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), &k, None));
         assert_eq!(line, 3);
         assert!(why.contains("prev"), "{why}");
 
         // Delete the first line: the chain no longer starts at seq 1.
         put_lines(&log, &orig[1..]);
-        assert_eq!(broken_at(verify(&[log.clone()], &k, None)).1, 1);
+        assert_eq!(broken_at(verify(std::slice::from_ref(&log), &k, None)).1, 1);
 
         // Reorder two lines.
         let mut swapped = orig.clone();
         swapped.swap(3, 4);
         put_lines(&log, &swapped);
-        assert_eq!(broken_at(verify(&[log.clone()], &k, None)).1, 4);
+        assert_eq!(broken_at(verify(std::slice::from_ref(&log), &k, None)).1, 4);
 
         // An empty line, and garbage.
         let mut blank = orig.clone();
         blank.insert(2, String::new());
         put_lines(&log, &blank);
-        assert_eq!(broken_at(verify(&[log.clone()], &k, None)).1, 3);
+        assert_eq!(broken_at(verify(std::slice::from_ref(&log), &k, None)).1, 3);
         let mut garbage = orig.clone();
         garbage[5] = "\u{0}\u{ff}not json".into();
         put_lines(&log, &garbage);
-        assert_eq!(broken_at(verify(&[log.clone()], &k, None)).1, 6);
+        assert_eq!(broken_at(verify(std::slice::from_ref(&log), &k, None)).1, 6);
 
         // The wrong key.
         put_lines(&log, &orig);
-        assert_eq!(broken_at(verify(&[log.clone()], &[7u8; 32], None)).1, 1);
+        assert_eq!(
+            broken_at(verify(std::slice::from_ref(&log), &[7u8; 32], None)).1,
+            1
+        );
     }
 
     #[test]
@@ -1734,21 +1748,26 @@ mod tests {
         let orig = lines(&log);
         put_lines(&log, &orig[..3]);
         // The shorter chain is valid on its own...
-        assert_eq!(verify(&[log.clone()], &k, None).unwrap().entries, 3);
+        assert_eq!(
+            verify(std::slice::from_ref(&log), &k, None)
+                .unwrap()
+                .entries,
+            3
+        );
         // ...but not against the hash recorded before the cut.
         assert!(matches!(
-            verify(&[log.clone()], &k, Some(&last)),
+            verify(std::slice::from_ref(&log), &k, Some(&last)),
             Err(VerifyError::Truncated { .. })
         ));
         // A recorded hash stays valid when the log has grown since.
         put_lines(&log, &orig);
         let mid = line_hash(orig[2].as_bytes());
-        let report = verify(&[log.clone()], &k, Some(&mid.to_uppercase())).unwrap();
+        let report = verify(std::slice::from_ref(&log), &k, Some(&mid.to_uppercase())).unwrap();
         assert_eq!(report.expected_at, Some((log.clone(), 3)));
         // A line cut in the middle is reported as incomplete.
         let bytes = fs::read(&log).unwrap();
         fs::write(&log, &bytes[..bytes.len() - 10]).unwrap();
-        let (_, line, why) = broken_at(verify(&[log.clone()], &k, None));
+        let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), &k, None));
         assert_eq!(line, 5);
         assert!(why.contains("incomplete"), "{why}");
     }

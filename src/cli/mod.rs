@@ -1,6 +1,7 @@
 //! The `tvault` command line: argument definitions and dispatch. Commands are thin wrappers
 //! over the library layers; all policy lives below.
 
+mod audit_cmds;
 mod mount_cmds;
 mod passphrase;
 mod store_cmds;
@@ -177,6 +178,10 @@ enum Command {
     },
     /// Unmount a tvault mount
     Umount { mountpoint: PathBuf },
+    /// Show, filter or verify an audit log (a table by default)
+    Audit(audit_cmds::AuditArgs),
+    /// Show which users hold key slots for which files (no passphrase needed)
+    Access(audit_cmds::AccessArgs),
 }
 
 #[derive(Subcommand)]
@@ -331,6 +336,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Lock { mountpoint, force } => mount_cmds::lock(&mountpoint, force),
         Command::Status { mountpoint, json } => mount_cmds::status(&mountpoint, json),
         Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
+        Command::Audit(args) => audit_cmds::audit(&args),
+        Command::Access(args) => audit_cmds::access(&args),
     }
 }
 
