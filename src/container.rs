@@ -633,6 +633,178 @@ impl<W: Write + Seek> Writer<W> {
     }
 }
 
+/// One sealed chunk of a [`Draft`]: where its nonce and tag are, and how it was sealed.
+#[derive(Clone, Copy)]
+struct DraftEntry {
+    nonce: [u8; NONCE_LEN],
+    tag: [u8; TAG_LEN],
+    len: u32,
+    last: bool,
+}
+
+/// A container being written in any order, for writes through the mount. Chunks are sealed
+/// into a file at their final offsets as soon as the caller has them, and may be re-sealed
+/// (with a fresh nonce) when overwritten; `finish` writes the chunk table, MAC and header
+/// last. Until then the file is not a valid container, so a crash never leaves a file that
+/// a reader could mistake for a complete one.
+pub struct Draft {
+    file: std::fs::File,
+    keys: FileKeys,
+    header: FixedHeader,
+    data_offset: u64,
+    table: Vec<Option<DraftEntry>>,
+}
+
+impl Draft {
+    /// Writes the header placeholder and key slots for `recipients` into `file` (empty).
+    pub fn create(
+        file: std::fs::File,
+        data_key: &SecretKey,
+        chunk_log2: u8,
+        recipients: &[(String, PublicKey)],
+    ) -> Result<Self> {
+        use std::os::unix::fs::FileExt;
+        if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
+            return Err(ContainerError::ChunkSize(chunk_log2));
+        }
+        let file_id: [u8; FILE_ID_LEN] = crypto::random_array()?;
+        let slots = recipients
+            .iter()
+            .map(|(label, pk)| KeySlot::seal(&file_id, label, pk, data_key))
+            .collect::<Result<Vec<_>>>()?;
+        let encoded = encode_slots(&slots)?;
+        let header = FixedHeader {
+            file_id,
+            chunk_log2,
+            plaintext_len: 0,
+            slots_len: encoded.len() as u32,
+        };
+        // The placeholder header has no valid MAC or length; `finish` rewrites it.
+        file.write_all_at(&header.encode(), 0)?;
+        file.write_all_at(&encoded, FIXED_HEADER_LEN as u64)?;
+        Ok(Draft {
+            file,
+            keys: FileKeys::derive(data_key, &file_id),
+            data_offset: (FIXED_HEADER_LEN + encoded.len()) as u64,
+            header,
+            table: Vec::new(),
+        })
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.header.chunk_size()
+    }
+
+    pub fn chunk_log2(&self) -> u8 {
+        self.header.chunk_log2
+    }
+
+    /// Seals `plaintext` as chunk `index` (overwriting any earlier version of that chunk).
+    /// `scratch` is reused as the encryption buffer to avoid an allocation per chunk.
+    pub fn seal(
+        &mut self,
+        index: u64,
+        plaintext: &[u8],
+        last: bool,
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if plaintext.len() as u64 > self.chunk_size() {
+            return Err(ContainerError::Malformed(format!(
+                "chunk {index} of {} bytes exceeds the chunk size",
+                plaintext.len()
+            )));
+        }
+        scratch.clear();
+        scratch.extend_from_slice(plaintext);
+        let (nonce, tag) = self.keys.seal_chunk(index, last, scratch)?;
+        self.file.write_all_at(
+            scratch,
+            self.data_offset + (index << self.header.chunk_log2),
+        )?;
+        let slot = usize::try_from(index)
+            .map_err(|_| ContainerError::Malformed("chunk index too large".into()))?;
+        if self.table.len() <= slot {
+            self.table.resize(slot + 1, None);
+        }
+        self.table[slot] = Some(DraftEntry {
+            nonce,
+            tag,
+            len: plaintext.len() as u32,
+            last,
+        });
+        Ok(())
+    }
+
+    /// (length, last flag) of chunk `index` if it has been sealed.
+    pub fn sealed(&self, index: u64) -> Option<(usize, bool)> {
+        let entry = self.table.get(usize::try_from(index).ok()?)?.as_ref()?;
+        Some((entry.len as usize, entry.last))
+    }
+
+    /// Decrypts sealed chunk `index` into the front of `out`; returns its length.
+    pub fn open(&self, index: u64, out: &mut [u8]) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let entry = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.table.get(i).copied().flatten())
+            .ok_or_else(|| ContainerError::Malformed(format!("chunk {index} is not sealed")))?;
+        let n = entry.len as usize;
+        let have = out.len();
+        let buf = out.get_mut(..n).ok_or_else(|| {
+            ContainerError::Malformed(format!("buffer of {have} bytes for a {n}-byte chunk"))
+        })?;
+        self.file
+            .read_exact_at(buf, self.data_offset + (index << self.header.chunk_log2))?;
+        self.keys
+            .open_chunk(index, entry.last, &entry.nonce, &entry.tag, buf)
+            .map_err(|_| ContainerError::ChunkAuthentication { index })?;
+        Ok(n)
+    }
+
+    /// Forgets chunks from `count` on (after a truncation).
+    pub fn forget_from(&mut self, count: u64) {
+        self.table
+            .truncate(usize::try_from(count).unwrap_or(usize::MAX));
+    }
+
+    /// Completes the container for a plaintext of `plaintext_len` bytes: every chunk must be
+    /// sealed with its exact length, and only the final one marked last. Writes the table,
+    /// the MAC and then the real header, cuts the file to size and returns it (not synced).
+    pub fn finish(mut self, plaintext_len: u64) -> Result<std::fs::File> {
+        use std::os::unix::fs::FileExt;
+        self.header.plaintext_len = plaintext_len;
+        let count = self.header.chunk_count();
+        let mut table = Vec::with_capacity(count as usize * TABLE_ENTRY_LEN);
+        for index in 0..count {
+            let (start, end) = self.header.chunk_range(index);
+            let last = index + 1 == count;
+            match self.table.get(index as usize).copied().flatten() {
+                Some(e) if u64::from(e.len) == end - start && e.last == last => {
+                    table.extend_from_slice(&e.nonce);
+                    table.extend_from_slice(&e.tag);
+                }
+                _ => {
+                    return Err(ContainerError::Malformed(format!(
+                        "chunk {index} is missing or sealed for another length"
+                    )))
+                }
+            }
+        }
+        let encoded = self.header.encode();
+        let mac = self
+            .keys
+            .header_mac(&[&encoded[..MACED_HEADER_LEN], &table]);
+        let table_offset = self.data_offset + plaintext_len;
+        self.file.write_all_at(&table, table_offset)?;
+        let mac_offset = table_offset + table.len() as u64;
+        self.file.write_all_at(&mac, mac_offset)?;
+        self.file.set_len(mac_offset + MAC_LEN as u64)?;
+        self.file.write_all_at(&encoded, 0)?;
+        Ok(self.file)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,6 +881,61 @@ mod tests {
             c2.unwrap_key("mallory", &alice),
             Err(ContainerError::SlotAuthentication(_))
         ));
+    }
+
+    #[test]
+    fn draft_in_any_order_reads_back() {
+        let alice = PrivateKey::generate().unwrap();
+        let dk = SecretKey::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.tvlt");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut d = Draft::create(file, &dk, 12, &[("alice".into(), alice.public_key())]).unwrap();
+        let mut scratch = Vec::new();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        // Chunk 2 first (final, 1808 bytes), then 0, then 1 sealed twice.
+        d.seal(2, &data[8192..], true, &mut scratch).unwrap();
+        d.seal(0, &data[..4096], false, &mut scratch).unwrap();
+        d.seal(1, &[0u8; 4096], false, &mut scratch).unwrap();
+        d.seal(1, &data[4096..8192], false, &mut scratch).unwrap();
+        let mut out = vec![0u8; 4096];
+        assert_eq!(d.open(1, &mut out).unwrap(), 4096);
+        assert_eq!(out, &data[4096..8192]);
+        assert_eq!(d.sealed(2), Some((1808, true)));
+        assert!(d.open(3, &mut out).is_err());
+        let file = d.finish(data.len() as u64).unwrap();
+        drop(file);
+        let r = open(std::fs::read(&path).unwrap(), &alice).unwrap();
+        let mut back = vec![0u8; data.len()];
+        r.read_at(0, &mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn draft_refuses_to_finish_with_gaps_or_wrong_final_flag() {
+        let dk = SecretKey::generate().unwrap();
+        let alice = PrivateKey::generate().unwrap();
+        let mk = || {
+            let f = tempfile::tempfile().unwrap();
+            Draft::create(f, &dk, 12, &[("alice".into(), alice.public_key())]).unwrap()
+        };
+        let mut scratch = Vec::new();
+        let mut d = mk();
+        d.seal(1, &[1u8; 10], true, &mut scratch).unwrap();
+        assert!(d.finish(4106).is_err(), "chunk 0 missing");
+        let mut d = mk();
+        d.seal(0, &[1u8; 4096], true, &mut scratch).unwrap();
+        d.seal(1, &[1u8; 10], true, &mut scratch).unwrap();
+        assert!(d.finish(4106).is_err(), "chunk 0 sealed as last");
+        let mut d = mk();
+        d.seal(0, &[], true, &mut scratch).unwrap();
+        assert!(d.finish(0).is_ok(), "empty file");
     }
 
     #[test]

@@ -273,7 +273,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     })?;
 
     let access = Arc::new(Access::new());
-    let shared = Shared::new(store, access, opts.cache_bytes);
+    let shared = Shared::new(store, access, opts.cache_bytes, opts.read_only);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("tvault:{}", store_path.display())),
@@ -281,9 +281,11 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         MountOption::NoAtime,
         MountOption::NoDev,
         MountOption::NoSuid,
-        // Writes through the mount are not supported yet: the kernel refuses them.
-        MountOption::RO,
     ];
+    if opts.read_only {
+        // The kernel itself then refuses every write with EROFS.
+        config.mount_options.push(MountOption::RO);
+    }
     // Other users must reach the mount (allow_other); tvault itself decides every open.
     config.acl = SessionACL::All;
     config.n_threads = Some(

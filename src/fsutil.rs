@@ -10,8 +10,15 @@ use std::path::{Path, PathBuf};
 /// Temporary files carry this marker so that listings (and the mount) can skip them.
 pub const TEMP_MARKER: &str = ".tmp-";
 
+/// True for names made by `temp_path`: `.NAME.tmp-` followed by 12 hex digits.
 pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(TEMP_MARKER)
+    let Some((head, suffix)) = name.rsplit_once(TEMP_MARKER) else {
+        return false;
+    };
+    head.len() > 1
+        && head.starts_with('.')
+        && suffix.len() == 12
+        && suffix.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn temp_path(target: &Path) -> io::Result<PathBuf> {
@@ -37,6 +44,26 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates an empty temporary file beside `target` (same directory, so the final rename is
+/// atomic), with permission bits `mode`.
+pub fn create_temp_beside(target: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
+    let temp = temp_path(target)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)?;
+    Ok((temp, file))
+}
+
+/// Makes a finished temporary file durable and moves it over `target`.
+pub fn commit_temp(temp: &Path, file: &File, target: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    fs::rename(temp, target)?;
+    sync_dir(target.parent().unwrap_or(Path::new(".")))
+}
+
 /// Creates `target` atomically with permission bits `mode`: `fill` writes the content into a
 /// fresh temporary file; on any error the temporary file is removed and `target` is untouched.
 /// `io_error` turns this function's own I/O failures into the caller's error type.
@@ -46,22 +73,13 @@ pub fn write_atomic<E>(
     fill: impl FnOnce(&mut File) -> Result<(), E>,
     io_error: impl Fn(io::Error) -> E,
 ) -> Result<(), E> {
-    let temp = temp_path(target).map_err(&io_error)?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        .map_err(&io_error)?;
-    let result = fill(&mut file)
-        .and_then(|()| file.sync_all().map_err(&io_error))
-        .and_then(|()| fs::rename(&temp, target).map_err(&io_error));
+    let (temp, mut file) = create_temp_beside(target, mode).map_err(&io_error)?;
+    let result =
+        fill(&mut file).and_then(|()| commit_temp(&temp, &file, target).map_err(&io_error));
     if result.is_err() {
         let _ = fs::remove_file(&temp);
-        return result;
     }
-    sync_dir(target.parent().unwrap_or(Path::new("."))).map_err(&io_error)
+    result
 }
 
 #[cfg(test)]
@@ -88,5 +106,9 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         write_atomic(&target, 0o600, |f| f.write_all(b"new"), |e| e).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
+        let (temp, _) = create_temp_beside(&target, 0o600).unwrap();
+        assert!(is_temp_name(temp.file_name().unwrap().to_str().unwrap()));
+        assert!(!is_temp_name(".model.safetensors.tmp-x"));
+        assert!(!is_temp_name(".tmp-0123456789ab"));
     }
 }

@@ -15,12 +15,15 @@ use std::path::{Component, Path, PathBuf};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use crate::container::{self, Container, ContainerError, KeySlot, Reader, Writer};
-use crate::crypto::{PrivateKey, SecretKey};
+use crate::container::{self, Container, ContainerError, Draft, KeySlot, Reader, Writer};
+use crate::crypto::{PrivateKey, PublicKey, SecretKey};
 use crate::fsutil::{self, write_atomic};
 use crate::keyring::{self, Keyring, KeyringError};
 
 pub const META_DIR: &str = ".tvault";
+/// Per-directory policy naming the users that files created through the mount are
+/// encrypted to (besides their writer).
+pub const RECIPIENTS_FILE: &str = ".tvault-recipients";
 pub const CONTAINER_EXT: &str = "tvlt";
 const STORE_FORMAT: &str = "tensorvault-store";
 const STORE_VERSION: u32 = 1;
@@ -482,6 +485,90 @@ impl Store {
         self.reencrypt(&path, &reader, &recipients)
     }
 
+    /// The users a file created at `rel` through the mount is encrypted to: `writer` plus the
+    /// names in the nearest `.tvault-recipients` in `rel`'s directory or above. Names that
+    /// are not users of the store are skipped (with a warning): a policy typo must not
+    /// widen access, and it does not block the writer.
+    pub fn recipients_for_new(&self, rel: &str, writer: &Keyring) -> Result<Vec<Keyring>> {
+        validate_rel(rel)?;
+        let mut recipients = vec![writer.clone()];
+        let mut dir = Path::new(rel).parent();
+        while let Some(d) = dir {
+            let policy = self.root.join(d).join(RECIPIENTS_FILE);
+            match fs::read_to_string(&policy) {
+                Ok(text) => {
+                    for name in parse_policy(&text) {
+                        match self.user(&name) {
+                            Ok(k) if !recipients.iter().any(|r| r.name == k.name) => {
+                                recipients.push(k)
+                            }
+                            Ok(_) => {}
+                            Err(e) => log::warn!("{}: skipping {name:?}: {e}", policy.display()),
+                        }
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => dir = d.parent(),
+                Err(e) => return Err(io_err(&policy)(e)),
+            }
+        }
+        Ok(recipients)
+    }
+
+    /// Keyrings for key-slot labels (the recipients of an existing file, when it is
+    /// rewritten). Labels that name no user of the store are skipped with a warning.
+    pub fn keyrings_for<'a>(&self, labels: impl Iterator<Item = &'a str>) -> Vec<Keyring> {
+        labels
+            .filter_map(|label| match self.user(label) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    log::warn!("dropping recipient {label:?} on rewrite: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Starts a new version of `rel` as a draft container in a temporary file beside it.
+    pub fn start_draft(
+        &self,
+        rel: &str,
+        data_key: &SecretKey,
+        chunk_log2: u8,
+        recipients: &[(String, PublicKey)],
+    ) -> Result<(PathBuf, Draft)> {
+        let target = self.container_path(rel)?;
+        let (temp, file) =
+            fsutil::create_temp_beside(&target, FILE_MODE).map_err(io_err(&target))?;
+        match Draft::create(file, data_key, chunk_log2, recipients) {
+            Ok(draft) => Ok((temp, draft)),
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                Err(container_err(&target)(e))
+            }
+        }
+    }
+
+    /// Completes a draft and atomically replaces `rel` with it. On failure the draft's file
+    /// is removed and `rel` keeps its previous version.
+    pub fn commit_draft(
+        &self,
+        rel: &str,
+        temp: &Path,
+        draft: Draft,
+        plaintext_len: u64,
+    ) -> Result<()> {
+        let target = self.container_path(rel)?;
+        let result = draft
+            .finish(plaintext_len)
+            .map_err(container_err(&target))
+            .and_then(|file| fsutil::commit_temp(temp, &file, &target).map_err(io_err(&target)));
+        if result.is_err() {
+            let _ = fs::remove_file(temp);
+        }
+        result
+    }
+
     fn rewrite_slots(
         &self,
         path: &Path,
@@ -555,6 +642,17 @@ fn unwrap_for(
     }
 }
 
+/// User names in a `.tvault-recipients` file: separated by newlines, commas or spaces;
+/// `#` starts a comment.
+pub fn parse_policy(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .flat_map(|line| line.split([',', ' ', '\t']))
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Turns a path relative to a source directory into a store path with '/' separators.
 pub fn rel_from_path(path: &Path) -> Option<String> {
     let mut parts = Vec::new();
@@ -588,13 +686,48 @@ mod tests {
             "a/../b",
             "./a",
             ".tvault/x",
-            "a/.b.tmp-1234",
+            "a/.b.tmp-0123456789ab",
         ] {
             assert!(validate_rel(bad).is_err(), "{bad}");
         }
         for good in ["a", "model/config.json", "x/.tvault", ".hidden"] {
             validate_rel(good).unwrap();
         }
+    }
+
+    #[test]
+    fn policy_files() {
+        assert_eq!(
+            parse_policy("alice\n# team\nbob, carol # ml\n\n"),
+            ["alice", "bob", "carol"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), container::DEFAULT_CHUNK_LOG2).unwrap();
+        let mk = |name: &str, uid| {
+            let (k, _) = Keyring::create(name, uid, b"pw", FAST).unwrap();
+            store.add_user(&k).unwrap();
+            k
+        };
+        let (alice, bob, _carol) = (mk("alice", 1), mk("bob", 2), mk("carol", 3));
+        fs::create_dir_all(dir.path().join("team/sub")).unwrap();
+        fs::write(
+            dir.path().join("team/.tvault-recipients"),
+            "bob carol ghost\n",
+        )
+        .unwrap();
+        let names = |v: Vec<Keyring>| v.into_iter().map(|k| k.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(store.recipients_for_new("team/sub/x", &alice).unwrap()),
+            ["alice", "bob", "carol"]
+        );
+        assert_eq!(
+            names(store.recipients_for_new("other/x", &bob).unwrap()),
+            ["bob"]
+        );
+        assert_eq!(
+            names(store.recipients_for_new("x", &alice).unwrap()),
+            ["alice"]
+        );
     }
 
     #[test]

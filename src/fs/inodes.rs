@@ -42,6 +42,44 @@ impl Inodes {
     }
 }
 
+impl Inodes {
+    /// Moves `from` (and, for a directory, everything under it) to `to`, keeping inode
+    /// numbers. Whatever `to` named before loses its path.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let under = |p: &str, root: &str| p == root || p.starts_with(&format!("{root}/"));
+        let replaced: Vec<String> = self
+            .by_path
+            .keys()
+            .filter(|p| under(p, to))
+            .cloned()
+            .collect();
+        for path in replaced {
+            if let Some(ino) = self.by_path.remove(&path) {
+                self.paths.remove(&ino);
+            }
+        }
+        let moving: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| under(p, from))
+            .map(|(p, &i)| (p.clone(), i))
+            .collect();
+        for (path, ino) in moving {
+            self.by_path.remove(&path);
+            let new_path = format!("{to}{}", &path[from.len()..]);
+            self.by_path.insert(new_path.clone(), ino);
+            self.paths.insert(ino, new_path);
+        }
+    }
+
+    /// Forgets a removed path; a later file of the same name gets a new inode number.
+    pub fn remove(&mut self, rel: &str) {
+        if let Some(ino) = self.by_path.remove(rel) {
+            self.paths.remove(&ino);
+        }
+    }
+}
+
 /// `parent/name` as a store path.
 pub fn child_path(parent: &str, name: &str) -> String {
     if parent.is_empty() {
@@ -65,6 +103,14 @@ mod tests {
         assert_eq!(t.get_or_insert("a"), a);
         assert_eq!(t.path(b), Some("a/b"));
         assert_eq!(child_path("", "x"), "x");
+        let c = t.get_or_insert("c");
+        t.rename("a", "c");
+        assert_eq!(t.path(a), Some("c"));
+        assert_eq!(t.path(b), Some("c/b"));
+        assert_eq!(t.path(c), None, "the replaced target loses its path");
+        assert_eq!(t.get_or_insert("c/b"), b);
+        t.remove("c/b");
+        assert_eq!(t.path(b), None);
         assert_eq!(child_path("a", "x"), "a/x");
     }
 }

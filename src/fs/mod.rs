@@ -5,6 +5,7 @@
 mod cache;
 mod inodes;
 mod prefetch;
+mod write;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -18,22 +19,23 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use lru::LruCache;
 use memmap2::Mmap;
 
 use crate::access::{Access, Denial, UserSession};
 use crate::container::{Container, ContainerError, FixedHeader, Reader, FIXED_HEADER_LEN};
-use crate::fsutil;
 use crate::safetensors;
 use crate::store::{Store, CONTAINER_EXT, META_DIR};
 
 pub use cache::ChunkCache;
 use cache::Plain;
 use inodes::{child_path, Inodes};
+use write::WriteSession;
 
 /// Attributes and entries are cached by the kernel this long; opens always reach us, so
 /// access decisions are never cached.
@@ -81,7 +83,10 @@ pub(crate) struct FileVersion {
 }
 
 struct Handle {
-    file: Arc<FileVersion>,
+    /// The committed version a read-only handle reads (close-to-open consistency).
+    file: Option<Arc<FileVersion>>,
+    /// The write session of a handle open for writing (it reads the session's content).
+    write: Option<Arc<Mutex<WriteSession>>>,
     session: Arc<UserSession>,
     ino: u64,
     rel: String,
@@ -107,6 +112,9 @@ pub struct Shared {
     next_version_id: AtomicU64,
     prefetch: prefetch::Prefetcher,
     notifier: OnceLock<Notifier>,
+    /// Inodes open for writing, one session each, shared by their writable handles.
+    sessions: Mutex<HashMap<u64, Arc<Mutex<WriteSession>>>>,
+    read_only: bool,
 }
 
 /// An open file as `tvault status` reports it.
@@ -121,7 +129,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(store: Store, access: Arc<Access>, cache_bytes: u64) -> Arc<Self> {
+    pub fn new(store: Store, access: Arc<Access>, cache_bytes: u64, read_only: bool) -> Arc<Self> {
         let versions = LruCache::new(
             std::num::NonZeroUsize::new(VERSION_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
         );
@@ -138,6 +146,8 @@ impl Shared {
             next_version_id: AtomicU64::new(1),
             prefetch: prefetch::Prefetcher::new(weak.clone()),
             notifier: OnceLock::new(),
+            sessions: Mutex::new(HashMap::new()),
+            read_only,
         })
     }
 
@@ -245,8 +255,7 @@ impl Shared {
 
     /// What to decrypt ahead after a read of `[offset, end)`: the rest of the tensor the read
     /// landed in, or, for a sequential reader of another file, a window past the read.
-    fn prefetch_after(&self, handle: &Handle, offset: u64, end: u64) {
-        let file = &handle.file;
+    fn prefetch_after(&self, handle: &Handle, file: &Arc<FileVersion>, offset: u64, end: u64) {
         let len = file.reader.len();
         let sequential = handle.next_offset.swap(end, Ordering::Relaxed) == offset;
         let window = prefetch::window(self.cache.capacity());
@@ -309,7 +318,12 @@ impl Shared {
             .map_err(ContainerError::from)
             .and_then(|()| FixedHeader::decode(&fixed));
         match header {
-            Ok(h) => Ok(Some(file_attr(ino, &meta, h.plaintext_len, h.chunk_size()))),
+            Ok(h) => {
+                // While a file is being written, its size is the session's.
+                let session = lock(&self.sessions).get(&ino).cloned();
+                let size = session.map_or(h.plaintext_len, |ws| lock(&ws).size());
+                Ok(Some(file_attr(ino, &meta, size, h.chunk_size())))
+            }
             Err(e) => {
                 log::warn!("{}: {e}", path.display());
                 Err(Errno::EIO)
@@ -394,6 +408,150 @@ impl Shared {
     fn path_of(&self, ino: u64) -> Option<String> {
         lock(&self.inodes).path(ino).map(str::to_string)
     }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        self.handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(handle));
+        fh
+    }
+
+    /// The unlocked session of `uid`, required for every change to the mount.
+    fn writer(&self, uid: u32, what: &str, rel: &str, pid: u32) -> Result<Arc<UserSession>, Errno> {
+        if self.read_only {
+            return Err(Errno::EROFS);
+        }
+        self.access.session(uid).ok_or_else(|| {
+            log::info!(target: "tvault::audit", "{what} deny uid={uid} pid={pid} comm={} path={rel} reason=locked", process_name(pid));
+            Errno::EACCES
+        })
+    }
+
+    /// (name, public key) of every recipient of a committed version, for its next version.
+    fn recipients_of(&self, version: &FileVersion) -> Vec<(String, crate::crypto::PublicKey)> {
+        self.store
+            .keyrings_for(version.reader.slots().iter().map(|s| s.label.as_str()))
+            .into_iter()
+            .map(|k| (k.name, k.public_key))
+            .collect()
+    }
+
+    /// Opens (or joins) the write session of `ino` for `uid`, who must hold a key slot for
+    /// the file's committed version.
+    fn open_for_write(
+        &self,
+        uid: u32,
+        ino: u64,
+        rel: &str,
+        truncate: bool,
+    ) -> Result<(Arc<Mutex<WriteSession>>, Arc<UserSession>), OpenError> {
+        let (version, user, _) = self.open_file(uid, rel)?;
+        let mut sessions = lock(&self.sessions);
+        let ws = match sessions.get(&ino) {
+            Some(ws) => ws.clone(),
+            None => {
+                let recipients = self.recipients_of(&version);
+                let log2 = version.reader.header().chunk_log2;
+                let ws = Arc::new(Mutex::new(WriteSession::new(
+                    recipients,
+                    log2,
+                    Some(version),
+                )));
+                sessions.insert(ino, ws.clone());
+                ws
+            }
+        };
+        {
+            let mut w = lock(&ws);
+            if truncate {
+                w.truncate(&self.store, rel, 0)
+                    .map_err(|e| OpenError::Errno(e.errno()))?;
+            }
+            w.writers += 1;
+        }
+        Ok((ws, user))
+    }
+
+    /// Creates a new, empty file at `rel` for `user` (committed at once, so that it exists
+    /// for lookups while it is being written) and returns its write session.
+    fn create_file(
+        &self,
+        user: &UserSession,
+        ino: u64,
+        rel: &str,
+    ) -> Result<Arc<Mutex<WriteSession>>, Errno> {
+        let keyring = self.store.user(&user.name).map_err(|e| {
+            log::error!("{rel}: {e}");
+            Errno::EIO
+        })?;
+        let recipients = self
+            .store
+            .recipients_for_new(rel, &keyring)
+            .map_err(|e| {
+                log::error!("{rel}: {e}");
+                Errno::EIO
+            })?
+            .into_iter()
+            .map(|k| (k.name, k.public_key))
+            .collect();
+        let mut ws = WriteSession::new(recipients, self.store.default_chunk_log2(), None);
+        let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
+        ws.commit(&self.store, rel, id).map_err(|e| {
+            log::error!("{rel}: {e}");
+            e.errno()
+        })?;
+        ws.writers = 1;
+        let ws = Arc::new(Mutex::new(ws));
+        lock(&self.sessions).insert(ino, ws.clone());
+        Ok(ws)
+    }
+
+    /// Commits a writable handle's session (on flush, fsync and the last release).
+    fn commit(&self, handle: &Handle) -> Result<(), Errno> {
+        let Some(ws) = &handle.write else {
+            return Ok(());
+        };
+        let rel = self
+            .path_of(handle.ino)
+            .unwrap_or_else(|| handle.rel.clone());
+        let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
+        let result = lock(ws).commit(&self.store, &rel, id);
+        result.map(|_| ()).map_err(|e| {
+            log::error!("{rel}: commit failed, previous version kept: {e}");
+            e.errno()
+        })
+    }
+
+    /// The data key check for changing an existing file: `uid` must hold a slot for it.
+    fn authorize_change(&self, uid: u32, rel: &str) -> Result<(), Errno> {
+        match self.open_file(uid, rel) {
+            Ok(_) => Ok(()),
+            Err(OpenError::Errno(e)) => Err(e),
+            Err(OpenError::Denied(Denial::Integrity(why) | Denial::StoreError(why))) => {
+                log::error!("{rel}: {why}");
+                Err(Errno::EIO)
+            }
+            Err(OpenError::Denied(_)) => Err(Errno::EACCES),
+        }
+    }
+
+    fn is_file(&self, rel: &str) -> bool {
+        self.container_path(rel).is_file()
+    }
+
+    fn is_dir(&self, rel: &str) -> bool {
+        self.store.root().join(rel).is_dir()
+    }
 }
 
 enum ReadOutcome {
@@ -454,14 +612,45 @@ fn file_attr(ino: u64, meta: &Metadata, size: u64, chunk_size: u64) -> FileAttr 
     base_attr(ino, meta, FileType::RegularFile, 0o444, size, blksize)
 }
 
-/// Names the mount never shows: the store's metadata directory and temporary files.
+/// Names the mount never shows: the store's metadata directory. (Temporary and policy files
+/// in the store never show anyway: only `*.tvlt` containers and directories are listed.)
 fn hidden(parent: &str, name: &str) -> bool {
     name.is_empty()
         || name == "."
         || name == ".."
         || name.contains('/')
         || (parent.is_empty() && name == META_DIR)
-        || fsutil::is_temp_name(name)
+}
+
+fn set_times(
+    path: &std::path::Path,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+) -> std::io::Result<()> {
+    let spec = |t: Option<TimeOrNow>| match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => {
+            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: i64::from(d.subsec_nanos()) as _,
+            }
+        }
+    };
+    let times = [spec(atime), spec(mtime)];
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid NUL-terminated path and a two-element timespec array.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs a handler body, turning a panic into EIO (the reply is dropped during the unwind,
@@ -497,7 +686,9 @@ impl Filesystem for TvaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // 1 MiB requests (with the bdi read_ahead_kb raised after mounting).
         let _ = config.set_max_write(1 << 20);
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // O_TRUNC arrives with open, so a truncating writer never reads the old version.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
@@ -605,39 +796,49 @@ impl Filesystem for TvaultFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || {
             let shared = &self.shared;
-            let uid = req.uid();
-            let pid = req.pid();
+            let (uid, pid) = (req.uid(), req.pid());
             let Some(rel) = shared.path_of(ino.0) else {
                 return reply.error(Errno::ENOENT);
             };
-            if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            let writing = flags.acc_mode() != OpenAccMode::O_RDONLY;
+            if writing && shared.read_only {
                 return reply.error(Errno::EROFS);
             }
-            match shared.open_file(uid, &rel) {
-                Ok((file, session, identity)) => {
+            let opened = if writing {
+                let truncate = flags.0 & libc::O_TRUNC != 0;
+                shared
+                    .open_for_write(uid, ino.0, &rel, truncate)
+                    .map(|(ws, user)| (None, Some(ws), user, None))
+            } else {
+                shared
+                    .open_file(uid, &rel)
+                    .map(|(file, user, identity)| (Some(file), None, user, Some(identity)))
+            };
+            let event = if writing { "write-open" } else { "open" };
+            match opened {
+                Ok((file, write, user, identity)) => {
                     shared.stats.opens_allowed.fetch_add(1, Ordering::Relaxed);
                     log::info!(
                         target: "tvault::audit",
-                        "open allow uid={uid} user={} pid={pid} comm={} path={rel}",
-                        session.name,
-                        process_name(pid)
+                        "{event} allow uid={uid} user={} pid={pid} comm={} path={rel} flags={:#o}",
+                        user.name,
+                        process_name(pid),
+                        flags.0
                     );
-                    let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
-                    let handle = Arc::new(Handle {
+                    let fh = shared.add_handle(Handle {
                         file,
-                        session,
+                        write,
+                        session: user,
                         ino: ino.0,
                         rel,
                         next_offset: AtomicU64::new(0),
                         prefetched_to: AtomicU64::new(0),
                     });
-                    shared
-                        .handles
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(fh, handle);
-                    let unchanged =
-                        lock(&shared.last_identity).insert(ino.0, identity) == Some(identity);
+                    // The kernel may keep its page cache only while the backing file is
+                    // unchanged since the last open.
+                    let unchanged = identity.is_some_and(|id| {
+                        lock(&shared.last_identity).insert(ino.0, id) == Some(id)
+                    });
                     let flags = if unchanged {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
@@ -650,7 +851,7 @@ impl Filesystem for TvaultFs {
                     shared.stats.opens_denied.fetch_add(1, Ordering::Relaxed);
                     log::info!(
                         target: "tvault::audit",
-                        "open deny uid={uid} pid={pid} comm={} path={rel} reason={}",
+                        "{event} deny uid={uid} pid={pid} comm={} path={rel} reason={}",
                         process_name(pid),
                         denial.code()
                     );
@@ -662,6 +863,76 @@ impl Filesystem for TvaultFs {
                         _ => reply.error(Errno::EACCES),
                     }
                 }
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        guarded("create", || {
+            let shared = &self.shared;
+            let (uid, pid) = (req.uid(), req.pid());
+            let Some(parent_rel) = shared.path_of(parent.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
+                return reply.error(Errno::EPERM);
+            };
+            let rel = child_path(&parent_rel, name);
+            let user = match shared.writer(uid, "create", &rel, pid) {
+                Ok(u) => u,
+                Err(e) => return reply.error(e),
+            };
+            if shared.is_dir(&rel) {
+                return reply.error(Errno::EISDIR);
+            }
+            let ino = lock(&shared.inodes).get_or_insert(&rel);
+            let ws = if shared.is_file(&rel) {
+                if flags & libc::O_EXCL != 0 {
+                    return reply.error(Errno::EEXIST);
+                }
+                match shared.open_for_write(uid, ino, &rel, flags & libc::O_TRUNC != 0) {
+                    Ok((ws, _)) => ws,
+                    Err(OpenError::Errno(e)) => return reply.error(e),
+                    Err(OpenError::Denied(d)) => {
+                        log::info!(target: "tvault::audit", "create deny uid={uid} pid={pid} comm={} path={rel} reason={}", process_name(pid), d.code());
+                        return reply.error(Errno::EACCES);
+                    }
+                }
+            } else {
+                match shared.create_file(&user, ino, &rel) {
+                    Ok(ws) => ws,
+                    Err(e) => return reply.error(e),
+                }
+            };
+            log::info!(target: "tvault::audit", "create allow uid={uid} user={} pid={pid} comm={} path={rel}", user.name, process_name(pid));
+            let fh = shared.add_handle(Handle {
+                file: None,
+                write: Some(ws),
+                session: user,
+                ino,
+                rel: rel.clone(),
+                next_offset: AtomicU64::new(0),
+                prefetched_to: AtomicU64::new(0),
+            });
+            match shared.attr_of(ino, &rel) {
+                Ok(Some(attr)) => reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Ok(None) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -679,31 +950,108 @@ impl Filesystem for TvaultFs {
     ) {
         guarded("read", || {
             let shared = &self.shared;
-            let handle = {
-                let handles = shared.handles.read().unwrap_or_else(|p| p.into_inner());
-                handles.get(&fh.0).cloned()
-            };
-            let Some(handle) = handle else {
+            let Some(handle) = shared.handle(fh) else {
                 return reply.error(Errno::EBADF);
             };
             // A lock applies to handles already open, too.
             if handle.session.is_locked() {
                 return reply.error(Errno::EACCES);
             }
-            match shared.read_range(&handle.file, offset, size) {
+            if let Some(ws) = &handle.write {
+                return match lock(ws).read(offset, size) {
+                    Ok(data) => reply.data(Plain::new(data).as_slice()),
+                    Err(e) => {
+                        log::error!("{}: read at {offset}: {e}", handle.rel);
+                        reply.error(e.errno())
+                    }
+                };
+            }
+            let Some(file) = &handle.file else {
+                return reply.error(Errno::EBADF);
+            };
+            match shared.read_range(file, offset, size) {
                 Ok(ReadOutcome::Single(Some(chunk), from, to)) => {
                     reply.data(&chunk.as_slice()[from..to]);
-                    shared.prefetch_after(&handle, offset, offset + (to - from) as u64);
+                    shared.prefetch_after(&handle, file, offset, offset + (to - from) as u64);
                 }
                 Ok(ReadOutcome::Single(None, _, _)) => reply.data(&[]),
                 Ok(ReadOutcome::Assembled(plain)) => {
                     reply.data(plain.as_slice());
-                    shared.prefetch_after(&handle, offset, offset + plain.as_slice().len() as u64);
+                    let end = offset + plain.as_slice().len() as u64;
+                    shared.prefetch_after(&handle, file, offset, end);
                 }
                 Err(e) => {
                     log::error!("{}: read at {offset}: {e}", handle.rel);
                     reply.error(Errno::EIO);
                 }
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        guarded("write", || {
+            let shared = &self.shared;
+            let Some(handle) = shared.handle(fh) else {
+                return reply.error(Errno::EBADF);
+            };
+            let Some(ws) = &handle.write else {
+                return reply.error(Errno::EBADF);
+            };
+            if handle.session.is_locked() {
+                return reply.error(Errno::EACCES);
+            }
+            let rel = shared.path_of(ino.0).unwrap_or_else(|| handle.rel.clone());
+            let result = lock(ws).write(&shared.store, &rel, offset, data);
+            match result {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => {
+                    log::error!("{rel}: write of {} bytes at {offset}: {e}", data.len());
+                    reply.error(e.errno())
+                }
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        guarded("flush", || {
+            // close(2) reports commit errors (ENOSPC…) to the writer.
+            match self.shared.handle(fh).map(|h| self.shared.commit(&h)) {
+                Some(Ok(())) | None => reply.ok(),
+                Some(Err(e)) => reply.error(e),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fsync", || {
+            match self.shared.handle(fh).map(|h| self.shared.commit(&h)) {
+                Some(Ok(())) | None => reply.ok(),
+                Some(Err(e)) => reply.error(e),
             }
         });
     }
@@ -719,12 +1067,294 @@ impl Filesystem for TvaultFs {
         reply: ReplyEmpty,
     ) {
         guarded("release", || {
-            self.shared
+            let shared = &self.shared;
+            let handle = shared
                 .handles
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&fh.0);
+            if let Some(handle) = handle {
+                if let Some(ws) = &handle.write {
+                    let last = {
+                        let mut sessions = lock(&shared.sessions);
+                        let mut w = lock(ws);
+                        w.writers = w.writers.saturating_sub(1);
+                        let last = w.writers == 0;
+                        if last
+                            && sessions
+                                .get(&handle.ino)
+                                .is_some_and(|s| Arc::ptr_eq(s, ws))
+                        {
+                            sessions.remove(&handle.ino);
+                        }
+                        last
+                    };
+                    if last {
+                        let _ = shared.commit(&handle);
+                    }
+                }
+            }
             reply.ok();
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        guarded("setattr", || {
+            let shared = &self.shared;
+            let (uid, pid) = (req.uid(), req.pid());
+            let Some(rel) = shared.path_of(ino.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            // Modes and owners are not tvault's access control: accept and ignore them.
+            if size.is_some() || atime.is_some() || mtime.is_some() {
+                if let Err(e) = shared.writer(uid, "setattr", &rel, pid) {
+                    return reply.error(e);
+                }
+            }
+            if let Some(size) = size {
+                let handle = fh
+                    .and_then(|fh| shared.handle(fh))
+                    .filter(|h| h.write.is_some());
+                let result = match handle {
+                    Some(h) => h.write.as_ref().map_or(Ok(()), |ws| {
+                        lock(ws)
+                            .truncate(&shared.store, &rel, size)
+                            .map_err(|e| e.errno())
+                    }),
+                    // truncate(2) by path: a short-lived session of its own.
+                    None => match shared.open_for_write(uid, ino.0, &rel, false) {
+                        Ok((ws, user)) => {
+                            let temp = Handle {
+                                file: None,
+                                write: Some(ws.clone()),
+                                session: user,
+                                ino: ino.0,
+                                rel: rel.clone(),
+                                next_offset: AtomicU64::new(0),
+                                prefetched_to: AtomicU64::new(0),
+                            };
+                            let truncated = lock(&ws)
+                                .truncate(&shared.store, &rel, size)
+                                .map_err(|e| e.errno());
+                            let committed = truncated.and_then(|()| shared.commit(&temp));
+                            let mut sessions = lock(&shared.sessions);
+                            let mut w = lock(&ws);
+                            w.writers = w.writers.saturating_sub(1);
+                            if w.writers == 0 {
+                                sessions.remove(&ino.0);
+                            }
+                            committed
+                        }
+                        Err(OpenError::Errno(e)) => Err(e),
+                        Err(OpenError::Denied(_)) => Err(Errno::EACCES),
+                    },
+                };
+                if let Err(e) = result {
+                    return reply.error(e);
+                }
+            }
+            if atime.is_some() || mtime.is_some() {
+                if let Err(e) = set_times(&shared.container_path(&rel), atime, mtime) {
+                    return reply.error(Errno::from(e));
+                }
+            }
+            match shared.attr_of(ino.0, &rel) {
+                Ok(Some(attr)) => reply.attr(&TTL, &attr),
+                Ok(None) => reply.error(Errno::ENOENT),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        guarded("mkdir", || {
+            let shared = &self.shared;
+            let Some(parent_rel) = shared.path_of(parent.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
+                return reply.error(Errno::EPERM);
+            };
+            let rel = child_path(&parent_rel, name);
+            if let Err(e) = shared.writer(req.uid(), "mkdir", &rel, req.pid()) {
+                return reply.error(e);
+            }
+            if shared.is_file(&rel) {
+                return reply.error(Errno::EEXIST);
+            }
+            if let Err(e) = std::fs::create_dir(shared.store.root().join(&rel)) {
+                return reply.error(Errno::from(e));
+            }
+            let ino = lock(&shared.inodes).get_or_insert(&rel);
+            match shared.attr_of(ino, &rel) {
+                Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
+                Ok(None) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("rmdir", || {
+            let shared = &self.shared;
+            let Some(parent_rel) = shared.path_of(parent.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let rel = child_path(&parent_rel, name);
+            if let Err(e) = shared.writer(req.uid(), "rmdir", &rel, req.pid()) {
+                return reply.error(e);
+            }
+            match std::fs::remove_dir(shared.store.root().join(&rel)) {
+                Ok(()) => {
+                    lock(&shared.inodes).remove(&rel);
+                    reply.ok()
+                }
+                Err(e) => reply.error(Errno::from(e)),
+            }
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("unlink", || {
+            let shared = &self.shared;
+            let (uid, pid) = (req.uid(), req.pid());
+            let Some(parent_rel) = shared.path_of(parent.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let rel = child_path(&parent_rel, name);
+            if let Err(e) = shared.writer(uid, "unlink", &rel, pid) {
+                return reply.error(e);
+            }
+            if !shared.is_file(&rel) {
+                return reply.error(if shared.is_dir(&rel) {
+                    Errno::EISDIR
+                } else {
+                    Errno::ENOENT
+                });
+            }
+            // Deleting needs the same key slot as reading: nobody removes what they cannot read.
+            if let Err(e) = shared.authorize_change(uid, &rel) {
+                log::info!(target: "tvault::audit", "unlink deny uid={uid} pid={pid} comm={} path={rel}", process_name(pid));
+                return reply.error(e);
+            }
+            if let Err(e) = std::fs::remove_file(shared.container_path(&rel)) {
+                return reply.error(Errno::from(e));
+            }
+            let ino = lock(&shared.inodes).get_or_insert(&rel);
+            if let Some(ws) = lock(&shared.sessions).get(&ino) {
+                lock(ws).unlinked = true;
+            }
+            lock(&shared.inodes).remove(&rel);
+            log::info!(target: "tvault::audit", "unlink allow uid={uid} pid={pid} comm={} path={rel}", process_name(pid));
+            reply.ok();
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        guarded("rename", || {
+            let shared = &self.shared;
+            let (uid, pid) = (req.uid(), req.pid());
+            let (Some(from_dir), Some(to_dir)) =
+                (shared.path_of(parent.0), shared.path_of(newparent.0))
+            else {
+                return reply.error(Errno::ENOENT);
+            };
+            let (Some(name), Some(newname)) = (
+                name.to_str().filter(|n| !hidden(&from_dir, n)),
+                newname.to_str().filter(|n| !hidden(&to_dir, n)),
+            ) else {
+                return reply.error(Errno::EPERM);
+            };
+            if flags.contains(RenameFlags::RENAME_EXCHANGE)
+                || flags.contains(RenameFlags::RENAME_WHITEOUT)
+            {
+                return reply.error(Errno::EINVAL);
+            }
+            let from = child_path(&from_dir, name);
+            let to = child_path(&to_dir, newname);
+            if let Err(e) = shared.writer(uid, "rename", &from, pid) {
+                return reply.error(e);
+            }
+            let target_exists = shared.is_file(&to) || shared.is_dir(&to);
+            if target_exists && flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return reply.error(Errno::EEXIST);
+            }
+            let result = if shared.is_file(&from) {
+                if shared.is_dir(&to) {
+                    return reply.error(Errno::EISDIR);
+                }
+                // Moving needs a slot for the file, and replacing needs one for the victim.
+                let allowed = shared.authorize_change(uid, &from).and_then(|()| {
+                    if shared.is_file(&to) {
+                        shared.authorize_change(uid, &to)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = allowed {
+                    log::info!(target: "tvault::audit", "rename deny uid={uid} pid={pid} comm={} path={from} to={to}", process_name(pid));
+                    return reply.error(e);
+                }
+                std::fs::rename(shared.container_path(&from), shared.container_path(&to))
+            } else if shared.is_dir(&from) {
+                if shared.is_file(&to) {
+                    return reply.error(Errno::ENOTDIR);
+                }
+                std::fs::rename(
+                    shared.store.root().join(&from),
+                    shared.store.root().join(&to),
+                )
+            } else {
+                return reply.error(Errno::ENOENT);
+            };
+            match result {
+                Ok(()) => {
+                    lock(&shared.inodes).rename(&from, &to);
+                    log::info!(target: "tvault::audit", "rename allow uid={uid} pid={pid} comm={} path={from} to={to}", process_name(pid));
+                    reply.ok()
+                }
+                Err(e) => reply.error(Errno::from(e)),
+            }
         });
     }
 

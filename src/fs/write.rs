@@ -1,0 +1,315 @@
+//! Writing through the mount: one session per inode open for writing.
+//!
+//! A session builds the file's next version as a draft container beside the target. Chunks
+//! are sealed into the draft as soon as they are complete, so only partly written chunks are
+//! held in memory (at most `MAX_DIRTY_BYTES`); rewriting a sealed chunk re-seals it with a
+//! fresh nonce. A commit (on close, fsync or the last release) seals what is left, writes the
+//! chunk table, MAC and header last, and renames the draft over the target: readers see the
+//! old version or the new one, never a mix. Every version gets a new data key.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::FileVersion;
+use crate::container::{self, Draft};
+use crate::crypto::{PublicKey, SecretKey};
+use crate::store::{Store, StoreError};
+
+/// Bound on plaintext of partly written chunks per session: a 10 GB save does not need
+/// 10 GB of memory.
+const MAX_DIRTY_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Container(#[from] container::ContainerError),
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+    #[error("file is too large")]
+    TooLarge,
+}
+
+impl WriteError {
+    /// The errno a writer sees: the OS error where there is one (ENOSPC, EDQUOT, EROFS…),
+    /// else EIO.
+    pub fn errno(&self) -> fuser::Errno {
+        let io = match self {
+            WriteError::Store(StoreError::Io { source, .. }) => Some(source),
+            WriteError::Container(container::ContainerError::Io(source)) => Some(source),
+            _ => None,
+        };
+        match (io.and_then(std::io::Error::raw_os_error), self) {
+            (Some(code), _) => fuser::Errno::from_i32(code),
+            (None, WriteError::TooLarge) => fuser::Errno::EFBIG,
+            (None, _) => fuser::Errno::EIO,
+        }
+    }
+}
+
+pub struct WriteSession {
+    recipients: Vec<(String, PublicKey)>,
+    chunk_log2: u8,
+    /// The committed version this session started from (None: starts empty).
+    base: Option<Arc<FileVersion>>,
+    /// Bytes of `base` still part of the file: truncations lower it, so that growing the
+    /// file again exposes zeros, not old data.
+    base_valid: u64,
+    size: u64,
+    draft: Option<(PathBuf, Draft, SecretKey)>,
+    /// Partly written chunks, each a full chunk-size buffer (zeros past the data).
+    dirty: BTreeMap<u64, Zeroizing<Vec<u8>>>,
+    scratch: Zeroizing<Vec<u8>>,
+    modified: bool,
+    pub writers: usize,
+    pub unlinked: bool,
+}
+
+impl WriteSession {
+    pub fn new(
+        recipients: Vec<(String, PublicKey)>,
+        chunk_log2: u8,
+        base: Option<Arc<FileVersion>>,
+    ) -> Self {
+        let size = base.as_ref().map_or(0, |b| b.reader.len());
+        let base_is_none = base.is_none();
+        WriteSession {
+            recipients,
+            chunk_log2,
+            base_valid: size,
+            size,
+            base,
+            draft: None,
+            dirty: BTreeMap::new(),
+            scratch: Zeroizing::new(Vec::new()),
+            // A session without a base (new file, O_TRUNC) replaces whatever was there.
+            modified: base_is_none,
+            writers: 0,
+            unlinked: false,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn chunk_size(&self) -> u64 {
+        1 << self.chunk_log2
+    }
+
+    /// Plaintext length of chunk `index` at the current size.
+    fn chunk_len(&self, index: u64) -> usize {
+        let start = index << self.chunk_log2;
+        self.size.saturating_sub(start).min(self.chunk_size()) as usize
+    }
+
+    fn ensure_draft(&mut self, store: &Store, rel: &str) -> Result<(), WriteError> {
+        if self.draft.is_none() {
+            let key = SecretKey::generate()?;
+            let (temp, draft) = store.start_draft(rel, &key, self.chunk_log2, &self.recipients)?;
+            self.draft = Some((temp, draft, key));
+        }
+        Ok(())
+    }
+
+    /// The current plaintext of chunk `index` as a full chunk-size buffer: from the dirty
+    /// set, the draft, the base version, or zeros.
+    fn load(&self, index: u64) -> Result<Zeroizing<Vec<u8>>, WriteError> {
+        let cs = self.chunk_size() as usize;
+        if let Some(buf) = self.dirty.get(&index) {
+            return Ok(buf.clone());
+        }
+        let mut buf = Zeroizing::new(vec![0u8; cs]);
+        if let Some((_, draft, _)) = &self.draft {
+            if draft.sealed(index).is_some() {
+                draft.open(index, &mut buf)?;
+                return Ok(buf);
+            }
+        }
+        let start = index << self.chunk_log2;
+        if let Some(base) = &self.base {
+            let valid = self.base_valid.min(base.reader.len());
+            if start < valid {
+                let n = (valid - start).min(cs as u64) as usize;
+                base.reader.read_at(start, &mut buf[..n])?;
+            }
+        }
+        Ok(buf)
+    }
+
+    fn seal(&mut self, index: u64, last: bool) -> Result<(), WriteError> {
+        let len = self.chunk_len(index);
+        let buf = match self.dirty.remove(&index) {
+            Some(b) => b,
+            None => self.load(index)?,
+        };
+        let Some((_, draft, _)) = &mut self.draft else {
+            return Err(WriteError::Container(container::ContainerError::Malformed(
+                "no draft to seal into".into(),
+            )));
+        };
+        draft.seal(index, &buf[..len], last, &mut self.scratch)?;
+        Ok(())
+    }
+
+    pub fn write(
+        &mut self,
+        store: &Store,
+        rel: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), WriteError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(WriteError::TooLarge)?;
+        self.ensure_draft(store, rel)?;
+        self.modified = true;
+        if end > self.size {
+            self.size = end;
+        }
+        let cs = self.chunk_size();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos >> self.chunk_log2;
+            let chunk_start = index << self.chunk_log2;
+            let chunk_end = chunk_start + cs;
+            let upto = end.min(chunk_end);
+            if !self.dirty.contains_key(&index) {
+                let buf = self.load(index)?;
+                self.dirty.insert(index, buf);
+            }
+            if let Some(buf) = self.dirty.get_mut(&index) {
+                let from = (pos - chunk_start) as usize;
+                let to = (upto - chunk_start) as usize;
+                buf[from..to]
+                    .copy_from_slice(&data[(pos - offset) as usize..(upto - offset) as usize]);
+            }
+            // A write reaching a chunk's end completes it (sequential writers): seal it now.
+            // If it turns out to be the final chunk, commit re-seals it with the final flag.
+            if upto == chunk_end {
+                self.seal(index, false)?;
+            }
+            pos = upto;
+        }
+        self.bound_dirty()
+    }
+
+    /// Seals the oldest complete dirty chunks once the dirty set exceeds its bound.
+    fn bound_dirty(&mut self) -> Result<(), WriteError> {
+        let cs = self.chunk_size();
+        while self.dirty.len() as u64 * cs > MAX_DIRTY_BYTES {
+            let final_index = self.size.saturating_sub(1) >> self.chunk_log2;
+            let Some(&index) = self.dirty.keys().find(|&&i| i != final_index) else {
+                break;
+            };
+            self.seal(index, false)?;
+        }
+        Ok(())
+    }
+
+    pub fn truncate(&mut self, store: &Store, rel: &str, new_size: u64) -> Result<(), WriteError> {
+        self.ensure_draft(store, rel)?;
+        self.modified = true;
+        if new_size < self.size {
+            self.base_valid = self.base_valid.min(new_size);
+            let keep = container::chunk_count(new_size, self.chunk_log2);
+            self.dirty.retain(|&i, _| i < keep);
+            if new_size > 0 {
+                // Zero the tail of the new final chunk so a later extension reads zeros.
+                let index = (new_size - 1) >> self.chunk_log2;
+                let mut buf = self.load(index)?;
+                let from = (new_size - (index << self.chunk_log2)) as usize;
+                buf[from..].iter_mut().for_each(|b| *b = 0);
+                self.dirty.insert(index, buf);
+            }
+            if let Some((_, draft, _)) = &mut self.draft {
+                draft.forget_from(keep);
+            }
+        }
+        self.size = new_size;
+        Ok(())
+    }
+
+    /// Reads the session's current content (for handles open read-write).
+    pub fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>, WriteError> {
+        let end = self.size.min(offset.saturating_add(u64::from(size)));
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let index = pos >> self.chunk_log2;
+            let chunk_start = index << self.chunk_log2;
+            let upto = end.min(chunk_start + self.chunk_size());
+            let buf = self.load(index)?;
+            out.extend_from_slice(
+                &buf[(pos - chunk_start) as usize..(upto - chunk_start) as usize],
+            );
+            pos = upto;
+        }
+        Ok(out)
+    }
+
+    /// Makes the session's content the file's committed version (atomically, at `rel`).
+    /// Returns the new version for reads that follow, or None if nothing was committed.
+    pub fn commit(
+        &mut self,
+        store: &Store,
+        rel: &str,
+        next_id: u64,
+    ) -> Result<Option<Arc<FileVersion>>, WriteError> {
+        if !self.modified {
+            return Ok(None);
+        }
+        if self.unlinked {
+            self.discard();
+            return Ok(None);
+        }
+        self.ensure_draft(store, rel)?;
+        let count = container::chunk_count(self.size, self.chunk_log2);
+        for index in 0..count {
+            let last = index + 1 == count;
+            let want = (self.chunk_len(index), last);
+            let ready = !self.dirty.contains_key(&index)
+                && self.draft.as_ref().and_then(|(_, d, _)| d.sealed(index)) == Some(want);
+            if !ready {
+                self.seal(index, last)?;
+            }
+        }
+        self.dirty.clear();
+        let Some((temp, draft, key)) = self.draft.take() else {
+            return Ok(None);
+        };
+        store.commit_draft(rel, &temp, draft, self.size)?;
+        self.modified = false;
+        // Later writes in this session build on what was just committed.
+        let path = store.container_path(rel)?;
+        let file = std::fs::File::open(&path).map_err(|source| StoreError::Io { path, source })?;
+        let reader = container::Container::map(&file)?.open(&key)?;
+        let version = Arc::new(FileVersion {
+            id: next_id,
+            reader,
+            tensors: None,
+        });
+        self.base = Some(version.clone());
+        self.base_valid = self.size;
+        Ok(Some(version))
+    }
+
+    /// Drops the draft (its temporary file is removed): the committed version stays.
+    pub fn discard(&mut self) {
+        if let Some((temp, _, _)) = self.draft.take() {
+            let _ = std::fs::remove_file(temp);
+        }
+        self.dirty.clear();
+        self.modified = false;
+    }
+}
+
+impl Drop for WriteSession {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
