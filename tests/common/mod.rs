@@ -23,7 +23,10 @@ pub fn tvault(args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("spawn tvault");
     let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).expect("write stdin");
+    // The child may exit (e.g. on a usage error) before reading its stdin.
+    if let Err(e) = input.write_all(stdin.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
     drop(input);
     child.wait_with_output().expect("wait tvault")
 }
