@@ -38,6 +38,15 @@ pub enum Request {
     Status,
     /// Unmount (the daemon's owner or root only).
     Umount,
+    /// A store change made outside the mount (grant, revoke), recorded in the daemon's audit
+    /// log (the daemon's owner or root only).
+    AuditNote {
+        event: String,
+        path: String,
+        target: String,
+        user: Option<String>,
+        detail: Option<String>,
+    },
 }
 
 impl Drop for Request {

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use serde_json::{json, Value};
 
-use crate::access::Access;
+use crate::access::{Access, UnlockError};
+use crate::audit::{self, AuditLog, Event, EventKind};
 use crate::control::{self, Handler, Peer, Request};
 use crate::fs::{Shared, TvaultFs};
 use crate::store::Store;
@@ -18,7 +19,14 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub cache_bytes: u64,
     pub read_only: bool,
+    pub audit_log: Option<PathBuf>,
+    pub audit_key: Option<PathBuf>,
+    pub audit_max_size: Option<u64>,
 }
+
+/// Written to `STORE/.tvault/daemon.json` while mounted, so that store commands (grant,
+/// revoke) can find the daemon that holds the audit log.
+pub const DAEMON_FILE: &str = "daemon.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -38,6 +46,8 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -179,6 +189,12 @@ impl DaemonControl {
             "opens_allowed": load(&s.stats.opens_allowed),
             "opens_denied": load(&s.stats.opens_denied),
             "integrity_failures": load(&s.stats.integrity_failures),
+            "audit": {
+                "path": s.audit.path().display().to_string(),
+                "entries_written": s.audit.entries_written(),
+                "last_entry_time": s.audit.last_entry_time().map(audit::format_time),
+                "last_hash": if privileged { Some(s.audit.last_hash()) } else { None },
+            },
         })
     }
 }
@@ -188,17 +204,36 @@ impl Handler for DaemonControl {
         let comm = crate::fs::process_name(peer.pid as u32);
         match request {
             Request::Unlock { passphrase } => {
-                match self
-                    .shared
-                    .access
-                    .unlock(&self.shared.store, peer.uid, passphrase.as_bytes())
-                {
+                let result =
+                    self.shared
+                        .access
+                        .unlock(&self.shared.store, peer.uid, passphrase.as_bytes());
+                let event = |kind| Event::from_pid(kind, peer.pid as u32).uid(peer.uid);
+                match result {
                     Ok(user) => {
-                        log::info!(target: "tvault::audit", "unlock allow uid={} user={user} pid={} comm={comm}", peer.uid, peer.pid);
+                        if self
+                            .shared
+                            .audit
+                            .record(&event(EventKind::Unlock).user(&user).allow())
+                            .is_err()
+                        {
+                            // Fail closed: no unaudited session.
+                            self.shared.access.lock(peer.uid);
+                            return Err("the audit log cannot be written; unlock refused".into());
+                        }
                         Ok(json!({"user": user, "uid": peer.uid}))
                     }
                     Err(e) => {
-                        log::warn!(target: "tvault::audit", "unlock deny uid={} pid={} comm={comm}: {e}", peer.uid, peer.pid);
+                        let reason = match &e {
+                            UnlockError::NoKeyring(_) => "no-keyring",
+                            UnlockError::WrongPassphrase(_) => "wrong-passphrase",
+                            UnlockError::RateLimited { .. } => "rate-limited",
+                            UnlockError::Store(_) => "store-error",
+                        };
+                        let _ = self
+                            .shared
+                            .audit
+                            .record(&event(EventKind::UnlockFailed).deny(reason));
                         Err(e.to_string())
                     }
                 }
@@ -225,15 +260,54 @@ impl Handler for DaemonControl {
                 }
                 self.shared.access.lock(peer.uid);
                 let invalidated = self.shared.invalidate_open_files_of(peer.uid);
-                log::info!(target: "tvault::audit", "lock uid={} user={} pid={} comm={comm} invalidated={invalidated}", peer.uid, session.name, peer.pid);
+                let _ = self.shared.audit.record(
+                    &Event::from_pid(EventKind::Lock, peer.pid as u32)
+                        .uid(peer.uid)
+                        .user(&session.name)
+                        .detail(format!("force={force} invalidated={invalidated}")),
+                );
                 Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
             }
             Request::Status => Ok(self.status(peer)),
+            Request::AuditNote {
+                event,
+                path,
+                target,
+                user,
+                detail,
+            } => {
+                // Only whoever could write the audit log directly may add to it.
+                if peer.uid != 0 && peer.uid != self.owner_uid {
+                    return Err("only root or the user who mounted may add audit entries".into());
+                }
+                let kind = match event.as_str() {
+                    "grant" => EventKind::Grant,
+                    "revoke" => EventKind::Revoke,
+                    other => return Err(format!("unknown audit event {other:?}")),
+                };
+                let mut e = Event::from_pid(kind, peer.pid as u32)
+                    .uid(peer.uid)
+                    .path(path)
+                    .target(target)
+                    .allow();
+                if let Some(user) = user {
+                    e = e.user(user);
+                }
+                if let Some(detail) = detail {
+                    e = e.detail(detail);
+                }
+                self.shared.audit.record(&e).map_err(|e| e.to_string())?;
+                Ok(json!({}))
+            }
             Request::Umount => {
                 if peer.uid != 0 && peer.uid != self.owner_uid {
                     return Err("only root or the user who mounted may unmount".into());
                 }
-                log::info!(target: "tvault::audit", "umount requested uid={} pid={} comm={comm}", peer.uid, peer.pid);
+                log::info!(
+                    "unmount requested by uid {} (pid {}, {comm})",
+                    peer.uid,
+                    peer.pid
+                );
                 let unmount = self.unmount.clone();
                 // Reply first: the unmount tears down the process.
                 std::thread::spawn(move || unmount.trigger());
@@ -272,8 +346,23 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         source,
     })?;
 
+    let (audit_path, default_key) = audit::default_paths(store.root(), opts.audit_log.as_deref());
+    let key_path = opts.audit_key.clone().unwrap_or(default_key);
+    let audit = match AuditLog::open(&audit_path, &key_path, opts.audit_max_size) {
+        Ok(log) => Arc::new(log),
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e.into());
+        }
+    };
     let access = Arc::new(Access::new());
-    let shared = Shared::new(store, access, opts.cache_bytes, opts.read_only);
+    let shared = Shared::new(
+        store,
+        access,
+        opts.cache_bytes,
+        opts.read_only,
+        audit.clone(),
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("tvault:{}", store_path.display())),
@@ -322,6 +411,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         source,
     })?;
     let signal_unmount = unmount.clone();
+    let signal_audit = audit.clone();
     std::thread::Builder::new()
         .name("tvault-signals".into())
         .spawn(move || loop {
@@ -329,6 +419,9 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
             // SAFETY: waits on the set blocked above.
             if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
                 if sig == libc::SIGHUP {
+                    if let Err(e) = signal_audit.rotate() {
+                        log::error!("audit log rotation: {e}");
+                    }
                     continue;
                 }
                 log::info!("signal {sig}: unmounting");
@@ -340,13 +433,31 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
             path: display.clone(),
             source,
         })?;
-    log::info!(target: "tvault::audit", "mount store={} mountpoint={}", store_path.display(), mountpoint.display());
+    let mount_event = |kind| {
+        Event::from_pid(kind, std::process::id())
+            .uid(owner_uid)
+            .path(mountpoint.display().to_string())
+            .detail(format!("store={}", store_path.display()))
+    };
+    audit.record(&mount_event(EventKind::Mount))?;
+    let daemon_file = store_path.join(crate::store::META_DIR).join(DAEMON_FILE);
+    let daemon_info =
+        json!({"pid": std::process::id(), "socket": socket, "mountpoint": mountpoint});
+    if let Err(e) = std::fs::write(&daemon_file, daemon_info.to_string()) {
+        log::info!("cannot write {}: {e}", daemon_file.display());
+    }
     on_ready();
     let result = session.run();
     shared.access.lock_all();
     shared.cache.clear();
     let _ = std::fs::remove_file(&socket);
-    log::info!(target: "tvault::audit", "unmount mountpoint={}", mountpoint.display());
+    let _ = std::fs::remove_file(&daemon_file);
+    if let Err(e) = audit
+        .record(&mount_event(EventKind::Unmount))
+        .and_then(|()| audit.close())
+    {
+        log::error!("audit log at unmount: {e}");
+    }
     result.map_err(|source| DaemonError::Mount {
         path: display,
         source,

@@ -73,6 +73,13 @@ pub fn write_atomic<E>(
     fill: impl FnOnce(&mut File) -> Result<(), E>,
     io_error: impl Fn(io::Error) -> E,
 ) -> Result<(), E> {
+    // Never rename over a device, FIFO or directory (e.g. `-o /dev/null`).
+    if fs::symlink_metadata(target).is_ok_and(|m| !m.is_file()) {
+        return Err(io_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} exists and is not a regular file", target.display()),
+        )));
+    }
     let (temp, mut file) = create_temp_beside(target, mode).map_err(&io_error)?;
     let result =
         fill(&mut file).and_then(|()| commit_temp(&temp, &file, target).map_err(&io_error));

@@ -202,6 +202,31 @@ fn access_is_per_key_slot_and_grant_revoke_work() {
 }
 
 #[test]
+fn get_to_a_device_writes_into_it_instead_of_replacing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_with_users(tmp.path());
+    let src = tmp.path().join("a.bin");
+    fs::write(&src, b"data").unwrap();
+    ok(&["put", s(&store), s(&src), "--to", "alice"], "");
+    ok(
+        &[
+            "get",
+            s(&store),
+            "a.bin",
+            "-o",
+            "/dev/null",
+            "--user",
+            "alice",
+        ],
+        "pw-alice\n",
+    );
+    let meta = fs::metadata("/dev/null").unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &meta.file_type()
+    ));
+}
+
+#[test]
 fn wrong_passphrase_is_refused_and_leaves_no_output() {
     let tmp = tempfile::tempdir().unwrap();
     let store = store_with_users(tmp.path());

@@ -153,6 +153,15 @@ enum Command {
         /// Where the daemon's log goes once detached (default: discarded; RUST_LOG sets the level)
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        /// Audit log (default STORE/.tvault/audit.jsonl)
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
+        /// Audit HMAC key, readable by the daemon's owner only (default: beside the log)
+        #[arg(long, value_name = "FILE")]
+        audit_key: Option<PathBuf>,
+        /// Rotate the audit log when it would exceed this size (e.g. 100M); SIGHUP rotates too
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        audit_max_size: Option<u64>,
         #[arg(long, hide = true)]
         daemon_child: bool,
     },
@@ -322,6 +331,9 @@ pub fn run(cli: Cli) -> CliResult {
             cache_size,
             read_only,
             log_file,
+            audit_log,
+            audit_key,
+            audit_max_size,
             daemon_child,
         } => mount_cmds::mount(&mount_cmds::MountArgs {
             store,
@@ -330,6 +342,9 @@ pub fn run(cli: Cli) -> CliResult {
             cache_size,
             read_only,
             log_file,
+            audit_log,
+            audit_key,
+            audit_max_size,
             daemon_child,
         }),
         Command::Unlock { mountpoint, pass } => mount_cmds::unlock(&mountpoint, &pass),

@@ -23,6 +23,9 @@ pub struct MountArgs {
     pub cache_size: u64,
     pub read_only: bool,
     pub log_file: Option<PathBuf>,
+    pub audit_log: Option<PathBuf>,
+    pub audit_key: Option<PathBuf>,
+    pub audit_max_size: Option<u64>,
     pub daemon_child: bool,
 }
 
@@ -48,6 +51,9 @@ pub fn mount(args: &MountArgs) -> CliResult {
         mountpoint: args.mountpoint.clone(),
         cache_bytes: args.cache_size,
         read_only: args.read_only,
+        audit_log: args.audit_log.clone(),
+        audit_key: args.audit_key.clone(),
+        audit_max_size: args.audit_max_size,
     };
     if args.foreground {
         let ready = || {
@@ -85,6 +91,15 @@ fn spawn_daemon(args: &MountArgs) -> CliResult {
     }
     if let Some(log) = &args.log_file {
         cmd.arg("--log-file").arg(log);
+    }
+    if let Some(log) = &args.audit_log {
+        cmd.arg("--audit-log").arg(log);
+    }
+    if let Some(key) = &args.audit_key {
+        cmd.arg("--audit-key").arg(key);
+    }
+    if let Some(max) = args.audit_max_size {
+        cmd.arg("--audit-max-size").arg(max.to_string());
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::{passphrase, CliResult, KdfArgs, PassphraseArgs};
+use crate::audit::{self, AuditLog, Event, EventKind};
 use crate::container::{self, Reader};
+use crate::control::{self, Request};
 use crate::crypto::{KdfParams, PrivateKey};
 use crate::fsutil::write_atomic;
 use crate::keyring::{self, Keyring};
@@ -379,9 +381,20 @@ pub fn get(path: &Path, rel: &str, output: &Path, user: &str, pass: &PassphraseA
     let reader = store.reader(rel, user, &private)?;
     let bar = progress_bar(reader.len());
     bar.set_message(rel.to_string());
+    // Devices and pipes (-o /dev/null, a FIFO) are written in place: renaming a temporary
+    // file over them would replace the device node.
+    let special = fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir());
     if output == Path::new("-") {
         let stdout = io::stdout();
         let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+        copy_plaintext(&reader, &mut out, &bar)?;
+        out.flush()?;
+    } else if special {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(output)
+            .map_err(|e| error(format!("{}: {e}", output.display())))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         copy_plaintext(&reader, &mut out, &bar)?;
         out.flush()?;
     } else {
@@ -499,6 +512,62 @@ fn print_header(label: &str, header: &Header, as_json: bool) -> CliResult {
     Ok(())
 }
 
+/// Records a grant or revoke in the store's audit log: through the running mount's daemon if
+/// one holds the log, else directly. Failing to record is a warning, not an error: the
+/// change is already made.
+fn audit_store_change(
+    store: &Store,
+    kind: EventKind,
+    rel: &str,
+    target: &str,
+    user: Option<&str>,
+    detail: Option<&str>,
+) {
+    let daemon_file = store
+        .root()
+        .join(crate::store::META_DIR)
+        .join(crate::daemon::DAEMON_FILE);
+    let mountpoint = fs::read_to_string(&daemon_file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["mountpoint"].as_str().map(PathBuf::from));
+    if let Some(mnt) = mountpoint {
+        let note = Request::AuditNote {
+            event: kind.as_str().to_string(),
+            path: rel.to_string(),
+            target: target.to_string(),
+            user: user.map(str::to_string),
+            detail: detail.map(str::to_string),
+        };
+        match control::call(&mnt, &note, std::time::Duration::from_secs(10)) {
+            Ok(_) => return,
+            Err(e) => log::info!("audit through the daemon at {}: {e}", mnt.display()),
+        }
+    }
+    let (log, key) = audit::default_paths(store.root(), None);
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut event = Event::from_pid(kind, std::process::id())
+        .uid(uid)
+        .path(rel)
+        .target(target)
+        .allow();
+    if let Some(user) = user {
+        event = event.user(user);
+    }
+    if let Some(detail) = detail {
+        event = event.detail(detail);
+    }
+    let recorded =
+        AuditLog::open(&log, &key, None).and_then(|l| l.record(&event).and_then(|()| l.close()));
+    if let Err(e) = recorded {
+        eprintln!(
+            "tvault: warning: {} of {rel} not recorded in the audit log: {e}",
+            kind.as_str()
+        );
+    }
+}
+
 /// A store path names one file, or a directory whose files are all meant.
 fn expand_targets(store: &Store, rel: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let rel = rel.trim_end_matches('/');
@@ -531,6 +600,7 @@ pub fn grant(
     let private = unlock(&store, user, pass)?;
     for target in targets {
         if store.grant(&target, user, &private, &grantee_keyring)? {
+            audit_store_change(&store, EventKind::Grant, &target, grantee, Some(user), None);
             println!("granted {grantee} access to {target}");
         } else {
             println!("{grantee} already has access to {target}");
@@ -563,6 +633,8 @@ pub fn revoke(
     };
     for target in targets {
         store.revoke(&target, revokee, private.as_ref().map(|(n, k)| (*n, k)))?;
+        let detail = rekey.then_some("rekey");
+        audit_store_change(&store, EventKind::Revoke, &target, revokee, user, detail);
         if rekey {
             println!("revoked {revokee} from {target} and re-encrypted it under a new data key");
         } else {

@@ -22,12 +22,13 @@ use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use lru::LruCache;
 use memmap2::Mmap;
 
 use crate::access::{Access, Denial, UserSession};
+use crate::audit::{AuditLog, Event, EventKind};
 use crate::container::{Container, ContainerError, FixedHeader, Reader, FIXED_HEADER_LEN};
 use crate::safetensors;
 use crate::store::{Store, CONTAINER_EXT, META_DIR};
@@ -115,6 +116,7 @@ pub struct Shared {
     /// Inodes open for writing, one session each, shared by their writable handles.
     sessions: Mutex<HashMap<u64, Arc<Mutex<WriteSession>>>>,
     read_only: bool,
+    pub audit: Arc<AuditLog>,
 }
 
 /// An open file as `tvault status` reports it.
@@ -129,7 +131,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(store: Store, access: Arc<Access>, cache_bytes: u64, read_only: bool) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        access: Arc<Access>,
+        cache_bytes: u64,
+        read_only: bool,
+        audit: Arc<AuditLog>,
+    ) -> Arc<Self> {
         let versions = LruCache::new(
             std::num::NonZeroUsize::new(VERSION_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
         );
@@ -148,6 +156,7 @@ impl Shared {
             notifier: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             read_only,
+            audit,
         })
     }
 
@@ -409,6 +418,25 @@ impl Shared {
         lock(&self.inodes).path(ino).map(str::to_string)
     }
 
+    /// Records an audit event. False if it could not be written: callers then refuse the
+    /// operation they were about to allow (fail closed). The reason is logged by the audit log.
+    fn audit(&self, event: Event) -> bool {
+        self.audit.record(&event).is_ok()
+    }
+
+    /// Drops one writer from `ino`'s session; returns true if it was the last one (the
+    /// session is then unregistered and the caller commits or discards it).
+    fn drop_writer(&self, ino: u64, ws: &Arc<Mutex<WriteSession>>) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let mut w = lock(ws);
+        w.writers = w.writers.saturating_sub(1);
+        let last = w.writers == 0;
+        if last && sessions.get(&ino).is_some_and(|s| Arc::ptr_eq(s, ws)) {
+            sessions.remove(&ino);
+        }
+        last
+    }
+
     fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
         self.handles
             .read()
@@ -427,12 +455,18 @@ impl Shared {
     }
 
     /// The unlocked session of `uid`, required for every change to the mount.
-    fn writer(&self, uid: u32, what: &str, rel: &str, pid: u32) -> Result<Arc<UserSession>, Errno> {
+    fn writer(
+        &self,
+        uid: u32,
+        what: EventKind,
+        rel: &str,
+        pid: u32,
+    ) -> Result<Arc<UserSession>, Errno> {
         if self.read_only {
             return Err(Errno::EROFS);
         }
         self.access.session(uid).ok_or_else(|| {
-            log::info!(target: "tvault::audit", "{what} deny uid={uid} pid={pid} comm={} path={rel} reason=locked", process_name(pid));
+            self.audit(Event::from_pid(what, pid).uid(uid).path(rel).deny("locked"));
             Errno::EACCES
         })
     }
@@ -543,6 +577,35 @@ impl Shared {
             }
             Err(OpenError::Denied(_)) => Err(Errno::EACCES),
         }
+    }
+
+    /// Extended attributes of a stored file, readable without reading its data: recipients
+    /// and chunk size for anyone (the store shows them too); for a `.safetensors` file, the
+    /// tensor count and header length only to users who may open it.
+    fn xattrs(&self, uid: u32, rel: &str) -> Result<Vec<(&'static str, String)>, Errno> {
+        let path = self.container_path(rel);
+        let file = File::open(&path).map_err(Errno::from)?;
+        let container = Container::map(&file).map_err(|e| {
+            log::warn!("{}: {e}", path.display());
+            Errno::EIO
+        })?;
+        let labels: Vec<&str> = container.slots().iter().map(|s| s.label.as_str()).collect();
+        let mut attrs = vec![
+            ("user.tvault.recipients", labels.join(",")),
+            (
+                "user.tvault.chunk_size",
+                container.header().chunk_size().to_string(),
+            ),
+        ];
+        if rel.ends_with(".safetensors") {
+            if let Ok((version, _, _)) = self.open_file(uid, rel) {
+                if let Some(h) = &version.tensors {
+                    attrs.push(("user.tvault.tensor_count", h.tensors.len().to_string()));
+                    attrs.push(("user.tvault.header_len", h.header_len.to_string()));
+                }
+            }
+        }
+        Ok(attrs)
     }
 
     fn is_file(&self, rel: &str) -> bool {
@@ -814,17 +877,29 @@ impl Filesystem for TvaultFs {
                     .open_file(uid, &rel)
                     .map(|(file, user, identity)| (Some(file), None, user, Some(identity)))
             };
-            let event = if writing { "write-open" } else { "open" };
+            let kind = if writing {
+                EventKind::WriteOpen
+            } else {
+                EventKind::Open
+            };
+            let event = || {
+                Event::from_pid(kind, pid)
+                    .uid(uid)
+                    .path(&rel)
+                    .open_flags(flags.0)
+            };
             match opened {
                 Ok((file, write, user, identity)) => {
+                    if !shared.audit(event().user(&user.name).allow()) {
+                        if let Some(ws) = &write {
+                            if shared.drop_writer(ino.0, ws) {
+                                lock(ws).discard();
+                            }
+                        }
+                        shared.stats.opens_denied.fetch_add(1, Ordering::Relaxed);
+                        return reply.error(Errno::EACCES);
+                    }
                     shared.stats.opens_allowed.fetch_add(1, Ordering::Relaxed);
-                    log::info!(
-                        target: "tvault::audit",
-                        "{event} allow uid={uid} user={} pid={pid} comm={} path={rel} flags={:#o}",
-                        user.name,
-                        process_name(pid),
-                        flags.0
-                    );
                     let fh = shared.add_handle(Handle {
                         file,
                         write,
@@ -849,12 +924,15 @@ impl Filesystem for TvaultFs {
                 Err(OpenError::Errno(e)) => reply.error(e),
                 Err(OpenError::Denied(denial)) => {
                     shared.stats.opens_denied.fetch_add(1, Ordering::Relaxed);
-                    log::info!(
-                        target: "tvault::audit",
-                        "{event} deny uid={uid} pid={pid} comm={} path={rel} reason={}",
-                        process_name(pid),
-                        denial.code()
-                    );
+                    shared.audit(event().deny(denial.code()));
+                    if let Denial::Integrity(why) = &denial {
+                        shared.audit(
+                            Event::from_pid(EventKind::IntegrityFailure, pid)
+                                .uid(uid)
+                                .path(&rel)
+                                .detail(why.as_str()),
+                        );
+                    }
                     match denial {
                         Denial::Integrity(why) | Denial::StoreError(why) => {
                             log::error!("{rel}: {why}");
@@ -887,7 +965,7 @@ impl Filesystem for TvaultFs {
                 return reply.error(Errno::EPERM);
             };
             let rel = child_path(&parent_rel, name);
-            let user = match shared.writer(uid, "create", &rel, pid) {
+            let user = match shared.writer(uid, EventKind::Create, &rel, pid) {
                 Ok(u) => u,
                 Err(e) => return reply.error(e),
             };
@@ -903,7 +981,12 @@ impl Filesystem for TvaultFs {
                     Ok((ws, _)) => ws,
                     Err(OpenError::Errno(e)) => return reply.error(e),
                     Err(OpenError::Denied(d)) => {
-                        log::info!(target: "tvault::audit", "create deny uid={uid} pid={pid} comm={} path={rel} reason={}", process_name(pid), d.code());
+                        shared.audit(
+                            Event::from_pid(EventKind::Create, pid)
+                                .uid(uid)
+                                .path(&rel)
+                                .deny(d.code()),
+                        );
                         return reply.error(Errno::EACCES);
                     }
                 }
@@ -913,7 +996,20 @@ impl Filesystem for TvaultFs {
                     Err(e) => return reply.error(e),
                 }
             };
-            log::info!(target: "tvault::audit", "create allow uid={uid} user={} pid={pid} comm={} path={rel}", user.name, process_name(pid));
+            let recorded = shared.audit(
+                Event::from_pid(EventKind::Create, pid)
+                    .uid(uid)
+                    .user(&user.name)
+                    .path(&rel)
+                    .open_flags(flags)
+                    .allow(),
+            );
+            if !recorded {
+                if shared.drop_writer(ino, &ws) {
+                    lock(&ws).discard();
+                }
+                return reply.error(Errno::EACCES);
+            }
             let fh = shared.add_handle(Handle {
                 file: None,
                 write: Some(ws),
@@ -939,7 +1035,7 @@ impl Filesystem for TvaultFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -982,6 +1078,15 @@ impl Filesystem for TvaultFs {
                 }
                 Err(e) => {
                     log::error!("{}: read at {offset}: {e}", handle.rel);
+                    if matches!(e, ContainerError::ChunkAuthentication { .. }) {
+                        shared.audit(
+                            Event::from_pid(EventKind::IntegrityFailure, req.pid())
+                                .uid(req.uid())
+                                .user(&handle.session.name)
+                                .path(&handle.rel)
+                                .detail(e.to_string()),
+                        );
+                    }
                     reply.error(Errno::EIO);
                 }
             }
@@ -1124,7 +1229,7 @@ impl Filesystem for TvaultFs {
             };
             // Modes and owners are not tvault's access control: accept and ignore them.
             if size.is_some() || atime.is_some() || mtime.is_some() {
-                if let Err(e) = shared.writer(uid, "setattr", &rel, pid) {
+                if let Err(e) = shared.writer(uid, EventKind::WriteOpen, &rel, pid) {
                     return reply.error(e);
                 }
             }
@@ -1154,12 +1259,7 @@ impl Filesystem for TvaultFs {
                                 .truncate(&shared.store, &rel, size)
                                 .map_err(|e| e.errno());
                             let committed = truncated.and_then(|()| shared.commit(&temp));
-                            let mut sessions = lock(&shared.sessions);
-                            let mut w = lock(&ws);
-                            w.writers = w.writers.saturating_sub(1);
-                            if w.writers == 0 {
-                                sessions.remove(&ino.0);
-                            }
+                            shared.drop_writer(ino.0, &ws);
                             committed
                         }
                         Err(OpenError::Errno(e)) => Err(e),
@@ -1201,7 +1301,7 @@ impl Filesystem for TvaultFs {
                 return reply.error(Errno::EPERM);
             };
             let rel = child_path(&parent_rel, name);
-            if let Err(e) = shared.writer(req.uid(), "mkdir", &rel, req.pid()) {
+            if let Err(e) = shared.writer(req.uid(), EventKind::Create, &rel, req.pid()) {
                 return reply.error(e);
             }
             if shared.is_file(&rel) {
@@ -1229,7 +1329,7 @@ impl Filesystem for TvaultFs {
                 return reply.error(Errno::ENOENT);
             };
             let rel = child_path(&parent_rel, name);
-            if let Err(e) = shared.writer(req.uid(), "rmdir", &rel, req.pid()) {
+            if let Err(e) = shared.writer(req.uid(), EventKind::Unlink, &rel, req.pid()) {
                 return reply.error(e);
             }
             match std::fs::remove_dir(shared.store.root().join(&rel)) {
@@ -1253,7 +1353,7 @@ impl Filesystem for TvaultFs {
                 return reply.error(Errno::ENOENT);
             };
             let rel = child_path(&parent_rel, name);
-            if let Err(e) = shared.writer(uid, "unlink", &rel, pid) {
+            if let Err(e) = shared.writer(uid, EventKind::Unlink, &rel, pid) {
                 return reply.error(e);
             }
             if !shared.is_file(&rel) {
@@ -1264,9 +1364,13 @@ impl Filesystem for TvaultFs {
                 });
             }
             // Deleting needs the same key slot as reading: nobody removes what they cannot read.
+            let event = || Event::from_pid(EventKind::Unlink, pid).uid(uid).path(&rel);
             if let Err(e) = shared.authorize_change(uid, &rel) {
-                log::info!(target: "tvault::audit", "unlink deny uid={uid} pid={pid} comm={} path={rel}", process_name(pid));
+                shared.audit(event().deny("no-key-slot"));
                 return reply.error(e);
+            }
+            if !shared.audit(event().allow()) {
+                return reply.error(Errno::EACCES);
             }
             if let Err(e) = std::fs::remove_file(shared.container_path(&rel)) {
                 return reply.error(Errno::from(e));
@@ -1276,7 +1380,6 @@ impl Filesystem for TvaultFs {
                 lock(ws).unlinked = true;
             }
             lock(&shared.inodes).remove(&rel);
-            log::info!(target: "tvault::audit", "unlink allow uid={uid} pid={pid} comm={} path={rel}", process_name(pid));
             reply.ok();
         });
     }
@@ -1312,9 +1415,15 @@ impl Filesystem for TvaultFs {
             }
             let from = child_path(&from_dir, name);
             let to = child_path(&to_dir, newname);
-            if let Err(e) = shared.writer(uid, "rename", &from, pid) {
+            if let Err(e) = shared.writer(uid, EventKind::Rename, &from, pid) {
                 return reply.error(e);
             }
+            let event = || {
+                Event::from_pid(EventKind::Rename, pid)
+                    .uid(uid)
+                    .path(&from)
+                    .target(&to)
+            };
             let target_exists = shared.is_file(&to) || shared.is_dir(&to);
             if target_exists && flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 return reply.error(Errno::EEXIST);
@@ -1332,13 +1441,19 @@ impl Filesystem for TvaultFs {
                     }
                 });
                 if let Err(e) = allowed {
-                    log::info!(target: "tvault::audit", "rename deny uid={uid} pid={pid} comm={} path={from} to={to}", process_name(pid));
+                    shared.audit(event().deny("no-key-slot"));
                     return reply.error(e);
+                }
+                if !shared.audit(event().allow()) {
+                    return reply.error(Errno::EACCES);
                 }
                 std::fs::rename(shared.container_path(&from), shared.container_path(&to))
             } else if shared.is_dir(&from) {
                 if shared.is_file(&to) {
                     return reply.error(Errno::ENOTDIR);
+                }
+                if !shared.audit(event().allow()) {
+                    return reply.error(Errno::EACCES);
                 }
                 std::fs::rename(
                     shared.store.root().join(&from),
@@ -1350,12 +1465,77 @@ impl Filesystem for TvaultFs {
             match result {
                 Ok(()) => {
                     lock(&shared.inodes).rename(&from, &to);
-                    log::info!(target: "tvault::audit", "rename allow uid={uid} pid={pid} comm={} path={from} to={to}", process_name(pid));
                     reply.ok()
                 }
                 Err(e) => reply.error(Errno::from(e)),
             }
         });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        guarded("getxattr", || {
+            // Asked before every write (security.capability): answer fast for anything else.
+            let Some(name) = name.to_str().filter(|n| n.starts_with("user.tvault.")) else {
+                return reply.error(Errno::NO_XATTR);
+            };
+            let Some(rel) = self
+                .shared
+                .path_of(ino.0)
+                .filter(|r| self.shared.is_file(r))
+            else {
+                return reply.error(Errno::NO_XATTR);
+            };
+            let value = match self.shared.xattrs(req.uid(), &rel) {
+                Ok(attrs) => attrs.into_iter().find(|(n, _)| *n == name).map(|(_, v)| v),
+                Err(e) => return reply.error(e),
+            };
+            match value {
+                None => reply.error(Errno::NO_XATTR),
+                Some(v) if size == 0 => reply.size(v.len() as u32),
+                Some(v) if (size as usize) < v.len() => reply.error(Errno::ERANGE),
+                Some(v) => reply.data(v.as_bytes()),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        guarded("listxattr", || {
+            let Some(rel) = self.shared.path_of(ino.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let mut names = Vec::new();
+            if self.shared.is_file(&rel) {
+                match self.shared.xattrs(req.uid(), &rel) {
+                    Ok(attrs) => attrs.iter().for_each(|(n, _)| {
+                        names.extend_from_slice(n.as_bytes());
+                        names.push(0);
+                    }),
+                    Err(e) => return reply.error(e),
+                }
+            }
+            if size == 0 {
+                reply.size(names.len() as u32)
+            } else if (size as usize) < names.len() {
+                reply.error(Errno::ERANGE)
+            } else {
+                reply.data(&names)
+            }
+        });
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Python's open() asks isatty (TCGETS) of every file: not a terminal.
+        reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
