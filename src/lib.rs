@@ -1,8 +1,8 @@
 //! tensorvault: an encrypted store for model weights, mounted with FUSE for per-user access.
 //!
 //! Layers, lowest first (a module only imports the ones before it):
-//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `audit`, `access` →
-//! `fs`, `control` → `daemon` → `cli`.
+//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `audit`, `access`,
+//! `fsck` → `fs`, `control` → `daemon` → `cli`.
 //! See docs/ARCHITECTURE.md.
 
 pub mod access;
@@ -13,6 +13,7 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod fs;
+pub mod fsck;
 pub mod fsutil;
 pub mod keyring;
 pub mod safetensors;

@@ -2,6 +2,7 @@
 //! over the library layers; all policy lives below.
 
 mod audit_cmds;
+mod fsck_cmds;
 mod mount_cmds;
 mod passphrase;
 mod store_cmds;
@@ -191,6 +192,8 @@ enum Command {
     Audit(audit_cmds::AuditArgs),
     /// Show which users hold key slots for which files (no passphrase needed)
     Access(audit_cmds::AccessArgs),
+    /// Check a store for damage: structure without a key, every chunk with --user
+    Fsck(fsck_cmds::FsckArgs),
 }
 
 #[derive(Subcommand)]
@@ -353,6 +356,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
         Command::Audit(args) => audit_cmds::audit(&args),
         Command::Access(args) => audit_cmds::access(&args),
+        Command::Fsck(args) => fsck_cmds::fsck(&args),
     }
 }
 

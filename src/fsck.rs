@@ -1,0 +1,684 @@
+//! Consistency checks of a whole store, for `tvault fsck`.
+//!
+//! Without a key, [`check`] looks at everything a reader of the store directory can: the
+//! store configuration, every keyring file, every `.tvlt` container (fixed header, key
+//! slots, and the total-length rule that ties the chunk table to the file size), every
+//! `.tvault-recipients` policy, and temporary files left behind by an interrupted writer.
+//! With a user's private key it also authenticates, for every file that user holds a key
+//! slot for, the slot, the header MAC and every chunk.
+//!
+//! Nothing here prints: every finding is a [`Problem`] in the returned [`Report`], with the
+//! path it concerns. The caller decides how to show it.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::container::{Container, ContainerError};
+use crate::crypto::PrivateKey;
+use crate::fsutil;
+use crate::keyring::{self, Keyring};
+use crate::store::{self, Store, StoreError, CONTAINER_EXT, META_DIR, RECIPIENTS_FILE};
+
+/// A temporary file modified more recently than this may belong to a writer that is still
+/// running (a `put`, or a draft of a file open for writing on a mount): it is reported but
+/// never removed.
+pub const TEMP_MIN_AGE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Worth knowing, but every file that was readable still is (e.g. a leftover temporary
+    /// file, a key slot for someone who is not a user of the store).
+    Warning,
+    /// Damage or an inconsistency: a file, keyring or the configuration cannot be used as is.
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// What a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `.tvault/store.json` or the layout of `.tvault/`.
+    Config,
+    /// A keyring file (`.tvault/users/NAME.json`).
+    Keyring,
+    /// The structure of a `.tvlt` container (checked without a key).
+    Container,
+    /// A key slot, header MAC or chunk that failed authentication (checked with a key).
+    Authentication,
+    /// Who a file is encrypted to, or a `.tvault-recipients` policy.
+    Recipients,
+    /// A temporary file left by an interrupted writer.
+    TempFile,
+    /// Something in the store that tvault ignores (e.g. a name that is not UTF-8).
+    Ignored,
+    /// An I/O error while reading the store.
+    Io,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Config => "config",
+            Kind::Keyring => "keyring",
+            Kind::Container => "container",
+            Kind::Authentication => "authentication",
+            Kind::Recipients => "recipients",
+            Kind::TempFile => "temp-file",
+            Kind::Ignored => "ignored",
+            Kind::Io => "io",
+        }
+    }
+}
+
+/// One finding, about one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    pub kind: Kind,
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// How to check.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Authenticate every chunk of every file this user (name, unlocked private key) holds a
+    /// key slot for.
+    pub verify_as: Option<(&'a str, &'a PrivateKey)>,
+    /// Delete leftover temporary files older than [`TEMP_MIN_AGE`].
+    pub remove_temp: bool,
+}
+
+/// The outcome of [`check`].
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every finding, in the order the store was walked (sorted by path within a directory).
+    pub problems: Vec<Problem>,
+    /// `.tvlt` files examined.
+    pub containers: usize,
+    /// Keyring files examined.
+    pub keyrings: usize,
+    /// With [`Options::verify_as`]: files whose every chunk authenticated.
+    pub verified: Vec<PathBuf>,
+    /// With [`Options::verify_as`]: structurally sound files the user holds no key slot for.
+    pub skipped: Vec<PathBuf>,
+    /// Temporary files deleted because of [`Options::remove_temp`].
+    pub removed: Vec<PathBuf>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.count(Severity::Error)
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.count(Severity::Warning)
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == severity)
+            .count()
+    }
+
+    /// No errors (warnings alone leave a store clean).
+    pub fn is_clean(&self) -> bool {
+        self.errors() == 0
+    }
+
+    fn push(&mut self, severity: Severity, kind: Kind, path: &Path, message: impl Into<String>) {
+        self.problems.push(Problem {
+            severity,
+            kind,
+            path: path.to_path_buf(),
+            message: message.into(),
+        });
+    }
+
+    fn error(&mut self, kind: Kind, path: &Path, message: impl Into<String>) {
+        self.push(Severity::Error, kind, path, message);
+    }
+
+    fn warning(&mut self, kind: Kind, path: &Path, message: impl Into<String>) {
+        self.push(Severity::Warning, kind, path, message);
+    }
+}
+
+/// Checks the store at `root`. Fails only when `root` is not a store at all (no `.tvault`
+/// directory) or cannot be listed; everything else is reported as a [`Problem`].
+pub fn check(root: &Path, options: &Options) -> Result<Report, StoreError> {
+    let meta = root.join(META_DIR);
+    match fs::symlink_metadata(&meta) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(StoreError::NotAStore(root.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StoreError::NotAStore(root.to_path_buf()))
+        }
+        Err(source) => return Err(StoreError::Io { path: meta, source }),
+    }
+    let mut report = Report::default();
+    let mut fsck = Fsck {
+        root,
+        options,
+        report: &mut report,
+        users: BTreeMap::new(),
+    };
+    fsck.config();
+    fsck.keyrings();
+    fsck.tree(root, "").map_err(|source| StoreError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    Ok(report)
+}
+
+/// The keyring of user `name` in the store at `root`, read like `Store::user` but without
+/// needing a valid store.json (so that a damaged store can still be checked with a key).
+pub fn read_keyring(root: &Path, name: &str) -> Result<Keyring, StoreError> {
+    keyring::validate_name(name)?;
+    let meta = root.join(META_DIR);
+    if !meta.is_dir() {
+        return Err(StoreError::NotAStore(root.to_path_buf()));
+    }
+    let path = meta.join("users").join(format!("{name}.json"));
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StoreError::NoSuchUser(name.to_string()))
+        }
+        Err(source) => return Err(StoreError::Io { path, source }),
+    };
+    let keyring = Keyring::from_json(&bytes).map_err(|source| StoreError::Keyring {
+        path: path.clone(),
+        source,
+    })?;
+    if keyring.name != name {
+        return Err(StoreError::Keyring {
+            path,
+            source: keyring::KeyringError::Malformed(format!(
+                "file is named for {name:?} but holds {:?}",
+                keyring.name
+            )),
+        });
+    }
+    Ok(keyring)
+}
+
+struct Fsck<'a> {
+    root: &'a Path,
+    options: &'a Options<'a>,
+    report: &'a mut Report,
+    /// Keyrings that parsed, by name (to check key-slot labels and policies against).
+    users: BTreeMap<String, Keyring>,
+}
+
+/// Directory entries sorted by name, so that reports are stable.
+fn sorted_entries(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    let mut entries = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries)
+}
+
+impl Fsck<'_> {
+    fn config(&mut self) {
+        let path = self.root.join(META_DIR).join("store.json");
+        match Store::open(self.root) {
+            Ok(_) => {}
+            Err(StoreError::NotAStore(_)) => self.report.error(
+                Kind::Config,
+                &path,
+                "missing: the store configuration is gone (was `tvault init` interrupted?)",
+            ),
+            Err(StoreError::BadConfig { why, .. }) => self.report.error(Kind::Config, &path, why),
+            Err(StoreError::Io { path, source }) => {
+                self.report.error(Kind::Io, &path, source.to_string())
+            }
+            Err(e) => self.report.error(Kind::Config, &path, e.to_string()),
+        }
+        // Drafts of store.json (or of anything else written into .tvault/ atomically).
+        let meta = self.root.join(META_DIR);
+        match sorted_entries(&meta) {
+            Ok(entries) => {
+                for entry in entries {
+                    if let Some(name) = entry.file_name().to_str() {
+                        if fsutil::is_temp_name(name) {
+                            self.temp_file(&entry.path());
+                        }
+                    }
+                }
+            }
+            Err(e) => self.report.error(Kind::Io, &meta, e.to_string()),
+        }
+    }
+
+    fn keyrings(&mut self) {
+        let dir = self.root.join(META_DIR).join("users");
+        let entries = match sorted_entries(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.report.error(
+                    Kind::Config,
+                    &dir,
+                    "missing: the store has no users directory",
+                );
+                return;
+            }
+            Err(e) => {
+                self.report.error(Kind::Io, &dir, e.to_string());
+                return;
+            }
+        };
+        // uid -> first keyring name holding it.
+        let mut uids: BTreeMap<u32, String> = BTreeMap::new();
+        for entry in entries {
+            let path = entry.path();
+            let Some(file_name) = entry.file_name().to_str().map(str::to_string) else {
+                self.report.warning(
+                    Kind::Ignored,
+                    &path,
+                    "name is not UTF-8: not a keyring, ignored by tvault",
+                );
+                continue;
+            };
+            if fsutil::is_temp_name(&file_name) {
+                self.temp_file(&path);
+                continue;
+            }
+            let Some(name) = file_name.strip_suffix(".json") else {
+                self.report.warning(
+                    Kind::Ignored,
+                    &path,
+                    "not a keyring file (keyrings are NAME.json): ignored by tvault",
+                );
+                continue;
+            };
+            self.report.keyrings += 1;
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.report.error(Kind::Io, &path, e.to_string());
+                    continue;
+                }
+            };
+            let keyring = match Keyring::from_json(&bytes) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.report.error(Kind::Keyring, &path, e.to_string());
+                    continue;
+                }
+            };
+            if let Err(e) = keyring::validate_name(name) {
+                self.report.error(Kind::Keyring, &path, e.to_string());
+                continue;
+            }
+            if keyring.name != name {
+                self.report.error(
+                    Kind::Keyring,
+                    &path,
+                    format!(
+                        "file is named for {name:?} but holds the keyring of {:?}",
+                        keyring.name
+                    ),
+                );
+                continue;
+            }
+            if let Some(other) = uids.get(&keyring.uid) {
+                self.report.error(
+                    Kind::Keyring,
+                    &path,
+                    format!(
+                        "uid {} also belongs to {other:?}: a mount could unlock only one of them",
+                        keyring.uid
+                    ),
+                );
+            } else {
+                uids.insert(keyring.uid, keyring.name.clone());
+            }
+            self.users.insert(keyring.name.clone(), keyring);
+        }
+    }
+
+    /// Walks the store's files (everything but the top-level `.tvault`), depth first.
+    fn tree(&mut self, dir: &Path, prefix: &str) -> io::Result<()> {
+        let entries = match sorted_entries(dir) {
+            Ok(entries) => entries,
+            // The root itself must be listable; a subdirectory that is not is reported.
+            Err(e) if !prefix.is_empty() => {
+                self.report.error(Kind::Io, dir, e.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry.path();
+            let Ok(name) = entry.file_name().into_string() else {
+                self.report.warning(
+                    Kind::Ignored,
+                    &path,
+                    "name is not UTF-8: ignored by tvault (not listed, not mounted)",
+                );
+                continue;
+            };
+            if prefix.is_empty() && name == META_DIR {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Ok(kind) => kind,
+                Err(e) => {
+                    self.report.error(Kind::Io, &path, e.to_string());
+                    continue;
+                }
+            };
+            if kind.is_dir() {
+                self.tree(&path, &format!("{prefix}{name}/"))?;
+            } else if !kind.is_file() {
+                continue;
+            } else if fsutil::is_temp_name(&name) {
+                self.temp_file(&path);
+            } else if name == RECIPIENTS_FILE {
+                self.policy(&path);
+            } else if let Some(stem) = name.strip_suffix(&format!(".{CONTAINER_EXT}")) {
+                let rel = format!("{prefix}{stem}");
+                match store::validate_rel(&rel) {
+                    Ok(()) => self.container(&path),
+                    Err(e) => {
+                        self.report
+                            .warning(Kind::Ignored, &path, format!("{e}: ignored by tvault"))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn temp_file(&mut self, path: &Path) {
+        const WHAT: &str = "leftover temporary file from an interrupted write";
+        if !self.options.remove_temp {
+            self.report.warning(
+                Kind::TempFile,
+                path,
+                format!("{WHAT} (remove it with --remove-temp)"),
+            );
+            return;
+        }
+        let age = fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+        match age {
+            Ok(age) if age < TEMP_MIN_AGE => self.report.warning(
+                Kind::TempFile,
+                path,
+                format!(
+                    "temporary file modified {}s ago, maybe by a writer still running: not removed",
+                    age.as_secs()
+                ),
+            ),
+            Ok(_) => match fs::remove_file(path) {
+                Ok(()) => {
+                    self.report
+                        .warning(Kind::TempFile, path, format!("{WHAT}: removed"));
+                    self.report.removed.push(path.to_path_buf());
+                }
+                Err(e) => self.report.warning(
+                    Kind::TempFile,
+                    path,
+                    format!("{WHAT}: cannot remove it: {e}"),
+                ),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => self
+                .report
+                .warning(Kind::TempFile, path, format!("{WHAT}: {e}")),
+        }
+    }
+
+    fn policy(&mut self, path: &Path) {
+        let text = match fs::read(path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => {
+                self.report.error(Kind::Io, path, e.to_string());
+                return;
+            }
+        };
+        for name in store::parse_policy(&text) {
+            if !self.users.contains_key(&name) {
+                self.report.warning(
+                    Kind::Recipients,
+                    path,
+                    format!("{name:?} is not a user of this store: new files here are not encrypted to it"),
+                );
+            }
+        }
+    }
+
+    fn container(&mut self, path: &Path) {
+        self.report.containers += 1;
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.report.error(Kind::Io, path, e.to_string());
+                return;
+            }
+        };
+        let container = match Container::map(&file) {
+            Ok(c) => c,
+            Err(ContainerError::Io(e)) => {
+                self.report.error(Kind::Io, path, e.to_string());
+                return;
+            }
+            Err(e) => {
+                self.report.error(Kind::Container, path, e.to_string());
+                return;
+            }
+        };
+        if container.slots().is_empty() {
+            self.report.warning(
+                Kind::Recipients,
+                path,
+                "no key slots: nobody can read this file",
+            );
+        }
+        for slot in container.slots() {
+            if !self.users.contains_key(&slot.label) {
+                self.report.warning(
+                    Kind::Recipients,
+                    path,
+                    format!(
+                        "key slot for {:?}, who is not a user of this store (import their public key, or revoke)",
+                        slot.label
+                    ),
+                );
+            }
+        }
+        let Some((user, private)) = self.options.verify_as else {
+            return;
+        };
+        if container.slot(user).is_none() {
+            self.report.skipped.push(path.to_path_buf());
+            return;
+        }
+        let data_key = match container.unwrap_key(user, private) {
+            Ok(k) => k,
+            Err(e) => {
+                self.report.error(
+                    Kind::Authentication,
+                    path,
+                    format!("{e} (the slot was altered, or written for another key)"),
+                );
+                return;
+            }
+        };
+        let reader = match container.open(&data_key) {
+            Ok(r) => r,
+            Err(e) => {
+                self.report.error(Kind::Authentication, path, e.to_string());
+                return;
+            }
+        };
+        match reader.verify_all() {
+            Ok(()) => self.report.verified.push(path.to_path_buf()),
+            Err(e) => self.report.error(Kind::Authentication, path, e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KdfParams;
+
+    const FAST: KdfParams = KdfParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
+
+    fn store_with_file(dir: &Path) -> (Store, PrivateKey, PathBuf) {
+        let store = Store::init(dir, 12).unwrap();
+        let (alice, private) = Keyring::create("alice", 1001, b"pw", FAST).unwrap();
+        store.add_user(&alice).unwrap();
+        let src = dir.join("..").join("plain.bin");
+        fs::write(&src, vec![7u8; 10_000]).unwrap();
+        store
+            .put("m/w.bin", &src, &[alice], 12, false, &mut |_| {})
+            .unwrap();
+        let path = store.container_path("m/w.bin").unwrap();
+        (store, private, path)
+    }
+
+    fn kinds(report: &Report) -> Vec<(Severity, Kind)> {
+        report
+            .problems
+            .iter()
+            .map(|p| (p.severity, p.kind))
+            .collect()
+    }
+
+    #[test]
+    fn clean_store_and_flipped_chunk() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("s");
+        fs::create_dir(&dir).unwrap();
+        let (_store, private, path) = store_with_file(&dir);
+        let as_alice = Options {
+            verify_as: Some(("alice", &private)),
+            remove_temp: false,
+        };
+        let report = check(&dir, &as_alice).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!((report.containers, report.keyrings), (1, 1));
+        assert_eq!(report.verified, std::slice::from_ref(&path));
+
+        // A byte in the second chunk's ciphertext: invisible without the key.
+        let mut bytes = fs::read(&path).unwrap();
+        let slots_len = u32::from_le_bytes(bytes[60..64].try_into().unwrap()) as usize;
+        bytes[64 + slots_len + 5000] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(check(&dir, &Options::default()).unwrap().is_clean());
+        let report = check(&dir, &as_alice).unwrap();
+        assert_eq!(kinds(&report), [(Severity::Error, Kind::Authentication)]);
+        assert_eq!(report.problems[0].path, path);
+        assert!(report.problems[0].message.contains("chunk 1"));
+    }
+
+    #[test]
+    fn structural_problems() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("s");
+        fs::create_dir(&dir).unwrap();
+        let (_store, _private, path) = store_with_file(&dir);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        fs::write(dir.join(".tvault/users/bob.json"), b"{\"version\":1").unwrap();
+        fs::write(dir.join("m/.tvault-recipients"), "alice ghost\n").unwrap();
+        let temp = dir.join("m/.w.bin.tvlt.tmp-0123456789ab");
+        fs::write(&temp, b"half").unwrap();
+        let report = check(&dir, &Options::default()).unwrap();
+        let found: Vec<_> = report
+            .problems
+            .iter()
+            .map(|p| {
+                (
+                    p.severity,
+                    p.kind,
+                    p.path.strip_prefix(&dir).unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    Severity::Error,
+                    Kind::Keyring,
+                    PathBuf::from(".tvault/users/bob.json")
+                ),
+                (
+                    Severity::Warning,
+                    Kind::Recipients,
+                    PathBuf::from("m/.tvault-recipients")
+                ),
+                (
+                    Severity::Warning,
+                    Kind::TempFile,
+                    PathBuf::from("m/.w.bin.tvlt.tmp-0123456789ab")
+                ),
+                (
+                    Severity::Error,
+                    Kind::Container,
+                    PathBuf::from("m/w.bin.tvlt")
+                ),
+            ]
+        );
+        assert_eq!(report.errors(), 2);
+
+        // A fresh temporary file is never removed; an old one is.
+        let remove = Options {
+            verify_as: None,
+            remove_temp: true,
+        };
+        let report = check(&dir, &remove).unwrap();
+        assert!(report.removed.is_empty());
+        assert!(temp.exists());
+        let old = SystemTime::now() - TEMP_MIN_AGE - Duration::from_secs(10);
+        File::options()
+            .write(true)
+            .open(&temp)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let report = check(&dir, &remove).unwrap();
+        assert_eq!(report.removed, std::slice::from_ref(&temp));
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn not_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            check(dir.path(), &Options::default()),
+            Err(StoreError::NotAStore(_))
+        ));
+        fs::create_dir(dir.path().join(META_DIR)).unwrap();
+        let report = check(dir.path(), &Options::default()).unwrap();
+        assert_eq!(
+            kinds(&report),
+            [
+                (Severity::Error, Kind::Config),
+                (Severity::Error, Kind::Config)
+            ]
+        );
+    }
+}
