@@ -479,11 +479,17 @@ impl<B: AsRef<[u8]>> Reader<B> {
             ContainerError::Malformed(format!("buffer of {have} bytes for a {n}-byte chunk"))
         })?;
         let at = (self.layout.data + start) as usize;
-        out.copy_from_slice(&self.bytes.as_ref()[at..at + n]);
         let (nonce, tag) = self.table_entry(index);
         let last = index + 1 == self.chunk_count();
         self.keys
-            .open_chunk(index, last, &nonce, &tag, out)
+            .open_chunk_into(
+                index,
+                last,
+                &nonce,
+                &tag,
+                &self.bytes.as_ref()[at..at + n],
+                out,
+            )
             .map_err(|_| ContainerError::ChunkAuthentication { index })?;
         Ok(n)
     }

@@ -85,8 +85,10 @@ fn hkdf_expand(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; KEY_LE
 
 /// Per-file keys derived from the data key and the file id: one for chunk AEAD, one for the
 /// header MAC. Deriving both from the data key is what makes the header MAC a commitment to it.
+/// Chunks use AWS-LC's AES-256-GCM-SIV (the hot path); AWS-LC wipes the key schedule when
+/// the key is dropped.
 pub struct FileKeys {
-    chunk_cipher: Aes256GcmSiv,
+    chunk_cipher: aws_lc_rs::aead::LessSafeKey,
     mac_key: Zeroizing<[u8; KEY_LEN]>,
     file_id: [u8; FILE_ID_LEN],
 }
@@ -105,8 +107,13 @@ impl FileKeys {
     pub fn derive(data_key: &SecretKey, file_id: &[u8; FILE_ID_LEN]) -> Self {
         let chunk_key = hkdf_expand(data_key.as_bytes(), file_id, &[INFO_CHUNK_KEY]);
         let mac_key = hkdf_expand(data_key.as_bytes(), file_id, &[INFO_MAC_KEY]);
+        let unbound =
+            aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM_SIV, chunk_key.as_ref());
+        let Ok(unbound) = unbound else {
+            unreachable!("a 32-byte key is valid for AES-256-GCM-SIV");
+        };
         FileKeys {
-            chunk_cipher: Aes256GcmSiv::new(chunk_key.as_ref().into()),
+            chunk_cipher: aws_lc_rs::aead::LessSafeKey::new(unbound),
             mac_key,
             file_id: *file_id,
         }
@@ -119,13 +126,16 @@ impl FileKeys {
         last: bool,
         buf: &mut [u8],
     ) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN]), CryptoError> {
+        use aws_lc_rs::aead::{Aad, Nonce};
         let nonce: [u8; NONCE_LEN] = random_array()?;
         let aad = chunk_aad(&self.file_id, index, last);
         let tag = self
             .chunk_cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, buf)
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
             .map_err(|_| CryptoError::Authentication)?;
-        Ok((nonce, tag.into()))
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok((nonce, out))
     }
 
     /// Decrypts `buf` in place. On failure `buf` holds no plaintext: it is zeroed.
@@ -137,15 +147,43 @@ impl FileKeys {
         tag: &[u8; TAG_LEN],
         buf: &mut [u8],
     ) -> Result<(), CryptoError> {
+        use aws_lc_rs::aead::{Aad, Nonce};
         let aad = chunk_aad(&self.file_id, index, last);
-        let result = self.chunk_cipher.decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
-            &aad,
+        let result = self.chunk_cipher.open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            tag,
             buf,
-            Tag::from_slice(tag),
         );
         if result.is_err() {
             buf.zeroize();
+            return Err(CryptoError::Authentication);
+        }
+        Ok(())
+    }
+
+    /// Decrypts `ciphertext` into `out` (same length) without an intermediate copy: the
+    /// read path decrypts straight from the mapped container. On failure `out` is zeroed.
+    pub fn open_chunk_into(
+        &self,
+        index: u64,
+        last: bool,
+        nonce: &[u8; NONCE_LEN],
+        tag: &[u8; TAG_LEN],
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        use aws_lc_rs::aead::{Aad, Nonce};
+        let aad = chunk_aad(&self.file_id, index, last);
+        let result = self.chunk_cipher.open_separate_gather(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            ciphertext,
+            tag,
+            out,
+        );
+        if result.is_err() {
+            out.zeroize();
             return Err(CryptoError::Authentication);
         }
         Ok(())
@@ -452,6 +490,45 @@ mod tests {
         let other = FileKeys::derive(&SecretKey::from_bytes([7; 32]), &[8; FILE_ID_LEN]);
         let mut b = buf.clone();
         assert!(other.open_chunk(3, false, &nonce, &tag, &mut b).is_err());
+    }
+
+    #[test]
+    fn chunk_format_matches_the_rustcrypto_implementation() {
+        // The chunk AEAD runs on AWS-LC; an independent implementation must agree byte for
+        // byte, in both directions.
+        let data_key = SecretKey::from_bytes([3; 32]);
+        let file_id = [4; FILE_ID_LEN];
+        let k = FileKeys::derive(&data_key, &file_id);
+        let chunk_key = hkdf_expand(data_key.as_bytes(), &file_id, &[INFO_CHUNK_KEY]);
+        let rc = Aes256GcmSiv::new(chunk_key.as_ref().into());
+        let aad = chunk_aad(&file_id, 9, true);
+        let plain = b"cross-check".to_vec();
+        let mut buf = plain.clone();
+        let (nonce, tag) = k.seal_chunk(9, true, &mut buf).unwrap();
+        let mut theirs = buf.clone();
+        rc.decrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &aad,
+            &mut theirs,
+            Tag::from_slice(&tag),
+        )
+        .unwrap();
+        assert_eq!(theirs, plain);
+        let mut sealed = plain.clone();
+        let rc_tag = rc
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut sealed)
+            .unwrap();
+        let mut out = vec![0u8; plain.len()];
+        let rc_tag: [u8; TAG_LEN] = rc_tag.into();
+        k.open_chunk_into(9, true, &nonce, &rc_tag, &sealed, &mut out)
+            .unwrap();
+        assert_eq!(out, plain);
+        let mut bad = sealed.clone();
+        bad[0] ^= 1;
+        assert!(k
+            .open_chunk_into(9, true, &nonce, &rc_tag, &bad, &mut out)
+            .is_err());
+        assert!(out.iter().all(|&b| b == 0), "no plaintext after a failure");
     }
 
     #[test]
