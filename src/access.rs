@@ -162,42 +162,42 @@ impl Access {
         uid: u32,
         passphrase: &[u8],
     ) -> Result<String, UnlockError> {
-        self.check_backoff(uid)?;
         let keyring = match store.user_by_uid(uid) {
             Ok(Some(k)) => k,
             Ok(None) => return Err(UnlockError::NoKeyring(uid)),
             Err(e) => return Err(UnlockError::Store(e.to_string())),
         };
-        let result = {
+        // Backoff is checked and failures recorded under the gate, so concurrent attempts
+        // from one uid cannot all slip in before the first failure is counted.
+        let private = {
             let _gate = self.unlock_gate.lock().unwrap_or_else(|p| p.into_inner());
-            keyring.unlock(passphrase)
-        };
-        let private = match result {
-            Ok(private) => private,
-            Err(KeyringError::WrongPassphrase(name)) => {
-                self.record_failure(uid);
-                return Err(UnlockError::WrongPassphrase(name));
+            self.check_backoff(uid)?;
+            match keyring.unlock(passphrase) {
+                Ok(private) => private,
+                Err(KeyringError::WrongPassphrase(name)) => {
+                    self.record_failure(uid);
+                    return Err(UnlockError::WrongPassphrase(name));
+                }
+                Err(e) => return Err(UnlockError::Store(e.to_string())),
             }
-            Err(e) => return Err(UnlockError::Store(e.to_string())),
         };
         self.backoff
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&uid);
-        let session = Arc::new(UserSession {
-            uid,
-            name: keyring.name.clone(),
-            private,
-            data_keys: Mutex::new(HashMap::new()),
-            locked: AtomicBool::new(false),
-        });
-        let old = self
-            .sessions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid, session);
-        if let Some(old) = old {
-            old.locked.store(true, Ordering::Release);
+        let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        // Unlocking again while unlocked keeps the session (and the handles opened under it).
+        if sessions.get(&uid).is_none_or(|s| s.name != keyring.name) {
+            let session = Arc::new(UserSession {
+                uid,
+                name: keyring.name.clone(),
+                private,
+                data_keys: Mutex::new(HashMap::new()),
+                locked: AtomicBool::new(false),
+            });
+            if let Some(old) = sessions.insert(uid, session) {
+                old.locked.store(true, Ordering::Release);
+            }
         }
         Ok(keyring.name)
     }

@@ -392,13 +392,21 @@ impl<B: AsRef<[u8]>> Container<B> {
 
     /// Authenticates the header under `data_key` and returns a reader.
     pub fn open(self, data_key: &SecretKey) -> Result<Reader<B>> {
-        let keys = self.authenticate(data_key)?;
+        let table =
+            self.bytes.as_ref()[self.layout.table as usize..self.layout.mac as usize].to_vec();
+        let keys = FileKeys::derive(data_key, &self.header.file_id);
+        // The header as decoded (what the reader will use), not the live mapping.
+        let fixed = self.header.encode();
+        let mac = &self.bytes.as_ref()[self.layout.mac as usize..self.layout.total as usize];
+        keys.verify_header_mac(&[&fixed[..MACED_HEADER_LEN], &table], mac)
+            .map_err(|_| ContainerError::HeaderAuthentication)?;
         Ok(Reader {
             bytes: self.bytes,
             header: self.header,
             layout: self.layout,
             slots: self.slots,
             keys,
+            table,
         })
     }
 
@@ -427,6 +435,9 @@ pub struct Reader<B> {
     layout: Layout,
     slots: Vec<KeySlot>,
     keys: FileKeys,
+    /// The chunk table as authenticated by the header MAC. Copied out of the mapping, so a
+    /// later in-place edit of the file cannot swap in unauthenticated nonces or tags.
+    table: Vec<u8>,
 }
 
 impl<B: AsRef<[u8]>> Reader<B> {
@@ -455,8 +466,8 @@ impl<B: AsRef<[u8]>> Reader<B> {
     }
 
     fn table_entry(&self, index: u64) -> ([u8; NONCE_LEN], [u8; TAG_LEN]) {
-        let at = (self.layout.table + index * TABLE_ENTRY_LEN as u64) as usize;
-        let e = &self.bytes.as_ref()[at..at + TABLE_ENTRY_LEN];
+        let at = index as usize * TABLE_ENTRY_LEN;
+        let e = &self.table[at..at + TABLE_ENTRY_LEN];
         let mut nonce = [0u8; NONCE_LEN];
         let mut tag = [0u8; TAG_LEN];
         nonce.copy_from_slice(&e[..NONCE_LEN]);

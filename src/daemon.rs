@@ -260,6 +260,10 @@ impl Handler for DaemonControl {
                 }
                 self.shared.access.lock(peer.uid);
                 let invalidated = self.shared.invalidate_open_files_of(peer.uid);
+                // With nobody unlocked, no decrypted chunk or derived key needs to stay.
+                if self.shared.access.sessions().is_empty() {
+                    self.shared.forget_plaintext();
+                }
                 let _ = self.shared.audit.record(
                     &Event::from_pid(EventKind::Lock, peer.pid as u32)
                         .uid(peer.uid)
@@ -449,7 +453,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     on_ready();
     let result = session.run();
     shared.access.lock_all();
-    shared.cache.clear();
+    shared.forget_plaintext();
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&daemon_file);
     if let Err(e) = audit

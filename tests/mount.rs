@@ -628,3 +628,89 @@ fn background_daemon_mounts_and_umount_stops_it() {
     }
     assert!(!running(), "daemon still running after umount");
 }
+
+#[test]
+fn unlocking_again_keeps_open_files_and_locking_everyone_drops_plaintext() {
+    let mut fx = MountFixture::new();
+    let data = pseudo_random(200_000, 3);
+    let src = fx.plain_file("d.bin", &data);
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    let code = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.pread(fd, 10, 0)
+print("opened", flush=True)
+sys.stdin.readline()
+print(len(os.pread(fd, 1000, 150000)), flush=True)
+"#;
+    let mut holder = Command::new("setpriv")
+        .args([
+            "--reuid=1001",
+            "--regid=1001",
+            "--clear-groups",
+            "--",
+            &python(),
+            "-c",
+            code,
+            s(&fx.mnt.join("d.bin")),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    fx.unlock(ALICE, "pw-alice");
+    std::io::Write::write_all(holder.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "1000",
+        "the handle still reads after a second unlock"
+    );
+    let _ = holder.wait();
+    assert!(fx.status()["cache"]["bytes"].as_u64().unwrap() > 0);
+    assert!(fx
+        .tvault_as(ALICE, &["lock", s(&fx.mnt)], "")
+        .status
+        .success());
+    assert_eq!(
+        fx.status()["cache"]["bytes"],
+        0,
+        "no plaintext kept with nobody unlocked"
+    );
+}
+
+#[test]
+fn concurrent_wrong_passphrases_cannot_outrun_the_rate_limit() {
+    let mut fx = MountFixture::new();
+    fx.mount(&[]);
+    let attempts: Vec<_> = (0..12)
+        .map(|_| {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=1001", "--regid=1001", "--clear-groups", "--"])
+                .arg(&fx.bin)
+                .args(["unlock", s(&fx.mnt)])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"wrong\n").unwrap();
+            drop(child.stdin.take());
+            child
+        })
+        .collect();
+    let tried = attempts
+        .into_iter()
+        .map(|c| stderr(&wait_with_timeout(c, "unlock")))
+        .filter(|e| e.contains("wrong passphrase"))
+        .count();
+    assert!(
+        tried <= 3,
+        "{tried} passphrases were tried despite the backoff"
+    );
+}

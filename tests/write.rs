@@ -512,3 +512,42 @@ except OSError as e:
         "half-written drafts remain: {leftovers:?}"
     );
 }
+
+#[test]
+fn moving_a_directory_or_touching_a_file_needs_its_key_slots() {
+    let mut fx = MountFixture::new();
+    let v = fx.plain_file("v", b"alice's config");
+    ok(
+        &[
+            "put",
+            s(&fx.store),
+            s(&v),
+            "--to",
+            "alice",
+            "--as",
+            "model/config.json",
+        ],
+        "",
+    );
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let dir = fx.mnt.join("model");
+    let out = fx.as_uid(BOB, "mv", &[s(&dir), s(&fx.mnt.join("moved"))], "");
+    assert!(!out.status.success(), "bob moved alice's directory");
+    let out = fx.as_uid(
+        BOB,
+        "touch",
+        &["-d", "2001-01-01", s(&dir.join("config.json"))],
+        "",
+    );
+    assert!(!out.status.success(), "bob changed alice's file times");
+    assert!(fx
+        .as_uid(ALICE, "mv", &[s(&dir), s(&fx.mnt.join("moved"))], "")
+        .status
+        .success());
+    assert_eq!(
+        stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("moved/config.json"))], "")),
+        "alice's config"
+    );
+}

@@ -160,6 +160,12 @@ impl Shared {
         })
     }
 
+    /// Drops every decrypted chunk and every authenticated file version (their derived keys).
+    pub fn forget_plaintext(&self) {
+        self.cache.clear();
+        lock(&self.versions).clear();
+    }
+
     pub fn set_notifier(&self, notifier: Notifier) {
         let _ = self.notifier.set(notifier);
     }
@@ -757,7 +763,7 @@ impl Filesystem for TvaultFs {
 
     fn destroy(&mut self) {
         self.shared.access.lock_all();
-        self.shared.cache.clear();
+        self.shared.forget_plaintext();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -772,9 +778,13 @@ impl Filesystem for TvaultFs {
                 return reply.error(Errno::ENOENT);
             }
             let rel = child_path(&parent_rel, name);
-            let ino = lock(&self.shared.inodes).get_or_insert(&rel);
-            match self.shared.attr_of(ino, &rel) {
-                Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            // Only paths that exist get an inode: probing for missing names must not grow
+            // the table.
+            match self.shared.attr_of(0, &rel) {
+                Ok(Some(mut attr)) => {
+                    attr.ino = INodeNo(lock(&self.shared.inodes).get_or_insert(&rel));
+                    reply.entry(&TTL, &attr, Generation(0))
+                }
                 Ok(None) => reply.error(Errno::ENOENT),
                 Err(e) => reply.error(e),
             }
@@ -1271,6 +1281,11 @@ impl Filesystem for TvaultFs {
                 }
             }
             if atime.is_some() || mtime.is_some() {
+                if shared.is_file(&rel) {
+                    if let Err(e) = shared.authorize_change(uid, &rel) {
+                        return reply.error(e);
+                    }
+                }
                 if let Err(e) = set_times(&shared.container_path(&rel), atime, mtime) {
                     return reply.error(Errno::from(e));
                 }
@@ -1444,6 +1459,22 @@ impl Filesystem for TvaultFs {
                     shared.audit(event().deny("no-key-slot"));
                     return reply.error(e);
                 }
+                // Moving a directory moves every file in it: it needs a slot for each, or a
+                // user could move someone's model away and put their own in its place.
+                let prefix = format!("{from}/");
+                let files = match shared.store.files() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        log::error!("{from}: {e}");
+                        return reply.error(Errno::EIO);
+                    }
+                };
+                for f in files.iter().filter(|f| f.rel.starts_with(&prefix)) {
+                    if let Err(e) = shared.authorize_change(uid, &f.rel) {
+                        shared.audit(event().deny("no-key-slot").detail(f.rel.as_str()));
+                        return reply.error(e);
+                    }
+                }
                 if !shared.audit(event().allow()) {
                     return reply.error(Errno::EACCES);
                 }
@@ -1451,6 +1482,22 @@ impl Filesystem for TvaultFs {
             } else if shared.is_dir(&from) {
                 if shared.is_file(&to) {
                     return reply.error(Errno::ENOTDIR);
+                }
+                // Moving a directory moves every file in it: it needs a slot for each, or a
+                // user could move someone's model away and put their own in its place.
+                let prefix = format!("{from}/");
+                let files = match shared.store.files() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        log::error!("{from}: {e}");
+                        return reply.error(Errno::EIO);
+                    }
+                };
+                for f in files.iter().filter(|f| f.rel.starts_with(&prefix)) {
+                    if let Err(e) = shared.authorize_change(uid, &f.rel) {
+                        shared.audit(event().deny("no-key-slot").detail(f.rel.as_str()));
+                        return reply.error(e);
+                    }
                 }
                 if !shared.audit(event().allow()) {
                     return reply.error(Errno::EACCES);
