@@ -2,7 +2,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Keys, passphrases and plaintext live in this process's memory: no core dumps, and no
+/// ptrace or /proc/PID/mem access by other (non-root) processes of the same user.
+fn harden_process() {
+    // SAFETY: plain syscalls with constant arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+    }
+}
+
 fn main() -> ExitCode {
+    harden_process();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();

@@ -266,9 +266,18 @@ pub fn umount(mountpoint: &Path) -> CliResult {
     // made absolute.
     let absolute = std::path::absolute(mountpoint)?;
     let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| absolute.clone());
+    let socket = control::socket_path(mountpoint).ok();
     match control::call(mountpoint, &Request::Umount, REQUEST_TIMEOUT) {
         Ok(_) => {
             if wait_unmounted(&canonical, Duration::from_secs(10)) {
+                // The daemon removes its socket last: once it is gone, a new mount of this
+                // directory cannot collide with the old daemon.
+                let start = Instant::now();
+                while socket.as_ref().is_some_and(|p| p.exists())
+                    && start.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 println!("unmounted {}", mountpoint.display());
                 return Ok(());
             }

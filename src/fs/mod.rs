@@ -34,7 +34,7 @@ use crate::safetensors;
 use crate::store::{Store, CONTAINER_EXT, META_DIR};
 
 pub use cache::ChunkCache;
-use cache::Plain;
+use cache::{BufferPool, Plain};
 use inodes::{child_path, Inodes};
 use write::WriteSession;
 
@@ -102,6 +102,7 @@ pub struct Shared {
     pub store: Store,
     pub access: Arc<Access>,
     pub cache: ChunkCache,
+    buffers: Arc<BufferPool>,
     pub stats: Stats,
     inodes: Mutex<Inodes>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
@@ -145,6 +146,8 @@ impl Shared {
             store,
             access,
             cache: ChunkCache::new(cache_bytes),
+            // Free buffers kept for reuse: a slice of the cache, at most 32 MiB.
+            buffers: BufferPool::new((cache_bytes / 8).min(32 << 20) as usize),
             stats: Stats::default(),
             inodes: Mutex::new(Inodes::new()),
             handles: RwLock::new(HashMap::new()),
@@ -218,8 +221,9 @@ impl Shared {
     fn chunk(&self, file: &FileVersion, index: u64) -> Result<Arc<Plain>, ContainerError> {
         self.cache.get_or_load((file.id, index), || {
             let (start, end) = file.reader.header().chunk_range(index);
-            let mut buf = vec![0u8; (end - start) as usize];
-            if let Err(e) = file.reader.read_chunk(index, &mut buf) {
+            let len = (end - start) as usize;
+            let mut plain = self.buffers.take(len, file.reader.chunk_size() as usize);
+            if let Err(e) = file.reader.read_chunk(index, plain.as_mut_slice()) {
                 self.stats
                     .integrity_failures
                     .fetch_add(1, Ordering::Relaxed);
@@ -227,8 +231,8 @@ impl Shared {
             }
             self.stats
                 .bytes_decrypted
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            Ok(Plain::new(buf))
+                .fetch_add(len as u64, Ordering::Relaxed);
+            Ok(plain)
         })
     }
 
