@@ -5,13 +5,14 @@
 //! may connect, and the daemon identifies the caller by `SO_PEERCRED`, never by anything the
 //! client says. Protocol: one JSON request line, one JSON response line, then close.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,8 @@ use zeroize::Zeroize;
 
 /// Requests are tiny; anything longer is abuse.
 pub const MAX_REQUEST: u64 = 64 * 1024;
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 256;
+const MAX_PER_UID: usize = 16;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -134,28 +136,51 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Accepts connections forever on a background thread, one short-lived thread per
-/// connection, at most `MAX_CONNECTIONS` at once (the rest are refused, not queued).
+/// connection. Each uid may hold at most `MAX_PER_UID` connections at once and all uids
+/// together `MAX_CONNECTIONS`; beyond that new connections are refused, not queued, so a
+/// user who opens connections and stalls only blocks themselves.
 pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
+    let per_uid: Arc<Mutex<HashMap<u32, usize>>> = Arc::new(Mutex::new(HashMap::new()));
     std::thread::Builder::new()
         .name("tvault-control".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-                    active.fetch_sub(1, Ordering::AcqRel);
+                let Ok(peer) = peer_cred(&stream) else {
+                    continue;
+                };
+                let admitted = {
+                    let mut counts = per_uid.lock().unwrap_or_else(|p| p.into_inner());
+                    let mine = counts.entry(peer.uid).or_insert(0);
+                    let ok =
+                        *mine < MAX_PER_UID && active.load(Ordering::Acquire) < MAX_CONNECTIONS;
+                    if ok {
+                        *mine += 1;
+                        active.fetch_add(1, Ordering::AcqRel);
+                    }
+                    ok
+                };
+                if !admitted {
                     let _ = respond(&mut stream, Err("daemon busy: too many connections".into()));
                     continue;
                 }
                 let handler = handler.clone();
-                let active = active.clone();
+                let (active, per_uid) = (active.clone(), per_uid.clone());
+                let release = move || {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let mut counts = per_uid.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(n) = counts.get_mut(&peer.uid) {
+                        *n = n.saturating_sub(1);
+                    }
+                };
                 let spawned = std::thread::Builder::new()
                     .name("tvault-conn".into())
                     .spawn(move || {
-                        if let Err(e) = handle_connection(&mut stream, handler.as_ref()) {
+                        if let Err(e) = handle_connection(&mut stream, peer, handler.as_ref()) {
                             log::debug!("control connection: {e}");
                         }
-                        active.fetch_sub(1, Ordering::AcqRel);
+                        release();
                     });
                 if spawned.is_err() {
                     log::warn!("control: cannot spawn a connection thread");
@@ -165,10 +190,9 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> io::Result<()
     Ok(())
 }
 
-fn handle_connection(stream: &mut UnixStream, handler: &dyn Handler) -> io::Result<()> {
+fn handle_connection(stream: &mut UnixStream, peer: Peer, handler: &dyn Handler) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let peer = peer_cred(stream)?;
     let mut line = Vec::new();
     let n = BufReader::new(stream.try_clone()?.take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
     let result = if n == 0 {

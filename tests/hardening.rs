@@ -1,0 +1,412 @@
+//! What tvault survives: process hygiene, abuse of the control socket, several users at once,
+//! and being killed at random moments.
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::*;
+use common::*;
+
+const ALICE: u32 = 1001;
+const BOB: u32 = 1002;
+
+/// A small deterministic generator for delays and choices (fixed seeds, repeatable runs).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn fsck_clean(store: &std::path::Path) {
+    let out = tvault(
+        &["fsck", s(store), "--user", "alice", "--remove-temp"],
+        "pw-alice\n",
+    );
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn get(store: &std::path::Path, rel: &str) -> Vec<u8> {
+    let out = tvault(
+        &["get", s(store), rel, "-o", "-", "--user", "alice"],
+        "pw-alice\n",
+    );
+    assert!(
+        out.status.success(),
+        "get {rel}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn no_core_dumps_and_no_secrets_in_logs() {
+    let mut fx = MountFixture::new();
+    let marker = b"PLAINTEXT-MARKER-0123456789-do-not-log".repeat(100);
+    let src = fx.plain_file("m.bin", &marker);
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    fx.mount(&[]); // RUST_LOG=info
+    let pid = fx.daemon_pid().unwrap();
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    fx.unlock(ALICE, "pw-alice");
+    assert!(!fx
+        .tvault_as(BOB, &["unlock", s(&fx.mnt)], "pw-wrong-secret\n")
+        .status
+        .success());
+    assert_eq!(
+        fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("m.bin"))], "")
+            .stdout,
+        marker
+    );
+    let w = fx.python_as(
+        ALICE,
+        "import sys; open(sys.argv[1],'wb').write(b'WRITTEN-SECRET-abcdef'*50)",
+        &[s(&fx.mnt.join("w.bin"))],
+    );
+    assert!(w.status.success());
+    fx.unmount();
+    let logs = fx.daemon_log() + &fs::read_to_string(fx.store.join(".tvault/audit.jsonl")).unwrap();
+    for secret in [
+        "pw-alice",
+        "pw-wrong-secret",
+        "PLAINTEXT-MARKER",
+        "WRITTEN-SECRET",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs");
+    }
+    let keyring: serde_json::Value =
+        serde_json::from_slice(&fs::read(fx.store.join(".tvault/users/alice.json")).unwrap())
+            .unwrap();
+    let sealed = keyring["sealed_private_key"]["ciphertext"]
+        .as_str()
+        .unwrap();
+    assert!(!logs.contains(sealed));
+}
+
+#[test]
+fn control_socket_abuse_does_not_stop_other_users() {
+    let mut fx = MountFixture::new();
+    let src = fx.plain_file("f", b"still served");
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    fx.mount(&[]);
+    let socket = run(
+        {
+            let mut c = Command::new(python());
+            c.args([
+                "-c",
+                "import hashlib,os,sys; print(os.path.realpath(sys.argv[1]))",
+                s(&fx.mnt),
+            ]);
+            c
+        },
+        "",
+    );
+    let real = stdout(&socket).trim().to_string();
+    let code = r#"
+import hashlib, socket, sys, threading, time
+path = "/run/tvault/" + hashlib.sha256(sys.argv[1].encode()).hexdigest()[:32] + ".sock"
+def ask(payload):
+    s = socket.socket(socket.AF_UNIX); s.connect(path)
+    try:
+        s.sendall(payload); s.shutdown(socket.SHUT_WR)
+        return s.recv(1 << 20)
+    except OSError as e:
+        return repr(e).encode()
+# Malformed, oversized and forbidden requests get errors (or a cut connection), never a crash.
+for payload in [b"garbage\n", b"{}\n", b'{"op":"unlock"}\n', b"x" * 200000, b'{"op":"umount"}\n']:
+    print(ask(payload)[:60])
+# Then 100 clients that connect and stall (more than this uid's quota).
+held = []
+for _ in range(100):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path); held.append(s)
+    except OSError:
+        pass
+print("READY", flush=True)
+time.sleep(float(sys.argv[2]))
+"#;
+    let stall = Command::new("setpriv")
+        .args(["--reuid=1003", "--regid=1003", "--clear-groups", "--"])
+        .arg(python())
+        .args(["-c", code, &real, "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // While uid 1003 stalls its connections, alice unlocks and reads.
+    let start = Instant::now();
+    fx.unlock(ALICE, "pw-alice");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "unlock waited on the stalled clients"
+    );
+    assert_eq!(
+        stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "still served"
+    );
+    let out = wait_with_timeout(stall, "stalling clients");
+    let text = stdout(&out);
+    assert!(text.contains("READY"), "{text}{}", stderr(&out));
+    assert!(
+        !text.contains("\"ok\": true") && !text.contains("\"ok\":true"),
+        "{text}"
+    );
+    assert!(fx.status()["pid"].as_u64().is_some(), "daemon alive");
+}
+
+#[test]
+fn several_users_reading_writing_and_locking_at_once() {
+    let secs: u64 = std::env::var("TVAULT_STRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mut fx = MountFixture::new();
+    let mut args = vec!["user", "add", s(&fx.store), "carol", "--uid", "1003"];
+    args.extend(FAST_KDF);
+    ok(&args, "pw-carol\n");
+    let shared = pseudo_random(3 << 20, 77);
+    let src = fx.plain_file("shared.bin", &shared);
+    ok(
+        &["put", s(&fx.store), s(&src), "--to", "alice,bob,carol"],
+        "",
+    );
+    fx.mount(&["--cache-size", "8M"]);
+    let pid = fx.daemon_pid().unwrap();
+    for (uid, pw) in [(ALICE, "pw-alice"), (BOB, "pw-bob"), (1003, "pw-carol")] {
+        fx.unlock(uid, pw);
+    }
+    // Writers keep a model of each file they own and check every read against it.
+    let writer = r#"
+import hashlib, os, random, sys, time
+d, seed, until = sys.argv[1], int(sys.argv[2]), time.time() + float(sys.argv[3])
+rng = random.Random(seed); model = {}; ops = 0
+while time.time() < until:
+    name = f"{d}/w{seed}-{rng.randrange(4)}.bin"
+    if rng.random() < 0.5 or name not in model:
+        data = rng.randbytes(rng.choice([1, 5000, 65536, 300000]))
+        with open(name, "wb") as f: f.write(data)
+        model[name] = data
+    else:
+        assert open(name, "rb").read() == model[name], name
+    ops += 1
+print(ops)
+"#;
+    let reader = r#"
+import hashlib, sys, time
+path, want, until = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3])
+n = 0
+while time.time() < until:
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == want
+    n += 1
+print(n)
+"#;
+    let want =
+        String::from_utf8(Command::new("sha256sum").arg(&src).output().unwrap().stdout).unwrap();
+    let want = want.split_whitespace().next().unwrap().to_string();
+    let dur = secs.to_string();
+    let spawn = |uid: u32, code: &str, args: Vec<String>| {
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &uid.to_string(),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(python())
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mnt = s(&fx.mnt).to_string();
+    let shared_path = format!("{mnt}/shared.bin");
+    let workers = vec![
+        spawn(ALICE, writer, vec![mnt.clone(), "1".into(), dur.clone()]),
+        spawn(BOB, writer, vec![mnt.clone(), "2".into(), dur.clone()]),
+        spawn(
+            ALICE,
+            reader,
+            vec![shared_path.clone(), want.clone(), dur.clone()],
+        ),
+        spawn(
+            BOB,
+            reader,
+            vec![shared_path.clone(), want.clone(), dur.clone()],
+        ),
+    ];
+    // Meanwhile carol locks and unlocks; while locked she is refused.
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut max_rss_kb = 0u64;
+    let mut cycles = 0;
+    while Instant::now() < deadline {
+        assert!(fx
+            .tvault_as(1003, &["lock", s(&fx.mnt)], "")
+            .status
+            .success());
+        assert!(!fx
+            .as_uid(1003, "head", &["-c", "10", &shared_path], "")
+            .status
+            .success());
+        fx.unlock(1003, "pw-carol");
+        assert_eq!(
+            fx.as_uid(1003, "head", &["-c", "10", &shared_path], "")
+                .stdout,
+            &shared[..10]
+        );
+        cycles += 1;
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap();
+        max_rss_kb = max_rss_kb.max(rss.split_whitespace().nth(1).unwrap().parse().unwrap());
+    }
+    for w in workers {
+        let out = wait_with_timeout(w, "stress worker");
+        assert!(out.status.success(), "worker failed: {}", stderr(&out));
+        assert!(stdout(&out).trim().parse::<u64>().unwrap() > 0);
+    }
+    assert!(cycles > 0);
+    // The cache is 8 MiB; the daemon's resident memory stays within the cache bound plus a
+    // fixed overhead (session buffers, thread stacks, write sessions).
+    assert!(
+        max_rss_kb < 8 * 1024 + 96 * 1024,
+        "daemon RSS {max_rss_kb} KiB"
+    );
+    fx.unmount();
+    fsck_clean(&fx.store);
+}
+
+#[test]
+fn killed_at_random_moments_the_store_stays_clean() {
+    let iterations: u64 = std::env::var("TVAULT_FAULT_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut rng = Lcg(2026);
+    let mut fx = MountFixture::new();
+    let old = pseudo_random(2 << 20, 1);
+    let new = pseudo_random(2 << 20, 2);
+    let (old_src, new_src) = (fx.plain_file("old", &old), fx.plain_file("new", &new));
+    ok(
+        &[
+            "put",
+            s(&fx.store),
+            s(&old_src),
+            "--to",
+            "alice",
+            "--as",
+            "f.bin",
+        ],
+        "",
+    );
+    let kill_after = |mut cmd: Command, rng: &mut Lcg, stdin: &str| {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _ = std::io::Write::write_all(child.stdin.as_mut().unwrap(), stdin.as_bytes());
+        std::thread::sleep(Duration::from_micros(rng.below(40_000)));
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    for i in 0..iterations {
+        // put --force of a new version, killed at a random moment.
+        let mut put = Command::new(TVAULT);
+        put.args([
+            "put",
+            s(&fx.store),
+            s(if i % 2 == 0 { &new_src } else { &old_src }),
+            "--to",
+            "alice",
+            "--as",
+            "f.bin",
+            "--force",
+        ]);
+        kill_after(put, &mut rng, "");
+        let got = get(&fx.store, "f.bin");
+        assert!(
+            got == old || got == new,
+            "put iteration {i}: neither version"
+        );
+        // grant / revoke --rekey, killed at a random moment.
+        let mut cmd = Command::new(TVAULT);
+        if i % 2 == 0 {
+            cmd.args(["grant", s(&fx.store), "f.bin", "bob", "--user", "alice"]);
+        } else {
+            cmd.args([
+                "revoke",
+                s(&fx.store),
+                "f.bin",
+                "bob",
+                "--rekey",
+                "--user",
+                "alice",
+            ]);
+        }
+        kill_after(cmd, &mut rng, "pw-alice\n");
+        let after = get(&fx.store, "f.bin");
+        assert_eq!(after, got, "grant/revoke iteration {i} changed the content");
+        fsck_clean(&fx.store);
+    }
+    // A daemon serving a write, killed mid-write.
+    for i in 0..iterations / 4 {
+        fx.mount(&[]);
+        fx.unlock(ALICE, "pw-alice");
+        let before = get(&fx.store, "f.bin");
+        let data = if before == old { &new_src } else { &old_src };
+        let writer = Command::new("setpriv")
+            .args([
+                "--reuid=1001",
+                "--regid=1001",
+                "--clear-groups",
+                "--",
+                "cp",
+                s(data),
+                s(&fx.mnt.join("f.bin")),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(60_000)));
+        Command::new("kill")
+            .args(["-9", &fx.daemon_pid().unwrap().to_string()])
+            .status()
+            .unwrap();
+        let _ = wait_with_timeout(writer, "writer");
+        fx.unmount();
+        let got = get(&fx.store, "f.bin");
+        assert!(
+            got == old || got == new,
+            "daemon iteration {i}: neither version"
+        );
+        fsck_clean(&fx.store);
+    }
+}
