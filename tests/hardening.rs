@@ -410,3 +410,81 @@ fn killed_at_random_moments_the_store_stays_clean() {
         fsck_clean(&fx.store);
     }
 }
+
+/// A tmpfs of `size` mounted at `dir` for one test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+impl Tmpfs {
+    fn new(dir: std::path::PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&dir).unwrap();
+        let opts = format!("size={size}");
+        assert!(Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "tmpfs", s(&dir)]).status().unwrap().success());
+        Tmpfs(dir)
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn put_into_a_full_disk_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = Tmpfs::new(tmp.path().join("small"), "3m");
+    let store = store_with_users(&small.0);
+    let keep = tmp.path().join("keep.bin");
+    fs::write(&keep, pseudo_random(500_000, 1)).unwrap();
+    ok(&["put", s(&store), s(&keep), "--to", "alice"], "");
+    let big = tmp.path().join("big.bin");
+    fs::write(&big, pseudo_random(5 << 20, 2)).unwrap();
+    let err = fails(&["put", s(&store), s(&big), "--to", "alice"], "");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(get(&store, "keep.bin"), fs::read(&keep).unwrap());
+    let leftovers: Vec<_> = fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp-") || n.starts_with("big"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    fsck_clean(&store);
+}
+
+#[test]
+fn backing_store_turning_read_only_or_vanishing_under_a_mount() {
+    let mut fx = MountFixture::new();
+    let src = fx.plain_file("f", b"content");
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    // The store becomes read-only: reads go on, writes fail with EROFS, nothing hangs.
+    assert!(Command::new("mount").args(["--bind", s(&fx.store), s(&fx.store)]).status().unwrap().success());
+    struct Unbind(std::path::PathBuf);
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let bind = Unbind(fx.store.clone());
+    // The audit log lives outside the store so that it stays writable.
+    let audit = fx.path("audit.jsonl");
+    fx.mount(&["--audit-log", s(&audit)]);
+    fx.unlock(ALICE, "pw-alice");
+    assert!(Command::new("mount").args(["-o", "remount,ro,bind", s(&fx.store)]).status().unwrap().success());
+    assert_eq!(stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")), "content");
+    let code = "import errno,sys\ntry:\n    open(sys.argv[1],'wb').write(b'x')\n    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
+    let out = fx.python_as(ALICE, code, &[s(&fx.mnt.join("new.bin"))]);
+    assert_eq!(stdout(&out).trim(), "EROFS", "{}", stderr(&out));
+    let out = fx.python_as(ALICE, code, &[s(&fx.mnt.join("f"))]);
+    assert_eq!(stdout(&out).trim(), "EROFS", "{}", stderr(&out));
+    drop(bind);
+    // The store vanishes: clear errors, the daemon stays up and unmounts normally.
+    let moved = fx.path("moved-away");
+    fs::rename(&fx.store, &moved).unwrap();
+    let out = fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "");
+    assert!(!out.status.success(), "read from a vanished store");
+    let out = fx.as_uid(ALICE, "ls", &[s(&fx.mnt)], "");
+    assert!(!out.status.success() || stdout(&out).trim().is_empty(), "{}", stdout(&out));
+    assert!(fx.status()["pid"].as_u64().is_some(), "daemon still answers");
+    fs::rename(&moved, &fx.store).unwrap();
+    assert_eq!(stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")), "content");
+    fx.unmount();
+    assert!(!fx.daemon_log().contains("panic"), "{}", fx.daemon_log());
+}
