@@ -272,10 +272,24 @@ impl Shared {
         Ok(ReadOutcome::Assembled(Plain::new(out)))
     }
 
-    /// What to decrypt ahead after a read of `[offset, end)`: the rest of the tensor the read
-    /// landed in, or, for a sequential reader of another file, a window past the read.
-    fn prefetch_after(&self, handle: &Handle, file: &Arc<FileVersion>, offset: u64, end: u64) {
+    /// What to decrypt on the worker pool for a read of `size` bytes at `offset`: the
+    /// request's own later chunks, then ahead of it the rest of the tensor the read landed
+    /// in, or, for a sequential reader of another file, a window past the read.
+    fn prefetch(&self, handle: &Handle, file: &Arc<FileVersion>, offset: u64, size: u32) {
         let len = file.reader.len();
+        let end = len.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return;
+        }
+        let log2 = file.reader.header().chunk_log2;
+        // The request's own chunks after its first go to the workers too, so that one large
+        // request is decrypted on every core while this thread works on its first chunk.
+        let (first, last) = (offset >> log2, (end - 1) >> log2);
+        if last > first {
+            if let Some(from) = (first + 1..=last).find(|&i| !self.cache.contains((file.id, i))) {
+                self.prefetch.request(file, from, last);
+            }
+        }
         let sequential = handle.next_offset.swap(end, Ordering::Relaxed) == offset;
         let window = prefetch::window(self.cache.capacity());
         // A safetensors file is prefetched tensor by tensor only, so that reading the header
@@ -300,7 +314,6 @@ impl Shared {
             return;
         }
         handle.prefetched_to.store(target_end, Ordering::Relaxed);
-        let log2 = file.reader.header().chunk_log2;
         let from = start >> log2;
         let to = (target_end - 1) >> log2;
         let first_uncached = (from..=to).find(|&i| !self.cache.contains((file.id, i)));
@@ -1079,17 +1092,13 @@ impl Filesystem for TvaultFs {
             let Some(file) = &handle.file else {
                 return reply.error(Errno::EBADF);
             };
+            shared.prefetch(&handle, file, offset, size);
             match shared.read_range(file, offset, size) {
                 Ok(ReadOutcome::Single(Some(chunk), from, to)) => {
-                    reply.data(&chunk.as_slice()[from..to]);
-                    shared.prefetch_after(&handle, file, offset, offset + (to - from) as u64);
+                    reply.data(&chunk.as_slice()[from..to])
                 }
                 Ok(ReadOutcome::Single(None, _, _)) => reply.data(&[]),
-                Ok(ReadOutcome::Assembled(plain)) => {
-                    reply.data(plain.as_slice());
-                    let end = offset + plain.as_slice().len() as u64;
-                    shared.prefetch_after(&handle, file, offset, end);
-                }
+                Ok(ReadOutcome::Assembled(plain)) => reply.data(plain.as_slice()),
                 Err(e) => {
                     log::error!("{}: read at {offset}: {e}", handle.rel);
                     if matches!(e, ContainerError::ChunkAuthentication { .. }) {
