@@ -41,6 +41,9 @@ use write::WriteSession;
 /// Attributes and entries are cached by the kernel this long; opens always reach us, so
 /// access decisions are never cached.
 const TTL: Duration = Duration::from_secs(1);
+/// A reader of a `.safetensors` file that has read this much in order is streaming it
+/// (e.g. copying the whole file) and is prefetched past tensor boundaries.
+const STREAMING_BYTES: u64 = 8 << 20;
 /// Authenticated file versions kept mapped for reuse across opens.
 const VERSION_CACHE: usize = 128;
 
@@ -95,6 +98,8 @@ struct Handle {
     next_offset: AtomicU64,
     /// Plaintext offset up to which chunks were already handed to the prefetcher.
     prefetched_to: AtomicU64,
+    /// Bytes read in one unbroken sequential run.
+    streak: AtomicU64,
 }
 
 /// State shared between the FUSE handlers and the daemon's control socket.
@@ -291,14 +296,28 @@ impl Shared {
             }
         }
         let sequential = handle.next_offset.swap(end, Ordering::Relaxed) == offset;
+        let streak = if sequential {
+            handle.streak.fetch_add(end - offset, Ordering::Relaxed) + (end - offset)
+        } else {
+            handle.streak.store(end - offset, Ordering::Relaxed);
+            end - offset
+        };
         let window = prefetch::window(self.cache.capacity());
-        // A safetensors file is prefetched tensor by tensor only, so that reading the header
-        // or one tensor never pays for its neighbours.
+        // A safetensors file is prefetched tensor by tensor, so that reading the header or
+        // one tensor never pays for its neighbours; only a reader that has streamed a few
+        // MiB in order also gets a window beyond the tensor.
+        let streaming = streak >= STREAMING_BYTES;
         let target_end = match &file.tensors {
-            Some(h) => match h.tensor_at_file_offset(offset) {
-                Some(t) => (h.data_start() + t.end).min(end + window),
-                None => return,
-            },
+            Some(h) => {
+                let tensor_end = h
+                    .tensor_at_file_offset(offset)
+                    .map(|t| h.data_start() + t.end);
+                match (tensor_end, streaming) {
+                    (_, true) => end + window,
+                    (Some(t), false) => t.min(end + window),
+                    (None, false) => return,
+                }
+            }
             None if sequential => end + window,
             None => return,
         }
@@ -935,6 +954,7 @@ impl Filesystem for TvaultFs {
                         rel,
                         next_offset: AtomicU64::new(0),
                         prefetched_to: AtomicU64::new(0),
+                        streak: AtomicU64::new(0),
                     });
                     // The kernel may keep its page cache only while the backing file is
                     // unchanged since the last open.
@@ -1045,6 +1065,7 @@ impl Filesystem for TvaultFs {
                 rel: rel.clone(),
                 next_offset: AtomicU64::new(0),
                 prefetched_to: AtomicU64::new(0),
+                streak: AtomicU64::new(0),
             });
             match shared.attr_of(ino, &rel) {
                 Ok(Some(attr)) => reply.created(
@@ -1277,6 +1298,7 @@ impl Filesystem for TvaultFs {
                                 rel: rel.clone(),
                                 next_offset: AtomicU64::new(0),
                                 prefetched_to: AtomicU64::new(0),
+                                streak: AtomicU64::new(0),
                             };
                             let truncated = lock(&ws)
                                 .truncate(&shared.store, &rel, size)
