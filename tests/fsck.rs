@@ -42,7 +42,15 @@ fn fixture() -> Fixture {
     let other = dir.path().join("notes.txt");
     fs::write(&other, b"bob's notes\n").unwrap();
     ok(
-        &["put", s(&store), s(&other), "--to", "bob", "--as", "notes.txt"],
+        &[
+            "put",
+            s(&store),
+            s(&other),
+            "--to",
+            "bob",
+            "--as",
+            "notes.txt",
+        ],
         "",
     );
     let alice_pass = dir.path().join("alice.pass");
@@ -94,16 +102,26 @@ fn clean_store_passes_with_and_without_a_key() {
     let f = fixture();
     let (code, out, err) = fsck(&[s(&f.store)], "");
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.trim_end().ends_with("2 files, 2 keyrings checked: clean"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("2 files, 2 keyrings checked: clean"),
+        "{out}"
+    );
 
     // alice can read one file; bob's own file is skipped, by path.
     let (code, out, err) = as_alice(&f);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains(&format!("skipped: {}: alice holds no key slot", f.bobs.display())),
+        out.contains(&format!(
+            "skipped: {}: alice holds no key slot",
+            f.bobs.display()
+        )),
         "{out}"
     );
-    assert!(out.contains("1 authenticated as alice, 1 skipped: clean"), "{out}");
+    assert!(
+        out.contains("1 authenticated as alice, 1 skipped: clean"),
+        "{out}"
+    );
 
     // The passphrase may come on stdin too; JSON lists what was verified.
     let (code, out, _) = fsck(&[s(&f.store), "--user", "bob", "--json"], "pw-bob\n");
@@ -150,7 +168,10 @@ fn flipped_chunk_byte_is_found_only_with_a_key() {
     fs::write(&f.shared, &bytes).unwrap();
 
     let (code, out, _) = fsck(&[s(&f.store)], "");
-    assert_eq!(code, 0, "structure is intact, so no error without a key: {out}");
+    assert_eq!(
+        code, 0,
+        "structure is intact, so no error without a key: {out}"
+    );
 
     let (code, out, _) = as_alice(&f);
     assert_eq!(code, 1, "{out}");
@@ -193,14 +214,20 @@ fn leftover_temp_file_is_a_warning_and_can_be_removed() {
 
     let (code, out, _) = fsck(&[s(&f.store)], "");
     assert_eq!(code, 0, "temp files alone leave the store clean: {out}");
-    assert!(line_for(&out, "warning", &temp).contains("--remove-temp"), "{out}");
+    assert!(
+        line_for(&out, "warning", &temp).contains("--remove-temp"),
+        "{out}"
+    );
     line_for(&out, "warning", &keyring_temp);
     assert!(out.contains("clean, 2 warnings"), "{out}");
 
     // A fresh one may belong to a running writer: kept.
     let (code, out, _) = fsck(&[s(&f.store), "--remove-temp"], "");
     assert_eq!(code, 0);
-    assert!(line_for(&out, "warning", &temp).contains("not removed"), "{out}");
+    assert!(
+        line_for(&out, "warning", &temp).contains("not removed"),
+        "{out}"
+    );
     assert!(temp.exists());
 
     let old = SystemTime::now() - Duration::from_secs(600);
@@ -214,7 +241,10 @@ fn leftover_temp_file_is_a_warning_and_can_be_removed() {
     }
     let (code, out, _) = fsck(&[s(&f.store), "--remove-temp"], "");
     assert_eq!(code, 0);
-    assert!(line_for(&out, "warning", &temp).ends_with("removed"), "{out}");
+    assert!(
+        line_for(&out, "warning", &temp).ends_with("removed"),
+        "{out}"
+    );
     assert!(!temp.exists() && !keyring_temp.exists());
     let (code, out, _) = fsck(&[s(&f.store)], "");
     assert_eq!(code, 0);
