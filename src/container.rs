@@ -551,6 +551,35 @@ impl<B: AsRef<[u8]>> Reader<B> {
     }
 }
 
+impl Reader<memmap2::Mmap> {
+    /// Drops the mapped pages of chunk `index`'s ciphertext from the process's resident set
+    /// once it is decrypted (they stay in the page cache). A fault maps a whole large folio,
+    /// which can re-map the pages of chunks already released; so when a chunk crosses a
+    /// 2 MiB boundary, the whole 2 MiB block before the previous one is released too. A
+    /// daemon streaming large files then keeps only a few MiB of them resident.
+    pub fn release_ciphertext(&self, index: u64) {
+        const BLOCK: u64 = 2 << 20;
+        let (start, end) = self.header.chunk_range(index);
+        let (from, to) = (self.layout.data + start, self.layout.data + end);
+        let advise = |at: u64, len: u64| {
+            // SAFETY: a read-only shared file mapping: MADV_DONTNEED only drops page-table
+            // entries, and a later access faults the same file content back in.
+            let _ = unsafe {
+                self.bytes.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    at as usize,
+                    len as usize,
+                )
+            };
+        };
+        advise(from, to - from);
+        let boundary = to / BLOCK * BLOCK;
+        if boundary > from && boundary >= 2 * BLOCK {
+            advise(boundary - 2 * BLOCK, BLOCK);
+        }
+    }
+}
+
 /// Streams plaintext into a new container. Full chunks are sealed and written as soon as the
 /// next byte shows they are not the last; the fixed header (with the final length), the
 /// chunk table and the MAC are written by `finish`.

@@ -417,7 +417,11 @@ impl Tmpfs {
     fn new(dir: std::path::PathBuf, size: &str) -> Self {
         fs::create_dir_all(&dir).unwrap();
         let opts = format!("size={size}");
-        assert!(Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "tmpfs", s(&dir)]).status().unwrap().success());
+        assert!(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs", s(&dir)])
+            .status()
+            .unwrap()
+            .success());
         Tmpfs(dir)
     }
 }
@@ -455,7 +459,11 @@ fn backing_store_turning_read_only_or_vanishing_under_a_mount() {
     let src = fx.plain_file("f", b"content");
     ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
     // The store becomes read-only: reads go on, writes fail with EROFS, nothing hangs.
-    assert!(Command::new("mount").args(["--bind", s(&fx.store), s(&fx.store)]).status().unwrap().success());
+    assert!(Command::new("mount")
+        .args(["--bind", s(&fx.store), s(&fx.store)])
+        .status()
+        .unwrap()
+        .success());
     struct Unbind(std::path::PathBuf);
     impl Drop for Unbind {
         fn drop(&mut self) {
@@ -467,8 +475,15 @@ fn backing_store_turning_read_only_or_vanishing_under_a_mount() {
     let audit = fx.path("audit.jsonl");
     fx.mount(&["--audit-log", s(&audit)]);
     fx.unlock(ALICE, "pw-alice");
-    assert!(Command::new("mount").args(["-o", "remount,ro,bind", s(&fx.store)]).status().unwrap().success());
-    assert_eq!(stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")), "content");
+    assert!(Command::new("mount")
+        .args(["-o", "remount,ro,bind", s(&fx.store)])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "content"
+    );
     let code = "import errno,sys\ntry:\n    open(sys.argv[1],'wb').write(b'x')\n    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
     let out = fx.python_as(ALICE, code, &[s(&fx.mnt.join("new.bin"))]);
     assert_eq!(stdout(&out).trim(), "EROFS", "{}", stderr(&out));
@@ -481,10 +496,20 @@ fn backing_store_turning_read_only_or_vanishing_under_a_mount() {
     let out = fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "");
     assert!(!out.status.success(), "read from a vanished store");
     let out = fx.as_uid(ALICE, "ls", &[s(&fx.mnt)], "");
-    assert!(!out.status.success() || stdout(&out).trim().is_empty(), "{}", stdout(&out));
-    assert!(fx.status()["pid"].as_u64().is_some(), "daemon still answers");
+    assert!(
+        !out.status.success() || stdout(&out).trim().is_empty(),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        fx.status()["pid"].as_u64().is_some(),
+        "daemon still answers"
+    );
     fs::rename(&moved, &fx.store).unwrap();
-    assert_eq!(stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")), "content");
+    assert_eq!(
+        stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "content"
+    );
     fx.unmount();
     assert!(!fx.daemon_log().contains("panic"), "{}", fx.daemon_log());
 }

@@ -714,3 +714,46 @@ fn concurrent_wrong_passphrases_cannot_outrun_the_rate_limit() {
         "{tried} passphrases were tried despite the backoff"
     );
 }
+
+#[test]
+fn daemon_memory_stays_within_the_cache_bound_while_streaming() {
+    let mut fx = MountFixture::new();
+    let src = fx.path("big.bin");
+    let data = pseudo_random(8 << 20, 5);
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&src).unwrap();
+        for _ in 0..40 {
+            f.write_all(&data).unwrap(); // 320 MiB
+        }
+    }
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    fs::remove_file(&src).unwrap();
+    fx.mount(&["--cache-size", "32M"]);
+    fx.unlock(ALICE, "pw-alice");
+    let out = fx.as_uid(
+        ALICE,
+        "dd",
+        &[
+            &format!("if={}", s(&fx.mnt.join("big.bin"))),
+            "of=/dev/null",
+            "bs=1M",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = fs::read_to_string(format!("/proc/{}/status", fx.daemon_pid().unwrap())).unwrap();
+    let kb = |key: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // The mapped ciphertext is released as it is decrypted, so the peak resident set is the
+    // cache plus a fixed overhead, not the file size.
+    assert!(
+        kb("VmHWM:") <= (32 + 64) * 1024,
+        "peak RSS {} KiB with a 32 MiB cache (now anon {} KiB, file {} KiB)",
+        kb("VmHWM:"),
+        kb("RssAnon:"),
+        kb("RssFile:")
+    );
+}

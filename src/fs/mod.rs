@@ -237,6 +237,8 @@ impl Shared {
             self.stats
                 .bytes_decrypted
                 .fetch_add(len as u64, Ordering::Relaxed);
+            // The daemon's memory is the cache, not the files it streams.
+            file.reader.release_ciphertext(index);
             Ok(plain)
         })
     }
