@@ -580,6 +580,31 @@ impl Reader<memmap2::Mmap> {
     }
 }
 
+/// The header (with a fresh file id and a zero length, filled in when the container is
+/// finished) and the encoded key slots of a new container.
+fn new_header(
+    data_key: &SecretKey,
+    chunk_log2: u8,
+    recipients: &[(String, PublicKey)],
+) -> Result<(FixedHeader, Vec<u8>)> {
+    if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
+        return Err(ContainerError::ChunkSize(chunk_log2));
+    }
+    let file_id: [u8; FILE_ID_LEN] = crypto::random_array()?;
+    let slots = recipients
+        .iter()
+        .map(|(label, pk)| KeySlot::seal(&file_id, label, pk, data_key))
+        .collect::<Result<Vec<_>>>()?;
+    let encoded = encode_slots(&slots)?;
+    let header = FixedHeader {
+        file_id,
+        chunk_log2,
+        plaintext_len: 0,
+        slots_len: encoded.len() as u32,
+    };
+    Ok((header, encoded))
+}
+
 /// Streams plaintext into a new container. Full chunks are sealed and written as soon as the
 /// next byte shows they are not the last; the fixed header (with the final length), the
 /// chunk table and the MAC are written by `finish`.
@@ -602,26 +627,12 @@ impl<W: Write + Seek> Writer<W> {
         chunk_log2: u8,
         recipients: &[(String, PublicKey)],
     ) -> Result<Self> {
-        if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
-            return Err(ContainerError::ChunkSize(chunk_log2));
-        }
-        let file_id: [u8; FILE_ID_LEN] = crypto::random_array()?;
-        let slots = recipients
-            .iter()
-            .map(|(label, pk)| KeySlot::seal(&file_id, label, pk, data_key))
-            .collect::<Result<Vec<_>>>()?;
-        let encoded = encode_slots(&slots)?;
-        let header = FixedHeader {
-            file_id,
-            chunk_log2,
-            plaintext_len: 0,
-            slots_len: encoded.len() as u32,
-        };
+        let (header, encoded) = new_header(data_key, chunk_log2, recipients)?;
         out.write_all(&header.encode())?;
         out.write_all(&encoded)?;
         Ok(Writer {
             out,
-            keys: FileKeys::derive(data_key, &file_id),
+            keys: FileKeys::derive(data_key, &header.file_id),
             header,
             table: Vec::new(),
             pending: zeroize::Zeroizing::new(Vec::with_capacity(1 << chunk_log2)),
@@ -710,27 +721,13 @@ impl Draft {
         recipients: &[(String, PublicKey)],
     ) -> Result<Self> {
         use std::os::unix::fs::FileExt;
-        if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
-            return Err(ContainerError::ChunkSize(chunk_log2));
-        }
-        let file_id: [u8; FILE_ID_LEN] = crypto::random_array()?;
-        let slots = recipients
-            .iter()
-            .map(|(label, pk)| KeySlot::seal(&file_id, label, pk, data_key))
-            .collect::<Result<Vec<_>>>()?;
-        let encoded = encode_slots(&slots)?;
-        let header = FixedHeader {
-            file_id,
-            chunk_log2,
-            plaintext_len: 0,
-            slots_len: encoded.len() as u32,
-        };
+        let (header, encoded) = new_header(data_key, chunk_log2, recipients)?;
         // The placeholder header has no valid MAC or length; `finish` rewrites it.
         file.write_all_at(&header.encode(), 0)?;
         file.write_all_at(&encoded, FIXED_HEADER_LEN as u64)?;
         Ok(Draft {
             file,
-            keys: FileKeys::derive(data_key, &file_id),
+            keys: FileKeys::derive(data_key, &header.file_id),
             data_offset: (FIXED_HEADER_LEN + encoded.len()) as u64,
             header,
             table: Vec::new(),

@@ -787,6 +787,14 @@ impl TvaultFs {
     pub fn new(shared: Arc<Shared>) -> Self {
         TvaultFs { shared }
     }
+
+    /// Commits the handle's write session, if any, and answers with the result.
+    fn commit_reply(&self, fh: FileHandle, reply: ReplyEmpty) {
+        match self.shared.handle(fh).map(|h| self.shared.commit(&h)) {
+            Some(Ok(())) | None => reply.ok(),
+            Some(Err(e)) => reply.error(e),
+        }
+    }
 }
 
 impl Filesystem for TvaultFs {
@@ -1182,13 +1190,8 @@ impl Filesystem for TvaultFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        guarded("flush", || {
-            // close(2) reports commit errors (ENOSPC…) to the writer.
-            match self.shared.handle(fh).map(|h| self.shared.commit(&h)) {
-                Some(Ok(())) | None => reply.ok(),
-                Some(Err(e)) => reply.error(e),
-            }
-        });
+        // close(2) reports commit errors (ENOSPC…) to the writer.
+        guarded("flush", || self.commit_reply(fh, reply));
     }
 
     fn fsync(
@@ -1199,12 +1202,7 @@ impl Filesystem for TvaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guarded("fsync", || {
-            match self.shared.handle(fh).map(|h| self.shared.commit(&h)) {
-                Some(Ok(())) | None => reply.ok(),
-                Some(Err(e)) => reply.error(e),
-            }
-        });
+        guarded("fsync", || self.commit_reply(fh, reply));
     }
 
     fn release(
