@@ -1,10 +1,13 @@
 //! Throughput of the crypto hot paths, in plaintext bytes per second.
 //!
 //! - `chunk_seal/SIZE`, `chunk_open/SIZE`: `FileKeys::seal_chunk` / `open_chunk`
-//!   (AES-256-GCM-SIV, detached tag, in place) for 4 KiB .. 1 MiB chunks. `seal` includes
-//!   drawing the 12-byte random nonce from the OS; `open` includes copying the ciphertext into
-//!   the working buffer (open decrypts in place and zeroes the buffer on failure, so every
-//!   iteration starts from a fresh copy of one sealed chunk).
+//!   (AES-256-GCM-SIV, detached tag, in place, on whichever backend `crypto` uses) for 4 KiB
+//!   .. 1 MiB chunks. `seal` includes drawing the 12-byte random nonce from the OS; `open`
+//!   includes copying the ciphertext into the working buffer (open decrypts in place and
+//!   zeroes the buffer on failure, so every iteration starts from a fresh copy of one sealed
+//!   chunk).
+//! - `chunk_open_into/SIZE`: `FileKeys::open_chunk_into`, which decrypts from the ciphertext
+//!   into a separate buffer (what `Reader::read_chunk` uses on the mapped container).
 //! - `container_read_chunk/CHUNK`, `container_read_at/{aligned,misaligned}/CHUNK`:
 //!   `container::Reader` over an in-memory 16 MiB container with 64 KiB (the store default)
 //!   and 1 MiB chunks. `read_at` reads 1 MiB, either starting on a chunk boundary or 4097 bytes
@@ -94,6 +97,26 @@ fn bench_chunks(c: &mut Criterion) {
         );
     }
     open.finish();
+
+    // The read path's variant: decrypt from the (mapped) ciphertext into a separate buffer.
+    let mut open_into = c.benchmark_group("chunk_open_into");
+    for &size in &CHUNK_SIZES {
+        open_into.throughput(Throughput::Bytes(size as u64));
+        let mut sealed = filler(size);
+        let (nonce, tag) = keys.seal_chunk(3, false, &mut sealed).unwrap();
+        let mut out = vec![0u8; size];
+        open_into.bench_with_input(
+            BenchmarkId::from_parameter(size_label(size)),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    keys.open_chunk_into(3, false, &nonce, &tag, black_box(&sealed), &mut out)
+                        .unwrap();
+                })
+            },
+        );
+    }
+    open_into.finish();
 }
 
 /// Encrypts `CONTAINER_LEN` bytes into an in-memory container and opens it as the reader.
