@@ -311,15 +311,16 @@ impl Shared {
         let streaming = streak >= STREAMING_BYTES;
         let target_end = match &file.tensors {
             Some(h) => {
-                let tensor = h.tensor_at_file_offset(offset);
-                // The rest of a tensor is decrypted ahead only for a reader going through it:
-                // one that starts at the tensor's first chunk (`get_tensor`) or goes on where
-                // it stopped. A random reader gets the chunks it asks for and no more.
-                let entering =
-                    tensor.is_some_and(|t| offset >> log2 == (h.data_start() + t.begin) >> log2);
-                match tensor.map(|t| h.data_start() + t.end) {
+                // The rest of a tensor is decrypted ahead only for a reader going through it
+                // in order (as `get_tensor` does from its second request on). A random reader
+                // gets the chunks it asks for and no more, even when one lands at the start
+                // of a tensor.
+                match h
+                    .tensor_at_file_offset(offset)
+                    .map(|t| h.data_start() + t.end)
+                {
                     _ if streaming => end + window,
-                    Some(tensor_end) if sequential || entering => tensor_end.min(end + window),
+                    Some(tensor_end) if sequential => tensor_end.min(end + window),
                     _ => return,
                 }
             }
