@@ -51,6 +51,25 @@ pub struct UserSession {
     locked: AtomicBool,
 }
 
+/// Keeps the pages holding an unlocked user's private key out of swap (best effort: an
+/// unprivileged daemon may lack the mlock limit). Unlocked again when the session drops.
+fn lock_in_memory(session: &Arc<UserSession>) {
+    let ptr: *const UserSession = Arc::as_ptr(session);
+    // SAFETY: locks the pages of a live allocation; `UserSession::drop` unlocks them.
+    if unsafe { libc::mlock(ptr.cast(), std::mem::size_of::<UserSession>()) } != 0 {
+        log::debug!("mlock of a session key: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for UserSession {
+    fn drop(&mut self) {
+        let ptr: *const UserSession = self;
+        // SAFETY: the allocation is still live during drop; unlocking unlocked pages is
+        // harmless.
+        unsafe { libc::munlock(ptr.cast(), std::mem::size_of::<UserSession>()) };
+    }
+}
+
 impl UserSession {
     pub fn is_locked(&self) -> bool {
         self.locked.load(Ordering::Acquire)
@@ -195,6 +214,7 @@ impl Access {
                 data_keys: Mutex::new(HashMap::new()),
                 locked: AtomicBool::new(false),
             });
+            lock_in_memory(&session);
             if let Some(old) = sessions.insert(uid, session) {
                 old.locked.store(true, Ordering::Release);
             }
