@@ -559,6 +559,9 @@ impl Reader<memmap2::Mmap> {
     /// daemon streaming large files then keeps only a few MiB of them resident.
     pub fn release_ciphertext(&self, index: u64) {
         const BLOCK: u64 = 2 << 20;
+        if index >= self.chunk_count() {
+            return;
+        }
         let (start, end) = self.header.chunk_range(index);
         let (from, to) = (self.layout.data + start, self.layout.data + end);
         let advise = |at: u64, len: u64| {
