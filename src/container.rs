@@ -552,13 +552,18 @@ impl<B: AsRef<[u8]>> Reader<B> {
 }
 
 impl Reader<memmap2::Mmap> {
-    /// Drops the mapped pages of chunk `index`'s ciphertext from the process's resident set
-    /// once it is decrypted (they stay in the page cache). A fault maps a whole large folio,
-    /// which can re-map the pages of chunks already released; so when a chunk crosses a
-    /// 2 MiB boundary, the whole 2 MiB block before the previous one is released too. A
-    /// daemon streaming large files then keeps only a few MiB of them resident.
-    pub fn release_ciphertext(&self, index: u64) {
+    /// Drops mapped ciphertext from the process's resident set once chunk `index` has been
+    /// decrypted (the pages stay in the page cache; a later access faults them back in).
+    ///
+    /// A scattered read drops its own chunk. A read that is part of a sequential run drops
+    /// nothing per chunk (each `madvise` is a TLB shootdown on every core); instead, when the
+    /// chunk crosses a 2 MiB boundary, everything from 16 MiB to 2 MiB behind it is dropped:
+    /// prefetch workers finish chunks out of order, and a fault maps a whole large folio,
+    /// possibly one that was dropped already. A daemon streaming large files then keeps only
+    /// a few MiB of them resident.
+    pub fn release_ciphertext(&self, index: u64, in_run: bool) {
         const BLOCK: u64 = 2 << 20;
+        const TRAIL: u64 = 16 << 20;
         if index >= self.chunk_count() {
             return;
         }
@@ -575,10 +580,14 @@ impl Reader<memmap2::Mmap> {
                 )
             };
         };
-        advise(from, to - from);
+        if !in_run {
+            advise(from, to - from);
+            return;
+        }
         let boundary = to / BLOCK * BLOCK;
         if boundary > from && boundary >= 2 * BLOCK {
-            advise(boundary - 2 * BLOCK, BLOCK);
+            let trail_start = boundary.saturating_sub(TRAIL);
+            advise(trail_start, boundary - BLOCK - trail_start);
         }
     }
 }

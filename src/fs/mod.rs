@@ -223,7 +223,14 @@ impl Shared {
     }
 
     /// Decrypted chunk `index` of `file`, from the cache or freshly decrypted into it.
-    fn chunk(&self, file: &FileVersion, index: u64) -> Result<Arc<Plain>, ContainerError> {
+    /// `in_run`: part of a sequential run (streaming or prefetch), which changes how the
+    /// mapped ciphertext is released.
+    pub(crate) fn chunk(
+        &self,
+        file: &FileVersion,
+        index: u64,
+        in_run: bool,
+    ) -> Result<Arc<Plain>, ContainerError> {
         self.cache.get_or_load((file.id, index), || {
             let (start, end) = file.reader.header().chunk_range(index);
             let len = (end - start) as usize;
@@ -238,7 +245,7 @@ impl Shared {
                 .bytes_decrypted
                 .fetch_add(len as u64, Ordering::Relaxed);
             // The daemon's memory is the cache, not the files it streams.
-            file.reader.release_ciphertext(index);
+            file.reader.release_ciphertext(index, in_run);
             Ok(plain)
         })
     }
@@ -249,6 +256,7 @@ impl Shared {
         file: &FileVersion,
         offset: u64,
         size: u32,
+        in_run: bool,
     ) -> Result<ReadOutcome, ContainerError> {
         let len = file.reader.len();
         if offset >= len || size == 0 {
@@ -260,7 +268,7 @@ impl Shared {
         let last = (end - 1) >> log2;
         if first == last {
             // Served straight from the cached chunk, no copy.
-            let chunk = self.chunk(file, first)?;
+            let chunk = self.chunk(file, first, in_run)?;
             let base = first << log2;
             return Ok(ReadOutcome::Single(
                 Some(chunk),
@@ -270,7 +278,7 @@ impl Shared {
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for index in first..=last {
-            let chunk = self.chunk(file, index)?;
+            let chunk = self.chunk(file, index, in_run)?;
             let base = index << log2;
             let from = offset.max(base) - base;
             let to = end.min(base + chunk.as_slice().len() as u64) - base;
@@ -282,11 +290,12 @@ impl Shared {
     /// What to decrypt on the worker pool for a read of `size` bytes at `offset`: the
     /// request's own later chunks, then ahead of it the rest of the tensor the read landed
     /// in, or, for a sequential reader of another file, a window past the read.
-    fn prefetch(&self, handle: &Handle, file: &Arc<FileVersion>, offset: u64, size: u32) {
+    /// Returns whether the read continues a sequential run.
+    fn prefetch(&self, handle: &Handle, file: &Arc<FileVersion>, offset: u64, size: u32) -> bool {
         let len = file.reader.len();
         let end = len.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
-            return;
+            return false;
         }
         let log2 = file.reader.header().chunk_log2;
         // The request's own chunks after its first go to the workers too, so that one large
@@ -321,11 +330,11 @@ impl Shared {
                 {
                     _ if streaming => end + window,
                     Some(tensor_end) if sequential => tensor_end.min(end + window),
-                    _ => return,
+                    _ => return sequential,
                 }
             }
             None if sequential => end + window,
-            None => return,
+            None => return sequential,
         }
         .min(len);
         // Resume where the last prefetch for this handle stopped, unless the reader jumped.
@@ -336,7 +345,7 @@ impl Shared {
             end
         };
         if target_end <= start {
-            return;
+            return sequential;
         }
         handle.prefetched_to.store(target_end, Ordering::Relaxed);
         let from = start >> log2;
@@ -345,6 +354,7 @@ impl Shared {
         if let Some(from) = first_uncached {
             self.prefetch.request(file, from, to);
         }
+        sequential
     }
 
     /// Attributes of a store path, or None if it does not exist (or is hidden).
@@ -448,7 +458,7 @@ impl Shared {
         buf: &mut [u8],
     ) -> Result<usize, ContainerError> {
         let size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let n = match self.read_range(file, offset, size)? {
+        let n = match self.read_range(file, offset, size, false)? {
             ReadOutcome::Single(Some(chunk), from, to) => {
                 buf[..to - from].copy_from_slice(&chunk.as_slice()[from..to]);
                 to - from
@@ -1127,8 +1137,8 @@ impl Filesystem for TvaultFs {
             let Some(file) = &handle.file else {
                 return reply.error(Errno::EBADF);
             };
-            shared.prefetch(&handle, file, offset, size);
-            match shared.read_range(file, offset, size) {
+            let in_run = shared.prefetch(&handle, file, offset, size);
+            match shared.read_range(file, offset, size, in_run) {
                 Ok(ReadOutcome::Single(Some(chunk), from, to)) => {
                     reply.data(&chunk.as_slice()[from..to])
                 }

@@ -72,7 +72,7 @@ fn worker(
             return;
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Err(e) = shared.chunk(&file, index) {
+            if let Err(e) = shared.chunk(&file, index, true) {
                 log::error!("prefetch of chunk {index}: {e}");
             }
         }));
