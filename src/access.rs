@@ -57,7 +57,10 @@ fn lock_in_memory(session: &Arc<UserSession>) {
     let ptr: *const UserSession = Arc::as_ptr(session);
     // SAFETY: locks the pages of a live allocation; `UserSession::drop` unlocks them.
     if unsafe { libc::mlock(ptr.cast(), std::mem::size_of::<UserSession>()) } != 0 {
-        log::debug!("mlock of a session key: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "mlock of a session key: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
