@@ -1508,22 +1508,6 @@ impl Filesystem for TvaultFs {
                     shared.audit(event().deny("no-key-slot"));
                     return reply.error(e);
                 }
-                // Moving a directory moves every file in it: it needs a slot for each, or a
-                // user could move someone's model away and put their own in its place.
-                let prefix = format!("{from}/");
-                let files = match shared.store.files() {
-                    Ok(f) => f,
-                    Err(e) => {
-                        log::error!("{from}: {e}");
-                        return reply.error(Errno::EIO);
-                    }
-                };
-                for f in files.iter().filter(|f| f.rel.starts_with(&prefix)) {
-                    if let Err(e) = shared.authorize_change(uid, &f.rel) {
-                        shared.audit(event().deny("no-key-slot").detail(f.rel.as_str()));
-                        return reply.error(e);
-                    }
-                }
                 if !shared.audit(event().allow()) {
                     return reply.error(Errno::EACCES);
                 }
