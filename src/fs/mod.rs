@@ -495,6 +495,22 @@ impl Shared {
         last
     }
 
+    /// The store path of `name` in directory `parent`: ENOENT for an unknown parent;
+    /// `hidden_errno` for a name the mount never shows (ENOENT when looking one up, EPERM
+    /// when creating one).
+    fn child_rel(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        hidden_errno: Errno,
+    ) -> Result<String, Errno> {
+        let parent_rel = self.path_of(parent.0).ok_or(Errno::ENOENT)?;
+        match name.to_str() {
+            Some(name) if !hidden(&parent_rel, name) => Ok(child_path(&parent_rel, name)),
+            _ => Err(hidden_errno),
+        }
+    }
+
     fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
         self.handles
             .read()
@@ -828,16 +844,10 @@ impl Filesystem for TvaultFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
-            let Some(parent_rel) = self.shared.path_of(parent.0) else {
-                return reply.error(Errno::ENOENT);
+            let rel = match self.shared.child_rel(parent, name, Errno::ENOENT) {
+                Ok(rel) => rel,
+                Err(e) => return reply.error(e),
             };
-            let Some(name) = name.to_str() else {
-                return reply.error(Errno::ENOENT);
-            };
-            if hidden(&parent_rel, name) {
-                return reply.error(Errno::ENOENT);
-            }
-            let rel = child_path(&parent_rel, name);
             // Only paths that exist get an inode: probing for missing names must not grow
             // the table.
             match self.shared.attr_of(0, &rel) {
@@ -1029,13 +1039,10 @@ impl Filesystem for TvaultFs {
         guarded("create", || {
             let shared = &self.shared;
             let (uid, pid) = (req.uid(), req.pid());
-            let Some(parent_rel) = shared.path_of(parent.0) else {
-                return reply.error(Errno::ENOENT);
+            let rel = match shared.child_rel(parent, name, Errno::EPERM) {
+                Ok(rel) => rel,
+                Err(e) => return reply.error(e),
             };
-            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
-                return reply.error(Errno::EPERM);
-            };
-            let rel = child_path(&parent_rel, name);
             let user = match shared.writer(uid, EventKind::Create, &rel, pid) {
                 Ok(u) => u,
                 Err(e) => return reply.error(e),
@@ -1358,13 +1365,10 @@ impl Filesystem for TvaultFs {
     ) {
         guarded("mkdir", || {
             let shared = &self.shared;
-            let Some(parent_rel) = shared.path_of(parent.0) else {
-                return reply.error(Errno::ENOENT);
+            let rel = match shared.child_rel(parent, name, Errno::EPERM) {
+                Ok(rel) => rel,
+                Err(e) => return reply.error(e),
             };
-            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
-                return reply.error(Errno::EPERM);
-            };
-            let rel = child_path(&parent_rel, name);
             if let Err(e) = shared.writer(req.uid(), EventKind::Create, &rel, req.pid()) {
                 return reply.error(e);
             }
@@ -1386,13 +1390,10 @@ impl Filesystem for TvaultFs {
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guarded("rmdir", || {
             let shared = &self.shared;
-            let Some(parent_rel) = shared.path_of(parent.0) else {
-                return reply.error(Errno::ENOENT);
+            let rel = match shared.child_rel(parent, name, Errno::ENOENT) {
+                Ok(rel) => rel,
+                Err(e) => return reply.error(e),
             };
-            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
-                return reply.error(Errno::ENOENT);
-            };
-            let rel = child_path(&parent_rel, name);
             if let Err(e) = shared.writer(req.uid(), EventKind::Unlink, &rel, req.pid()) {
                 return reply.error(e);
             }
@@ -1410,13 +1411,10 @@ impl Filesystem for TvaultFs {
         guarded("unlink", || {
             let shared = &self.shared;
             let (uid, pid) = (req.uid(), req.pid());
-            let Some(parent_rel) = shared.path_of(parent.0) else {
-                return reply.error(Errno::ENOENT);
+            let rel = match shared.child_rel(parent, name, Errno::ENOENT) {
+                Ok(rel) => rel,
+                Err(e) => return reply.error(e),
             };
-            let Some(name) = name.to_str().filter(|n| !hidden(&parent_rel, n)) else {
-                return reply.error(Errno::ENOENT);
-            };
-            let rel = child_path(&parent_rel, name);
             if let Err(e) = shared.writer(uid, EventKind::Unlink, &rel, pid) {
                 return reply.error(e);
             }
@@ -1461,24 +1459,18 @@ impl Filesystem for TvaultFs {
         guarded("rename", || {
             let shared = &self.shared;
             let (uid, pid) = (req.uid(), req.pid());
-            let (Some(from_dir), Some(to_dir)) =
-                (shared.path_of(parent.0), shared.path_of(newparent.0))
-            else {
-                return reply.error(Errno::ENOENT);
-            };
-            let (Some(name), Some(newname)) = (
-                name.to_str().filter(|n| !hidden(&from_dir, n)),
-                newname.to_str().filter(|n| !hidden(&to_dir, n)),
-            ) else {
-                return reply.error(Errno::EPERM);
+            let (from, to) = match (
+                shared.child_rel(parent, name, Errno::EPERM),
+                shared.child_rel(newparent, newname, Errno::EPERM),
+            ) {
+                (Ok(from), Ok(to)) => (from, to),
+                (Err(e), _) | (_, Err(e)) => return reply.error(e),
             };
             if flags.contains(RenameFlags::RENAME_EXCHANGE)
                 || flags.contains(RenameFlags::RENAME_WHITEOUT)
             {
                 return reply.error(Errno::EINVAL);
             }
-            let from = child_path(&from_dir, name);
-            let to = child_path(&to_dir, newname);
             if let Err(e) = shared.writer(uid, EventKind::Rename, &from, pid) {
                 return reply.error(e);
             }
