@@ -185,6 +185,7 @@ impl DaemonControl {
             "cache": {
                 "bytes": s.cache.bytes(),
                 "capacity": s.cache.capacity(),
+                "buffer_bytes": s.buffer_bytes(),
                 "hits": load(&s.cache.hits),
                 "misses": load(&s.cache.misses),
             },

@@ -517,6 +517,11 @@ fn concurrent_readers_of_different_uids() {
         cache["bytes"].as_u64().unwrap() <= 4 << 20,
         "cache bound: {cache}"
     );
+    // Buffers: the cache's, a few in flight, and at most one partly used 2 MiB slab more.
+    assert!(
+        cache["buffer_bytes"].as_u64().unwrap() <= 8 << 20,
+        "buffer memory: {cache}"
+    );
 }
 
 #[test]

@@ -5,121 +5,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::buffers::Plain;
 use lru::LruCache;
-use zeroize::Zeroize;
-
-/// Plaintext of one chunk (or of a reply assembled from chunks); wiped on drop, and, if it
-/// came from a [`BufferPool`], returned to it for reuse.
-pub struct Plain {
-    buf: Vec<u8>,
-    len: usize,
-    pool: Option<Arc<BufferPool>>,
-}
-
-impl Plain {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Plain {
-            len: bytes.len(),
-            buf: bytes,
-            pool: None,
-        }
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.len]
-    }
-}
-
-impl Drop for Plain {
-    fn drop(&mut self) {
-        // Wipe the whole buffer (not just `len`): a reused buffer may have held a longer chunk.
-        self.buf.as_mut_slice().zeroize();
-        if let Some(pool) = self.pool.take() {
-            pool.give_back(std::mem::take(&mut self.buf));
-        }
-    }
-}
-
-/// Recycles chunk buffers, so that the read path neither allocates nor zero-fills a buffer
-/// per chunk, and keeps them `mlock`ed where the limits allow, so decrypted data is not
-/// written to swap.
-pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
-    /// Bytes of free buffers kept for reuse; the rest are released.
-    keep_bytes: usize,
-    lock_failed: std::sync::atomic::AtomicBool,
-}
-
-impl BufferPool {
-    pub fn new(keep_bytes: usize) -> Arc<Self> {
-        Arc::new(BufferPool {
-            free: Mutex::new(Vec::new()),
-            keep_bytes,
-            lock_failed: std::sync::atomic::AtomicBool::new(false),
-        })
-    }
-
-    /// A buffer of `len` bytes with room for `capacity` (the file's chunk size). Its content
-    /// is zeros (new or wiped), to be overwritten by the caller.
-    pub fn take(self: &Arc<Self>, len: usize, capacity: usize) -> Plain {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            free.iter()
-                .position(|b| b.len() == capacity)
-                .map(|i| free.swap_remove(i))
-        };
-        let buf = reused.unwrap_or_else(|| {
-            let buf = vec![0u8; capacity];
-            self.lock_pages(&buf);
-            buf
-        });
-        Plain {
-            buf,
-            len: len.min(capacity),
-            pool: Some(self.clone()),
-        }
-    }
-
-    fn lock_pages(&self, buf: &[u8]) {
-        if self.lock_failed.load(Ordering::Relaxed) || buf.is_empty() {
-            return;
-        }
-        // SAFETY: locks the pages of a live allocation; unlocked before it is freed.
-        if unsafe { libc::mlock(buf.as_ptr().cast(), buf.len()) } != 0 {
-            self.lock_failed.store(true, Ordering::Relaxed);
-            log::warn!(
-                "cannot mlock decrypted chunks ({}); they may reach swap",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-
-    fn give_back(&self, buf: Vec<u8>) {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        let held: usize = free.iter().map(Vec::len).sum();
-        if held + buf.len() <= self.keep_bytes {
-            free.push(buf);
-        } else {
-            drop(free);
-            // SAFETY: the allocation is still live; munlock of unlocked pages is harmless.
-            unsafe { libc::munlock(buf.as_ptr().cast(), buf.len()) };
-        }
-    }
-}
-
-impl Drop for BufferPool {
-    fn drop(&mut self) {
-        let free = self.free.get_mut().unwrap_or_else(|p| p.into_inner());
-        for buf in free.drain(..) {
-            // SAFETY: as in give_back.
-            unsafe { libc::munlock(buf.as_ptr().cast(), buf.len()) };
-        }
-    }
-}
 
 /// (file version id, chunk index)
 pub type ChunkKey = (u64, u64);
@@ -274,23 +161,6 @@ mod tests {
             .get_or_load((3, 0), || Err::<Plain, _>("bad"))
             .is_err());
         assert!(!cache.contains((3, 0)));
-    }
-
-    #[test]
-    fn pool_reuses_wiped_buffers() {
-        let pool = BufferPool::new(1 << 20);
-        let mut a = pool.take(10, 4096);
-        a.as_mut_slice().fill(7);
-        let ptr = a.as_slice().as_ptr();
-        drop(a);
-        let b = pool.take(4096, 4096);
-        assert_eq!(b.as_slice().as_ptr(), ptr, "reused");
-        assert!(b.as_slice().iter().all(|&x| x == 0), "wiped");
-        assert_eq!(
-            pool.take(5, 8192).as_slice().len(),
-            5,
-            "other sizes get their own"
-        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `access`, and serves reads from the chunk cache. It holds no crypto of its own: chunks are
 //! decrypted by `container::Reader`.
 
+mod buffers;
 mod cache;
 mod inodes;
 mod prefetch;
@@ -33,8 +34,8 @@ use crate::container::{Container, ContainerError, FixedHeader, Reader, FIXED_HEA
 use crate::safetensors;
 use crate::store::{Store, CONTAINER_EXT, META_DIR};
 
+use buffers::{BufferPool, Plain};
 pub use cache::ChunkCache;
-use cache::{BufferPool, Plain};
 use inodes::{child_path, Inodes};
 use write::WriteSession;
 
@@ -147,12 +148,17 @@ impl Shared {
         let versions = LruCache::new(
             std::num::NonZeroUsize::new(VERSION_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
         );
+        // Free buffers kept for reuse: a slice of the cache, at most 32 MiB. One slab for the
+        // store's chunk size is mapped now, off the first read's path.
+        let buffers = BufferPool::new(
+            (cache_bytes / 8).min(32 << 20) as usize,
+            1usize << store.default_chunk_log2(),
+        );
         Arc::new_cyclic(|weak| Shared {
             store,
             access,
             cache: ChunkCache::new(cache_bytes),
-            // Free buffers kept for reuse: a slice of the cache, at most 32 MiB.
-            buffers: BufferPool::new((cache_bytes / 8).min(32 << 20) as usize),
+            buffers,
             stats: Stats::default(),
             inodes: Mutex::new(Inodes::new()),
             handles: RwLock::new(HashMap::new()),
@@ -172,6 +178,11 @@ impl Shared {
     pub fn forget_plaintext(&self) {
         self.cache.clear();
         lock(&self.versions).clear();
+    }
+
+    /// Memory mapped for decrypted chunks: the cache's buffers plus free ones kept for reuse.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffers.mapped_bytes()
     }
 
     pub fn set_notifier(&self, notifier: Notifier) {

@@ -1,0 +1,342 @@
+//! Memory for decrypted chunks. Buffers are carved from 2 MiB slabs, each mapped once,
+//! backed by a transparent huge page where the kernel allows, `mlock`ed (plaintext must not
+//! reach swap) and left out of core dumps. Getting fresh memory one 64 KiB chunk at a time
+//! (allocate, `mlock`, fault and zero 16 pages, each buffer its own VMA) cost as much as
+//! decrypting the chunk; a slab pays that once per 32 chunks.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use zeroize::Zeroize;
+
+/// Size of one slab, and the alignment a transparent huge page needs.
+const SLAB_BYTES: usize = 2 << 20;
+
+/// Plaintext of one chunk (or of a reply assembled from chunks); wiped on drop, and, if it
+/// came from a [`BufferPool`], returned to it for reuse.
+pub struct Plain {
+    storage: Storage,
+    len: usize,
+}
+
+enum Storage {
+    Owned(Vec<u8>),
+    Pooled {
+        ptr: NonNull<u8>,
+        capacity: usize,
+        slab: u64,
+        pool: Arc<BufferPool>,
+    },
+}
+
+// SAFETY: a pooled buffer is memory no other `Plain` refers to until it is given back on
+// drop; shared access is read-only through `&self`.
+unsafe impl Send for Plain {}
+unsafe impl Sync for Plain {}
+
+impl Plain {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Plain {
+            len: bytes.len(),
+            storage: Storage::Owned(bytes),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Owned(v) => &v[..self.len],
+            // SAFETY: `ptr` points at `capacity >= len` bytes this value owns (see above).
+            Storage::Pooled { ptr, .. } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr(), self.len)
+            },
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &mut self.storage {
+            Storage::Owned(v) => &mut v[..self.len],
+            // SAFETY: as in `as_slice`, and `&mut self` makes the access exclusive.
+            Storage::Pooled { ptr, .. } => unsafe {
+                std::slice::from_raw_parts_mut(ptr.as_ptr(), self.len)
+            },
+        }
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        match &mut self.storage {
+            Storage::Owned(v) => v.zeroize(),
+            Storage::Pooled {
+                ptr,
+                capacity,
+                slab,
+                pool,
+            } => {
+                // The whole buffer, not just `len`: it may have held a longer chunk before.
+                // SAFETY: as in `as_mut_slice`.
+                unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *capacity) }.zeroize();
+                pool.give_back(*slab, *ptr);
+            }
+        }
+    }
+}
+
+/// One anonymous mapping, unmapped (and unlocked) on drop.
+struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the region is plain memory owned by its slab; the pool's mutex guards its use.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// `len` bytes (a multiple of [`SLAB_BYTES`]) aligned to [`SLAB_BYTES`]; `lock` asks for
+    /// the pages to be locked (and so populated) now. Returns the region and whether the
+    /// lock succeeded.
+    fn map(len: usize, lock: bool) -> std::io::Result<(Region, bool)> {
+        let span = len + SLAB_BYTES;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Trim the mapping to an aligned window, so the kernel can back it with huge pages.
+        let start = raw as usize;
+        let aligned = start.next_multiple_of(SLAB_BYTES);
+        let (head, tail) = (aligned - start, span - (aligned - start) - len);
+        // SAFETY: both ranges lie inside the mapping made above and outside the kept window.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            if tail > 0 {
+                libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            }
+        }
+        let ptr = aligned as *mut libc::c_void;
+        // Advice only: without huge pages or DONTDUMP the memory still works.
+        // SAFETY: madvise and mlock on the window this function owns.
+        let locked = unsafe {
+            libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
+            libc::madvise(ptr, len, libc::MADV_DONTDUMP);
+            lock && libc::mlock(ptr, len) == 0
+        };
+        let region = Region {
+            ptr: NonNull::new(ptr.cast()).ok_or(std::io::ErrorKind::OutOfMemory)?,
+            len,
+        };
+        Ok((region, locked))
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the window `map` kept (munmap also drops any lock); no
+        // buffer of it is in use any more (see `BufferPool::give_back`).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+struct Slab {
+    id: u64,
+    region: Region,
+    buf_size: usize,
+    /// Offsets (from the region's start) of buffers not in use.
+    free: Vec<usize>,
+}
+
+impl Slab {
+    fn buffers(&self) -> usize {
+        self.region.len / self.buf_size
+    }
+}
+
+#[derive(Default)]
+struct Slabs {
+    slabs: Vec<Slab>,
+    next_id: u64,
+}
+
+/// Hands out chunk buffers from slabs and takes them back. A slab whose buffers are all free
+/// is unmapped once more than `keep_bytes` sit free, so memory follows the cache's size.
+pub struct BufferPool {
+    slabs: Mutex<Slabs>,
+    keep_bytes: usize,
+    lock_failed: AtomicBool,
+}
+
+impl BufferPool {
+    /// `warm_size`: a chunk size to map one slab for now, so that the first read of a fresh
+    /// mount does not wait for it.
+    pub fn new(keep_bytes: usize, warm_size: usize) -> Arc<Self> {
+        let pool = Arc::new(BufferPool {
+            slabs: Mutex::new(Slabs::default()),
+            keep_bytes,
+            lock_failed: AtomicBool::new(false),
+        });
+        if warm_size > 0 {
+            drop(pool.take(0, warm_size));
+        }
+        pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slabs> {
+        self.slabs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer of `len` bytes with room for `capacity` (the file's chunk size). Its content
+    /// is zeros (new or wiped), to be overwritten by the caller.
+    pub fn take(self: &Arc<Self>, len: usize, capacity: usize) -> Plain {
+        let len = len.min(capacity);
+        if capacity == 0 {
+            return Plain::new(Vec::new());
+        }
+        let mut state = self.lock();
+        let found = state
+            .slabs
+            .iter_mut()
+            .filter(|s| s.buf_size == capacity)
+            .find_map(|s| s.free.pop().map(|offset| (s.id, s.region.ptr, offset)));
+        let (slab, base, offset) = match found {
+            Some(f) => f,
+            None => match self.new_slab(&mut state, capacity) {
+                Some(s) => s,
+                // Out of address space or memory: an ordinary (unlocked) allocation still
+                // serves the read.
+                None => return Plain::new(vec![0; len]),
+            },
+        };
+        drop(state);
+        // SAFETY: `offset + capacity` lies within the slab's region (see `new_slab`).
+        let ptr = unsafe { NonNull::new_unchecked(base.as_ptr().add(offset)) };
+        Plain {
+            storage: Storage::Pooled {
+                ptr,
+                capacity,
+                slab,
+                pool: self.clone(),
+            },
+            len,
+        }
+    }
+
+    /// Maps a slab for buffers of `capacity` bytes and takes its first buffer.
+    fn new_slab(&self, state: &mut Slabs, capacity: usize) -> Option<(u64, NonNull<u8>, usize)> {
+        let len = capacity.checked_next_multiple_of(SLAB_BYTES)?;
+        let want_lock = !self.lock_failed.load(Ordering::Relaxed);
+        let (region, locked) = match Region::map(len, want_lock) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("cannot map {len} bytes for decrypted chunks: {e}");
+                return None;
+            }
+        };
+        if want_lock && !locked && !self.lock_failed.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cannot mlock decrypted chunks ({}); they may reach swap",
+                std::io::Error::last_os_error()
+            );
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let count = len / capacity;
+        // Handed out from the front, so a slab's used buffers stay together.
+        let free = (1..count).rev().map(|i| i * capacity).collect();
+        let base = region.ptr;
+        state.slabs.push(Slab {
+            id,
+            region,
+            buf_size: capacity,
+            free,
+        });
+        Some((id, base, 0))
+    }
+
+    fn give_back(&self, slab: u64, ptr: NonNull<u8>) {
+        let mut state = self.lock();
+        let Some(at) = state.slabs.iter().position(|s| s.id == slab) else {
+            return;
+        };
+        let s = &mut state.slabs[at];
+        s.free
+            .push(ptr.as_ptr() as usize - s.region.ptr.as_ptr() as usize);
+        if s.free.len() < s.buffers() {
+            return;
+        }
+        let free_bytes: usize = state.slabs.iter().map(|s| s.free.len() * s.buf_size).sum();
+        if free_bytes > self.keep_bytes {
+            let empty = state.slabs.swap_remove(at);
+            drop(state);
+            drop(empty);
+        }
+    }
+
+    /// Bytes mapped for buffers (in use or free).
+    pub fn mapped_bytes(&self) -> usize {
+        self.lock().slabs.iter().map(|s| s.region.len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_wiped_buffers() {
+        let pool = BufferPool::new(4 << 20, 0);
+        let mut a = pool.take(10, 4096);
+        a.as_mut_slice().fill(7);
+        let ptr = a.as_slice().as_ptr();
+        drop(a);
+        let b = pool.take(4096, 4096);
+        assert_eq!(b.as_slice().as_ptr(), ptr, "reused");
+        assert!(b.as_slice().iter().all(|&x| x == 0), "wiped");
+        let c = pool.take(5, 8192);
+        assert_eq!(c.as_slice().len(), 5, "other sizes get their own");
+        assert_eq!(pool.mapped_bytes(), 2 * SLAB_BYTES);
+    }
+
+    #[test]
+    fn buffers_are_distinct_and_slabs_are_released() {
+        let pool = BufferPool::new(0, 65536);
+        assert_eq!(
+            pool.mapped_bytes(),
+            0,
+            "an idle warm slab above keep_bytes goes"
+        );
+        let mut bufs: Vec<Plain> = (0..100).map(|_| pool.take(65536, 65536)).collect();
+        for (i, b) in bufs.iter_mut().enumerate() {
+            b.as_mut_slice().fill(i as u8);
+        }
+        for (i, b) in bufs.iter().enumerate() {
+            assert!(
+                b.as_slice().iter().all(|&x| x == i as u8),
+                "buffer {i} overlapped"
+            );
+        }
+        assert_eq!(pool.mapped_bytes(), 4 * SLAB_BYTES, "100 of 32 per slab");
+        drop(bufs);
+        assert_eq!(pool.mapped_bytes(), 0);
+    }
+
+    #[test]
+    fn chunks_larger_than_a_slab() {
+        let pool = BufferPool::new(8 << 20, 0);
+        let mut big = pool.take(3 << 20, 4 << 20);
+        big.as_mut_slice().fill(1);
+        assert_eq!(big.as_slice().len(), 3 << 20);
+        assert_eq!(pool.mapped_bytes(), 4 << 20);
+    }
+}
