@@ -41,6 +41,13 @@ impl Denial {
     }
 }
 
+/// A data key handed out for an open.
+pub struct DataKey {
+    pub key: SecretKey,
+    /// Already checked against this file's header MAC: it came from the session's memory.
+    pub checked: bool,
+}
+
 /// One unlocked user. Handles opened by the user keep a reference, so that a lock takes
 /// effect on them too (`is_locked`).
 pub struct UserSession {
@@ -78,12 +85,17 @@ impl UserSession {
         self.locked.load(Ordering::Acquire)
     }
 
-    /// The data key of `container` for this user: from the session's memory, or unwrapped
-    /// from the user's slot and checked against the header MAC (which commits to it).
-    fn data_key<B: AsRef<[u8]>>(&self, container: &Container<B>) -> Result<SecretKey, Denial> {
+    /// The data key of `container` for this user: from the session's memory (checked
+    /// against this file's header MAC when it was remembered), or unwrapped from the user's
+    /// slot (authenticated by the slot's AEAD, but not yet checked against the header; the
+    /// caller checks it, e.g. by [`Container::open`], then calls [`Self::remember_key`]).
+    fn data_key<B: AsRef<[u8]>>(&self, container: &Container<B>) -> Result<DataKey, Denial> {
         let file_id = container.header().file_id;
         if let Some(key) = self.keys().get(&file_id) {
-            return Ok(key.clone());
+            return Ok(DataKey {
+                key: key.clone(),
+                checked: true,
+            });
         }
         let key = container
             .unwrap_key(&self.name, &self.private)
@@ -91,11 +103,16 @@ impl UserSession {
                 ContainerError::NoSlot(_) => Denial::NoKeySlot,
                 e => Denial::Integrity(e.to_string()),
             })?;
-        container
-            .verify_header(&key)
-            .map_err(|e| Denial::Integrity(e.to_string()))?;
-        self.keys().insert(file_id, key.clone());
-        Ok(key)
+        Ok(DataKey {
+            key,
+            checked: false,
+        })
+    }
+
+    /// Keeps the data key of file `file_id` for later opens, once the header MAC it commits
+    /// to has been checked.
+    pub fn remember_key(&self, file_id: [u8; FILE_ID_LEN], key: SecretKey) {
+        self.keys().insert(file_id, key);
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; FILE_ID_LEN], SecretKey>> {
@@ -277,13 +294,16 @@ impl Access {
     }
 
     /// The open decision: `uid` may open `container` if it has unlocked and its user holds a
-    /// slot whose key authenticates the header. Returns the session and the data key.
+    /// slot for it. Returns the session and the data key; unless the key is marked checked,
+    /// the caller must still authenticate the header with it (the slot only proves the key
+    /// was wrapped for this user and file id), which the one MAC pass of `Container::open`
+    /// does, and then remember it.
     pub fn authorize<B: AsRef<[u8]>>(
         &self,
         store: &Store,
         uid: u32,
         container: &Container<B>,
-    ) -> Result<(Arc<UserSession>, SecretKey), Denial> {
+    ) -> Result<(Arc<UserSession>, DataKey), Denial> {
         let Some(session) = self.session(uid) else {
             return Err(match store.user_by_uid(uid) {
                 Ok(Some(_)) => Denial::Locked,

@@ -762,3 +762,57 @@ fn daemon_memory_stays_within_the_cache_bound_while_streaming() {
         kb("RssFile:")
     );
 }
+
+/// A key slot the store's writer planted for bob, wrapping a key of its own choosing,
+/// authenticates (it is sealed to bob's public key) but its key does not match the header.
+/// Bob must get EIO even when alice has the file open and its reader is cached.
+#[test]
+fn a_planted_slot_opens_nothing_even_while_the_file_is_cached() {
+    use tensorvault::container::{Container, KeySlot};
+    use tensorvault::crypto::SecretKey;
+    use tensorvault::store::Store;
+
+    let mut fx = MountFixture::new();
+    let data = pseudo_random(3 * 65536 + 5, 21);
+    let src = fx.plain_file("p.bin", &data);
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    let backing = fx.store.join("p.bin.tvlt");
+    let bytes = fs::read(&backing).unwrap();
+    let container = Container::parse(bytes.as_slice()).unwrap();
+    let bob = Store::open(&fx.store).unwrap().user("bob").unwrap();
+    let planted = KeySlot::seal(
+        &container.header().file_id,
+        "bob",
+        &bob.public_key,
+        &SecretKey::generate().unwrap(),
+    )
+    .unwrap();
+    let mut slots = container.slots().to_vec();
+    slots.push(planted);
+    let mut forged = Vec::new();
+    container.write_with_slots(&slots, &mut forged).unwrap();
+    fs::write(&backing, &forged).unwrap();
+
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let file = fx.mnt.join("p.bin");
+    let out = fx.as_uid(ALICE, "cat", &[s(&file)], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, data, "alice reads her file (now cached)");
+    let out = fx.as_uid(BOB, "cat", &[s(&file)], "");
+    assert!(!out.status.success(), "bob read with a planted slot");
+    assert!(
+        stderr(&out).contains("Input/output error"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+    let audit = fs::read_to_string(fx.store.join(".tvault/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"deny\"") && l.contains("integrity") && l.contains("p.bin")),
+        "{audit}"
+    );
+}

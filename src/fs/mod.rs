@@ -431,12 +431,31 @@ impl Shared {
             .access
             .authorize(&self.store, uid, &container)
             .map_err(OpenError::Denied)?;
-        if let Some(version) = lock(&self.versions).get(&identity) {
-            return Ok((version.clone(), session, identity));
+        let integrity = |e: ContainerError| OpenError::Denied(Denial::Integrity(e.to_string()));
+        let file_id = container.header().file_id;
+        let cached = lock(&self.versions).get(&identity).cloned();
+        let version = match cached {
+            Some(version) => {
+                if !data_key.checked {
+                    container.verify_header(&data_key.key).map_err(integrity)?;
+                }
+                version
+            }
+            // Opening the reader authenticates the header (one MAC pass over it and the
+            // chunk table), which also checks a freshly unwrapped key.
+            None => self.new_version(
+                rel,
+                identity,
+                container.open(&data_key.key).map_err(integrity)?,
+            ),
+        };
+        if !data_key.checked {
+            session.remember_key(file_id, data_key.key);
         }
-        let reader = container
-            .open(&data_key)
-            .map_err(|e| OpenError::Denied(Denial::Integrity(e.to_string())))?;
+        Ok((version, session, identity))
+    }
+
+    fn new_version(&self, rel: &str, identity: Identity, reader: Reader<Mmap>) -> Arc<FileVersion> {
         let mut version = FileVersion {
             id: self.next_version_id.fetch_add(1, Ordering::Relaxed),
             reader,
@@ -447,7 +466,7 @@ impl Shared {
         }
         let version = Arc::new(version);
         lock(&self.versions).put(identity, version.clone());
-        Ok((version, session, identity))
+        version
     }
 
     /// Parses the header of an encrypted `.safetensors` through the cache (only the chunks
