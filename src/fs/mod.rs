@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +45,8 @@ const TTL: Duration = Duration::from_secs(1);
 /// A reader of a `.safetensors` file that has read this much in order is streaming it
 /// (e.g. copying the whole file) and is prefetched past tensor boundaries.
 const STREAMING_BYTES: u64 = 8 << 20;
+/// The least a sequential reader is prefetched ahead.
+const MIN_AHEAD: u64 = 256 << 10;
 /// Authenticated file versions kept mapped for reuse across opens.
 const VERSION_CACHE: usize = 128;
 
@@ -85,6 +87,24 @@ pub(crate) struct FileVersion {
     reader: Reader<Mmap>,
     /// Parsed header of a `.safetensors` file, for tensor-aware prefetch.
     tensors: Option<safetensors::Header>,
+    /// Read handles open on this version; prefetching for a version nobody has open any
+    /// more is skipped.
+    readers: AtomicUsize,
+}
+
+impl FileVersion {
+    pub(crate) fn new(id: u64, reader: Reader<Mmap>) -> Self {
+        FileVersion {
+            id,
+            reader,
+            tensors: None,
+            readers: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn has_readers(&self) -> bool {
+        self.readers.load(Ordering::Relaxed) > 0
+    }
 }
 
 struct Handle {
@@ -101,6 +121,38 @@ struct Handle {
     prefetched_to: AtomicU64,
     /// Bytes read in one unbroken sequential run.
     streak: AtomicU64,
+}
+
+impl Handle {
+    fn new(
+        file: Option<Arc<FileVersion>>,
+        write: Option<Arc<Mutex<WriteSession>>>,
+        session: Arc<UserSession>,
+        ino: u64,
+        rel: String,
+    ) -> Self {
+        if let Some(f) = &file {
+            f.readers.fetch_add(1, Ordering::Relaxed);
+        }
+        Handle {
+            file,
+            write,
+            session,
+            ino,
+            rel,
+            next_offset: AtomicU64::new(0),
+            prefetched_to: AtomicU64::new(0),
+            streak: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            f.readers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// State shared between the FUSE handlers and the daemon's control socket.
@@ -325,6 +377,10 @@ impl Shared {
             end - offset
         };
         let window = prefetch::window(self.cache.capacity());
+        // Like the kernel's readahead, the distance ahead grows with the run: twice what
+        // the reader has read in order so far. Two requests in a row (a small tensor's
+        // read-around spilling into a big neighbour) earn a few chunks, not 16 MiB.
+        let ahead = (2 * streak).clamp(MIN_AHEAD, window.max(MIN_AHEAD));
         // A safetensors file is prefetched tensor by tensor, so that reading the header or
         // one tensor never pays for its neighbours; only a reader that has streamed a few
         // MiB in order also gets a window beyond the tensor.
@@ -339,12 +395,12 @@ impl Shared {
                     .tensor_at_file_offset(offset)
                     .map(|t| h.data_start() + t.end)
                 {
-                    _ if streaming => end + window,
-                    Some(tensor_end) if sequential => tensor_end.min(end + window),
+                    _ if streaming => end + ahead,
+                    Some(tensor_end) if sequential => tensor_end.min(end + ahead),
                     _ => return sequential,
                 }
             }
-            None if sequential => end + window,
+            None if sequential => end + ahead,
             None => return sequential,
         }
         .min(len);
@@ -456,11 +512,8 @@ impl Shared {
     }
 
     fn new_version(&self, rel: &str, identity: Identity, reader: Reader<Mmap>) -> Arc<FileVersion> {
-        let mut version = FileVersion {
-            id: self.next_version_id.fetch_add(1, Ordering::Relaxed),
-            reader,
-            tensors: None,
-        };
+        let mut version =
+            FileVersion::new(self.next_version_id.fetch_add(1, Ordering::Relaxed), reader);
         if rel.ends_with(".safetensors") {
             version.tensors = self.read_safetensors_header(&version);
         }
@@ -1010,16 +1063,7 @@ impl Filesystem for TvaultFs {
                         return reply.error(Errno::EACCES);
                     }
                     shared.stats.opens_allowed.fetch_add(1, Ordering::Relaxed);
-                    let fh = shared.add_handle(Handle {
-                        file,
-                        write,
-                        session: user,
-                        ino: ino.0,
-                        rel,
-                        next_offset: AtomicU64::new(0),
-                        prefetched_to: AtomicU64::new(0),
-                        streak: AtomicU64::new(0),
-                    });
+                    let fh = shared.add_handle(Handle::new(file, write, user, ino.0, rel));
                     // The kernel may keep its page cache only while the backing file is
                     // unchanged since the last open.
                     let unchanged = identity.is_some_and(|id| {
@@ -1118,16 +1162,7 @@ impl Filesystem for TvaultFs {
                 }
                 return reply.error(Errno::EACCES);
             }
-            let fh = shared.add_handle(Handle {
-                file: None,
-                write: Some(ws),
-                session: user,
-                ino,
-                rel: rel.clone(),
-                next_offset: AtomicU64::new(0),
-                prefetched_to: AtomicU64::new(0),
-                streak: AtomicU64::new(0),
-            });
+            let fh = shared.add_handle(Handle::new(None, Some(ws), user, ino, rel.clone()));
             match shared.attr_of(ino, &rel) {
                 Ok(Some(attr)) => reply.created(
                     &TTL,

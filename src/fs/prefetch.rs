@@ -71,6 +71,12 @@ fn worker(
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        // Readahead past the end of what a reader wanted (a small tensor whose read-around
+        // spilled into a large neighbour) stops once the file is closed.
+        if !file.has_readers() {
+            lock(in_flight).remove(&(file.id, index));
+            continue;
+        }
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if let Err(e) = shared.chunk(&file, index, true) {
                 log::error!("prefetch of chunk {index}: {e}");

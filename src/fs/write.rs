@@ -288,11 +288,7 @@ impl WriteSession {
         let path = store.container_path(rel)?;
         let file = std::fs::File::open(&path).map_err(|source| StoreError::Io { path, source })?;
         let reader = container::Container::map(&file)?.open(&key)?;
-        let version = Arc::new(FileVersion {
-            id: next_id,
-            reader,
-            tensors: None,
-        });
+        let version = Arc::new(FileVersion::new(next_id, reader));
         self.base = Some(version.clone());
         self.base_valid = self.size;
         Ok(Some(version))
