@@ -254,7 +254,11 @@ elif cmd == "save":  # MB/s for save_file(tensors of SRC) to path
     print(f"{nbytes / dt / 1e6:.1f}")
 PYEOF
 }
-pyb() { "$PY" "$W/bench.py" "$@"; }
+# OpenBLAS starts a worker thread per core on `import numpy` that busy-waits for about 0.1 s;
+# on 2 cores it held one core while a FUSE daemon's thread waited a scheduler tick (4 ms) to
+# run (perf sched: 2.9 ms wakeup delay). No workload here calls BLAS, so every target gets
+# one BLAS thread.
+pyb() { OPENBLAS_NUM_THREADS=1 "$PY" "$W/bench.py" "$@"; }
 
 # ------------------------------------------------------------------------------------------
 # Workloads. Each: for rep, for target: fresh mount, measure, unmount.

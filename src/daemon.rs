@@ -94,18 +94,18 @@ pub fn is_mount_point(path: &Path) -> bool {
     mounts().iter().any(|(p, _)| p == path)
 }
 
-/// Sets the kernel's readahead for this mount to 256 KiB (the FUSE INIT offer is capped at
-/// 128 KiB; the backing-device knob is not). Streaming does not need more: the daemon's own
-/// prefetch runs ahead of sequential readers. Larger windows made every first access pay
-/// for 1 MiB (a safetensors header read through mmap, one small tensor: 4-6 ms instead of
-/// 2.5-4 ms) for no measurable gain in `dd` or `load_file` (docs/PERFORMANCE.md).
-fn raise_readahead(mountpoint: &Path) {
+/// Sets the kernel's readahead for this mount to 128 KiB, whatever the system's default.
+/// Streaming does not need more: the daemon's own prefetch runs ahead of sequential readers
+/// (`dd` and `load_file` within noise of 256 KiB and 1 MiB windows). Every first access
+/// through mmap pays for one window, though: with 256 KiB, reading a safetensors header and
+/// one small tensor decrypted 9 chunks instead of 4 (docs/PERFORMANCE.md).
+fn set_readahead(mountpoint: &Path) {
     let Some((_, dev)) = mounts().into_iter().rev().find(|(p, _)| p == mountpoint) else {
         return;
     };
     let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    if let Err(e) = std::fs::write(&knob, "256") {
-        log::info!("cannot raise readahead ({knob}): {e}");
+    if let Err(e) = std::fs::write(&knob, "128") {
+        log::info!("cannot set readahead ({knob}): {e}");
     }
 }
 
@@ -400,7 +400,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
             }
         })?;
     shared.set_notifier(session.notifier());
-    raise_readahead(&mountpoint);
+    set_readahead(&mountpoint);
     let unmount = Arc::new(Unmount {
         unmounter: Mutex::new(Some(session.unmount_callable())),
         mountpoint: mountpoint.clone(),

@@ -912,7 +912,7 @@ impl TvaultFs {
 
 impl Filesystem for TvaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // 1 MiB requests (with the bdi read_ahead_kb raised after mounting).
+        // Writes of up to 1 MiB per request; reads are sized by the mount's readahead.
         let _ = config.set_max_write(1 << 20);
         // O_TRUNC arrives with open, so a truncating writer never reads the old version.
         let _ = config
