@@ -478,6 +478,36 @@ impl<B: AsRef<[u8]>> Reader<B> {
     /// Decrypts chunk `index` into the front of `out` and returns its length. `out` must hold
     /// at least `chunk_size()` bytes (or the chunk's length).
     pub fn read_chunk(&self, index: u64, out: &mut [u8]) -> Result<usize> {
+        let (at, n) = self.chunk_location(index, out.len())?;
+        self.open_chunk(
+            index,
+            &self.bytes.as_ref()[at as usize..at as usize + n],
+            out,
+        )
+    }
+
+    /// Like [`Self::read_chunk`], but reads the ciphertext with `pread` from `file` (the file
+    /// behind this reader's bytes) into `scratch` instead of through the mapping. For
+    /// scattered reads: faulting a chunk's pages into the mapping and dropping them again
+    /// afterwards (so that the daemon does not keep what it read resident) costs more than
+    /// the copy. A file truncated underneath gives an error here, not SIGBUS.
+    pub fn read_chunk_from(
+        &self,
+        file: &std::fs::File,
+        index: u64,
+        out: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let (at, n) = self.chunk_location(index, out.len())?;
+        scratch.resize(n, 0);
+        file.read_exact_at(scratch, at)?;
+        self.open_chunk(index, scratch, out)
+    }
+
+    /// Where chunk `index`'s ciphertext lies in the container, and its length (which must
+    /// fit in `room` bytes of output).
+    fn chunk_location(&self, index: u64, room: usize) -> Result<(u64, usize)> {
         if index >= self.chunk_count() {
             return Err(ContainerError::Malformed(format!(
                 "chunk {index} is past the last chunk"
@@ -485,22 +515,20 @@ impl<B: AsRef<[u8]>> Reader<B> {
         }
         let (start, end) = self.header.chunk_range(index);
         let n = (end - start) as usize;
-        let have = out.len();
-        let out = out.get_mut(..n).ok_or_else(|| {
-            ContainerError::Malformed(format!("buffer of {have} bytes for a {n}-byte chunk"))
-        })?;
-        let at = (self.layout.data + start) as usize;
+        if room < n {
+            return Err(ContainerError::Malformed(format!(
+                "buffer of {room} bytes for a {n}-byte chunk"
+            )));
+        }
+        Ok((self.layout.data + start, n))
+    }
+
+    fn open_chunk(&self, index: u64, ciphertext: &[u8], out: &mut [u8]) -> Result<usize> {
+        let n = ciphertext.len();
         let (nonce, tag) = self.table_entry(index);
         let last = index + 1 == self.chunk_count();
         self.keys
-            .open_chunk_into(
-                index,
-                last,
-                &nonce,
-                &tag,
-                &self.bytes.as_ref()[at..at + n],
-                out,
-            )
+            .open_chunk_into(index, last, &nonce, &tag, ciphertext, &mut out[..n])
             .map_err(|_| ContainerError::ChunkAuthentication { index })?;
         Ok(n)
     }
@@ -552,16 +580,15 @@ impl<B: AsRef<[u8]>> Reader<B> {
 }
 
 impl Reader<memmap2::Mmap> {
-    /// Drops mapped ciphertext from the process's resident set once chunk `index` has been
-    /// decrypted (the pages stay in the page cache; a later access faults them back in).
-    ///
-    /// A scattered read drops its own chunk. A read that is part of a sequential run drops
-    /// nothing per chunk (each `madvise` is a TLB shootdown on every core); instead, when the
-    /// chunk crosses a 2 MiB boundary, everything from 16 MiB to 2 MiB behind it is dropped:
-    /// prefetch workers finish chunks out of order, and a fault maps a whole large folio,
-    /// possibly one that was dropped already. A daemon streaming large files then keeps only
-    /// a few MiB of them resident.
-    pub fn release_ciphertext(&self, index: u64, in_run: bool) {
+    /// Drops mapped ciphertext from the process's resident set behind a sequential run of
+    /// [`Self::read_chunk`] calls, once chunk `index` has been decrypted (the pages stay in
+    /// the page cache; a later access faults them back in). Nothing is dropped per chunk
+    /// (each `madvise` is a TLB shootdown on every core); instead, when the chunk crosses a
+    /// 2 MiB boundary, everything from 16 MiB to 2 MiB behind it is dropped: prefetch
+    /// workers finish chunks out of order, and a fault maps a whole large folio, possibly
+    /// one that was dropped already. A daemon streaming large files then keeps only a few
+    /// MiB of them resident. (Scattered reads use [`Self::read_chunk_from`] and map nothing.)
+    pub fn release_behind(&self, index: u64) {
         const BLOCK: u64 = 2 << 20;
         const TRAIL: u64 = 16 << 20;
         if index >= self.chunk_count() {
@@ -569,25 +596,19 @@ impl Reader<memmap2::Mmap> {
         }
         let (start, end) = self.header.chunk_range(index);
         let (from, to) = (self.layout.data + start, self.layout.data + end);
-        let advise = |at: u64, len: u64| {
+        let boundary = to / BLOCK * BLOCK;
+        if boundary > from && boundary >= 2 * BLOCK {
+            let trail_start = boundary.saturating_sub(TRAIL);
+            let len = boundary - BLOCK - trail_start;
             // SAFETY: a read-only shared file mapping: MADV_DONTNEED only drops page-table
             // entries, and a later access faults the same file content back in.
             let _ = unsafe {
                 self.bytes.unchecked_advise_range(
                     memmap2::UncheckedAdvice::DontNeed,
-                    at as usize,
+                    trail_start as usize,
                     len as usize,
                 )
             };
-        };
-        if !in_run {
-            advise(from, to - from);
-            return;
-        }
-        let boundary = to / BLOCK * BLOCK;
-        if boundary > from && boundary >= 2 * BLOCK {
-            let trail_start = boundary.saturating_sub(TRAIL);
-            advise(trail_start, boundary - BLOCK - trail_start);
         }
     }
 }

@@ -961,3 +961,34 @@ fn concurrent_reads_agree() {
         }
     });
 }
+
+/// `read_chunk_from` (pread of the ciphertext, as the mount does for scattered reads) gives
+/// what `read_chunk` (through the bytes) gives, and an error, not a panic, once the file
+/// it reads from was truncated underneath.
+#[test]
+fn chunks_read_with_pread_match_and_truncation_is_an_error() {
+    use std::io::Write;
+    let data = pseudo_random(5 * 4096 + 123, 77);
+    let (bytes, _) = encrypt(&data, 12, &[("alice", &alice())]);
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&bytes).unwrap();
+    let reader = open(bytes.clone(), "alice", &alice()).unwrap();
+    let (mut a, mut b, mut scratch) = (vec![0; 4096], vec![0; 4096], Vec::new());
+    for index in 0..reader.chunk_count() {
+        let n = reader.read_chunk(index, &mut a).unwrap();
+        let m = reader
+            .read_chunk_from(file.as_file(), index, &mut b, &mut scratch)
+            .unwrap();
+        assert_eq!((n, &a[..n]), (m, &b[..m]), "chunk {index}");
+    }
+    file.as_file().set_len(bytes.len() as u64 / 2).unwrap();
+    assert!(matches!(
+        reader.read_chunk_from(
+            file.as_file(),
+            reader.chunk_count() - 1,
+            &mut b,
+            &mut scratch
+        ),
+        Err(ContainerError::Io(_))
+    ));
+}

@@ -1,8 +1,9 @@
 //! Memory for decrypted chunks. Buffers are carved from 2 MiB slabs, each mapped once,
-//! backed by a transparent huge page where the kernel allows, `mlock`ed (plaintext must not
-//! reach swap) and left out of core dumps. Getting fresh memory one 64 KiB chunk at a time
-//! (allocate, `mlock`, fault and zero 16 pages, each buffer its own VMA) cost as much as
-//! decrypting the chunk; a slab pays that once per 32 chunks.
+//! `mlock`ed as a whole (plaintext must not reach swap) and left out of core dumps. One
+//! allocation and `mlock` per 64 KiB chunk made every cached chunk its own VMA and cost
+//! more than decrypting it on random reads. Slabs are not advised to use transparent huge
+//! pages: with the usual `defrag=madvise`, faulting one in ran direct compaction, which
+//! tripled the daemon's system time on some runs.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use zeroize::Zeroize;
 
-/// Size of one slab, and the alignment a transparent huge page needs.
+/// Size of one slab, and its alignment (that of a transparent huge page).
 const SLAB_BYTES: usize = 2 << 20;
 
 /// Plaintext of one chunk (or of a reply assembled from chunks); wiped on drop, and, if it
@@ -112,7 +113,8 @@ impl Region {
         if raw == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        // Trim the mapping to an aligned window, so the kernel can back it with huge pages.
+        // Trim the mapping to an aligned window (a system with THP `enabled=always` may then
+        // back it with huge pages without being asked).
         let start = raw as usize;
         let aligned = start.next_multiple_of(SLAB_BYTES);
         let (head, tail) = (aligned - start, span - (aligned - start) - len);
@@ -126,10 +128,9 @@ impl Region {
             }
         }
         let ptr = aligned as *mut libc::c_void;
-        // Advice only: without huge pages or DONTDUMP the memory still works.
+        // Advice only: without DONTDUMP the memory still works.
         // SAFETY: madvise and mlock on the window this function owns.
         let locked = unsafe {
-            libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
             libc::madvise(ptr, len, libc::MADV_DONTDUMP);
             lock && libc::mlock(ptr, len) == 0
         };

@@ -85,6 +85,8 @@ pub(crate) struct FileVersion {
     /// Namespace of this version's chunks in the cache.
     id: u64,
     reader: Reader<Mmap>,
+    /// The container file `reader` maps, for `pread`s of scattered chunks.
+    backing: File,
     /// Parsed header of a `.safetensors` file, for tensor-aware prefetch.
     tensors: Option<safetensors::Header>,
     /// Read handles open on this version; prefetching for a version nobody has open any
@@ -93,10 +95,12 @@ pub(crate) struct FileVersion {
 }
 
 impl FileVersion {
-    pub(crate) fn new(id: u64, reader: Reader<Mmap>) -> Self {
+    /// `backing`: the container file `reader` maps.
+    pub(crate) fn new(id: u64, reader: Reader<Mmap>, backing: File) -> Self {
         FileVersion {
             id,
             reader,
+            backing,
             tensors: None,
             readers: AtomicUsize::new(0),
         }
@@ -286,29 +290,45 @@ impl Shared {
     }
 
     /// Decrypted chunk `index` of `file`, from the cache or freshly decrypted into it.
-    /// `in_run`: part of a sequential run (streaming or prefetch), which changes how the
-    /// mapped ciphertext is released.
+    /// `in_run`: part of a sequential run (streaming or prefetch), read through the mapping
+    /// and released behind the run; a scattered chunk is read with `pread` instead.
     pub(crate) fn chunk(
         &self,
         file: &FileVersion,
         index: u64,
         in_run: bool,
     ) -> Result<Arc<Plain>, ContainerError> {
+        thread_local! {
+            /// Ciphertext of a scattered chunk on its way to being decrypted.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         self.cache.get_or_load((file.id, index), || {
             let (start, end) = file.reader.header().chunk_range(index);
             let len = (end - start) as usize;
             let mut plain = self.buffers.take(len, file.reader.chunk_size() as usize);
-            if let Err(e) = file.reader.read_chunk(index, plain.as_mut_slice()) {
-                self.stats
-                    .integrity_failures
-                    .fetch_add(1, Ordering::Relaxed);
+            let read = if in_run {
+                file.reader.read_chunk(index, plain.as_mut_slice())
+            } else {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    file.reader
+                        .read_chunk_from(&file.backing, index, plain.as_mut_slice(), scratch)
+                })
+            };
+            if let Err(e) = read {
+                if matches!(e, ContainerError::ChunkAuthentication { .. }) {
+                    self.stats
+                        .integrity_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 return Err(e);
             }
             self.stats
                 .bytes_decrypted
                 .fetch_add(len as u64, Ordering::Relaxed);
-            // The daemon's memory is the cache, not the files it streams.
-            file.reader.release_ciphertext(index, in_run);
+            if in_run {
+                // The daemon's memory is the cache, not the files it streams.
+                file.reader.release_behind(index);
+            }
             Ok(plain)
         })
     }
@@ -503,6 +523,7 @@ impl Shared {
                 rel,
                 identity,
                 container.open(&data_key.key).map_err(integrity)?,
+                file,
             ),
         };
         if !data_key.checked {
@@ -511,9 +532,15 @@ impl Shared {
         Ok((version, session, identity))
     }
 
-    fn new_version(&self, rel: &str, identity: Identity, reader: Reader<Mmap>) -> Arc<FileVersion> {
-        let mut version =
-            FileVersion::new(self.next_version_id.fetch_add(1, Ordering::Relaxed), reader);
+    fn new_version(
+        &self,
+        rel: &str,
+        identity: Identity,
+        reader: Reader<Mmap>,
+        backing: File,
+    ) -> Arc<FileVersion> {
+        let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
+        let mut version = FileVersion::new(id, reader, backing);
         if rel.ends_with(".safetensors") {
             version.tensors = self.read_safetensors_header(&version);
         }

@@ -288,7 +288,7 @@ impl WriteSession {
         let path = store.container_path(rel)?;
         let file = std::fs::File::open(&path).map_err(|source| StoreError::Io { path, source })?;
         let reader = container::Container::map(&file)?.open(&key)?;
-        let version = Arc::new(FileVersion::new(next_id, reader));
+        let version = Arc::new(FileVersion::new(next_id, reader, file));
         self.base = Some(version.clone());
         self.base_valid = self.size;
         Ok(Some(version))
