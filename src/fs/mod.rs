@@ -359,15 +359,20 @@ impl Shared {
                 (end - base) as usize,
             ));
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        // Replies spanning chunks are assembled in pooled (locked, recycled) buffers, sized
+        // in powers of two so that each request size reuses the same few.
+        let total = (end - offset) as usize;
+        let mut out = self.buffers.take(total, total.next_power_of_two());
+        let mut at = 0;
         for index in first..=last {
             let chunk = self.chunk(file, index, in_run)?;
             let base = index << log2;
-            let from = offset.max(base) - base;
-            let to = end.min(base + chunk.as_slice().len() as u64) - base;
-            out.extend_from_slice(&chunk.as_slice()[from as usize..to as usize]);
+            let from = (offset.max(base) - base) as usize;
+            let to = (end.min(base + chunk.as_slice().len() as u64) - base) as usize;
+            out.as_mut_slice()[at..at + to - from].copy_from_slice(&chunk.as_slice()[from..to]);
+            at += to - from;
         }
-        Ok(ReadOutcome::Assembled(Plain::new(out)))
+        Ok(ReadOutcome::Assembled(out))
     }
 
     /// What to decrypt on the worker pool for a read of `size` bytes at `offset`: the
