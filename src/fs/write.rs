@@ -148,9 +148,7 @@ impl WriteSession {
             None => self.load(index)?,
         };
         let Some((_, draft, _)) = &mut self.draft else {
-            return Err(WriteError::Container(container::ContainerError::Malformed(
-                "no draft to seal into".into(),
-            )));
+            return Err(no_draft());
         };
         draft.seal(index, &buf[..len], last, &mut self.scratch)?;
         Ok(())
@@ -178,6 +176,18 @@ impl WriteSession {
             let chunk_start = index << self.chunk_log2;
             let chunk_end = chunk_start + cs;
             let upto = end.min(chunk_end);
+            // A whole chunk in one request (sequential writers with large writes) is sealed
+            // straight from the request: no chunk buffer to fill, copy and wipe.
+            if pos == chunk_start && upto == chunk_end {
+                self.dirty.remove(&index);
+                let piece = &data[(pos - offset) as usize..(upto - offset) as usize];
+                let Some((_, draft, _)) = &mut self.draft else {
+                    return Err(no_draft());
+                };
+                draft.seal(index, piece, false, &mut self.scratch)?;
+                pos = upto;
+                continue;
+            }
             if !self.dirty.contains_key(&index) {
                 let buf = self.load(index)?;
                 self.dirty.insert(index, buf);
@@ -308,4 +318,10 @@ impl Drop for WriteSession {
     fn drop(&mut self) {
         self.discard();
     }
+}
+
+fn no_draft() -> WriteError {
+    WriteError::Container(container::ContainerError::Malformed(
+        "no draft to seal into".into(),
+    ))
 }
