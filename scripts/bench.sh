@@ -285,7 +285,7 @@ w_load() {
 w_tensor() {
     mount_t "$1"
     record "$1" tensor_ms "$2" "$(pyb tensor "$(file_of "$1")" "$MIDDLE")"
-    is_tv "$1" && record "$1" tensor_decMiB "$2" "$(($(tvault_stat "$1" bytes_decrypted) / 1048576))"
+    is_tv "$1" && record "$1" tensor_decKiB "$2" "$(($(tvault_stat "$1" bytes_decrypted) / 1024))"
     umount_t "$1"
 }
 w_pread() {
@@ -328,7 +328,7 @@ w_curve() { # TARGET(tvault) REP
         umount_t tvault
         mount_t tvault
         record "tvault@$cs" tensor_ms "$2" "$(pyb tensor "$f" "$MIDDLE")"
-        record "tvault@$cs" tensor_decMiB "$2" "$(($(tvault_stat tvault bytes_decrypted) / 1048576))"
+        record "tvault@$cs" tensor_decKiB "$2" "$(($(tvault_stat tvault bytes_decrypted) / 1024))"
         umount_t tvault
     done
 }
@@ -394,14 +394,14 @@ def cell(t, m):
 names = {"seq_GBps": "seq read, GB/s ↑", "load_s": "load_file, s ↓", "load2_s": "2nd load_file (cached), s ↓",
          "tensor_ms": "one small tensor (safe_open+get_tensor), ms ↓", "pread_ms": "2000 random 4 KiB preads, ms ↓",
          "cold_GBps": "cold seq read (drop_caches), GB/s ↑", "write_MBps": "save_file ~1.1 GB, MB/s ↑",
-         "tensor_decMiB": "MiB decrypted for the one tensor", "pread_decMiB": "MiB decrypted for 2000 preads",
+         "tensor_decKiB": "KiB decrypted for the one tensor (open included)", "pread_decMiB": "MiB decrypted for 2000 preads",
          "idle_HWM_MiB": "daemon VmHWM after mount+unlock, MiB", "stream_HWM_MiB": "daemon VmHWM after streaming, MiB",
          "after_RSS_MiB": "daemon VmRSS after streaming, MiB",
          "after_RssAnon_MiB": "of which RssAnon (own memory), MiB", "peak_RssAnon_MiB": "peak RssAnon while streaming (50 ms samples), MiB", "after_RssFile_MiB": "of which RssFile (mmap'ed ciphertext), MiB", "big_seq_GBps": "seq read of the big file, GB/s"}
 tvs = [t for t in order_t if t == "tvault" or t.startswith("tvault-")]
 peers = [t for t in ["plain", "bindfs", "gocryptfs", "securefs"] if t in order_t] + tvs
 main_m = [m for m in ["seq_GBps", "load_s", "load2_s", "tensor_ms", "pread_ms", "cold_GBps", "write_MBps",
-                      "tensor_decMiB", "pread_decMiB"] if any((t, m) in data for t in peers)]
+                      "tensor_decKiB", "pread_decMiB"] if any((t, m) in data for t in peers)]
 out = [meta.rstrip(), ""]
 n = max((len(data[(t, m)]) for t in peers for m in main_m if (t, m) in data), default=0)
 out.append(f"Medians of {n} (min–max); ↑ higher is better, ↓ lower is better.\n")
@@ -452,7 +452,7 @@ if lines:
 curve = [t for t in order_t if t.startswith("tvault@")]
 if curve:
     out.append("\ntvault chunk-size curve (one store file per chunk size, same model; fresh mount per figure):\n")
-    cm = ["pread_ms", "seq_GBps", "tensor_ms", "tensor_decMiB"]
+    cm = ["pread_ms", "seq_GBps", "tensor_ms", "tensor_decKiB"]
     out.append("| chunk size | " + " | ".join(names[m] for m in cm) + " |")
     out.append("|---|" + "---|" * len(cm))
     for t in curve:
