@@ -18,6 +18,8 @@ pub struct MountOptions {
     pub store: PathBuf,
     pub mountpoint: PathBuf,
     pub cache_bytes: u64,
+    /// The mount's kernel readahead window.
+    pub readahead_bytes: u64,
     pub read_only: bool,
     pub audit_log: Option<PathBuf>,
     pub audit_key: Option<PathBuf>,
@@ -94,17 +96,18 @@ pub fn is_mount_point(path: &Path) -> bool {
     mounts().iter().any(|(p, _)| p == path)
 }
 
-/// Sets the kernel's readahead for this mount to 128 KiB, whatever the system's default.
-/// Streaming does not need more: the daemon's own prefetch runs ahead of sequential readers
-/// (`dd` and `load_file` within noise of 256 KiB and 1 MiB windows). Every first access
-/// through mmap pays for one window, though: with 256 KiB, reading a safetensors header and
-/// one small tensor decrypted 9 chunks instead of 4 (docs/PERFORMANCE.md).
-fn set_readahead(mountpoint: &Path) {
+/// Sets the kernel's readahead window for this mount (`--readahead`, 128 KiB by default,
+/// the FUSE default, whatever the system has configured). Streaming does not depend on it
+/// much, since the daemon's own prefetch runs ahead of sequential readers, but every first
+/// access through mmap pays for one window: with 256 KiB, reading a safetensors header and
+/// one small tensor decrypted 9 chunks instead of 4. Whole-file loads gain from larger
+/// windows (fewer, larger requests); docs/PERFORMANCE.md has both sides measured.
+fn set_readahead(mountpoint: &Path, bytes: u64) {
     let Some((_, dev)) = mounts().into_iter().rev().find(|(p, _)| p == mountpoint) else {
         return;
     };
     let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    if let Err(e) = std::fs::write(&knob, "128") {
+    if let Err(e) = std::fs::write(&knob, (bytes / 1024).to_string()) {
         log::info!("cannot set readahead ({knob}): {e}");
     }
 }
@@ -400,7 +403,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
             }
         })?;
     shared.set_notifier(session.notifier());
-    set_readahead(&mountpoint);
+    set_readahead(&mountpoint, opts.readahead_bytes);
     let unmount = Arc::new(Unmount {
         unmounter: Mutex::new(Some(session.unmount_callable())),
         mountpoint: mountpoint.clone(),

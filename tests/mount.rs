@@ -593,6 +593,34 @@ fn mount_errors_are_clear() {
     assert!(err.contains("already a mount point"), "{err}");
     let err = fails(&["unlock", s(&fx.path("empty"))], "pw\n");
     assert!(err.contains("no tvault daemon"), "{err}");
+    for bad in ["3K", "32M", "6000"] {
+        let err = fails(&["mount", s(&fx.store), s(&fx.mnt), "--readahead", bad], "");
+        assert!(
+            err.contains("multiple of 4K from 4K to 16M"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+/// The mount's kernel readahead window (what one first access through mmap decrypts) is
+/// 128 KiB unless `--readahead` says otherwise.
+#[test]
+fn readahead_window_follows_the_mount_option() {
+    use std::os::unix::fs::MetadataExt;
+    let knob = |mnt: &std::path::Path| {
+        let dev = fs::metadata(mnt).unwrap().dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let mut fx = MountFixture::new();
+    fx.mount(&[]);
+    assert_eq!(knob(&fx.mnt), "128");
+    fx.unmount();
+    fx.mount(&["--readahead", "1M"]);
+    assert_eq!(knob(&fx.mnt), "1024");
 }
 
 #[test]

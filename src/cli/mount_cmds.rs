@@ -21,6 +21,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     pub foreground: bool,
     pub cache_size: u64,
+    pub readahead: u64,
     pub read_only: bool,
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
@@ -50,6 +51,7 @@ pub fn mount(args: &MountArgs) -> CliResult {
         store: args.store.clone(),
         mountpoint: args.mountpoint.clone(),
         cache_bytes: args.cache_size,
+        readahead_bytes: args.readahead,
         read_only: args.read_only,
         audit_log: args.audit_log.clone(),
         audit_key: args.audit_key.clone(),
@@ -85,7 +87,9 @@ fn spawn_daemon(args: &MountArgs) -> CliResult {
         .arg(&args.store)
         .arg(&args.mountpoint)
         .args(["--foreground", "--daemon-child", "--cache-size"])
-        .arg(args.cache_size.to_string());
+        .arg(args.cache_size.to_string())
+        .arg("--readahead")
+        .arg(args.readahead.to_string());
     if args.read_only {
         cmd.arg("--read-only");
     }
