@@ -603,7 +603,7 @@ fn mount_errors_are_clear() {
 }
 
 /// The mount's kernel readahead window (what one first access through mmap decrypts) is
-/// 128 KiB unless `--readahead` says otherwise.
+/// 512 KiB unless `--readahead` says otherwise.
 #[test]
 fn readahead_window_follows_the_mount_option() {
     use std::os::unix::fs::MetadataExt;
@@ -617,7 +617,7 @@ fn readahead_window_follows_the_mount_option() {
     };
     let mut fx = MountFixture::new();
     fx.mount(&[]);
-    assert_eq!(knob(&fx.mnt), "128");
+    assert_eq!(knob(&fx.mnt), "512");
     fx.unmount();
     fx.mount(&["--readahead", "1M"]);
     assert_eq!(knob(&fx.mnt), "1024");

@@ -150,7 +150,7 @@ enum Command {
         cache_size: u64,
         /// Kernel readahead window of the mount, 4K to 16M: larger streams whole files
         /// faster, smaller makes first and scattered accesses through mmap decrypt less
-        #[arg(long, value_name = "SIZE", default_value = "128K", value_parser = parse_readahead)]
+        #[arg(long, value_name = "SIZE", default_value = "512K", value_parser = parse_readahead)]
         readahead: u64,
         /// Refuse every write
         #[arg(long)]
