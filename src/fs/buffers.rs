@@ -182,12 +182,8 @@ impl BufferPool {
             lock_failed: AtomicBool::new(false),
         });
         if warm_size > 0 {
-            let mut state = pool.lock();
-            if let Some((slab, _, offset)) = pool.new_slab(&mut state, warm_size) {
-                if let Some(s) = state.slabs.iter_mut().find(|s| s.id == slab) {
-                    s.region.prefault();
-                    s.free.push(offset);
-                }
+            if let Some(slab) = pool.add_slab(&mut pool.lock(), warm_size) {
+                slab.region.prefault();
             }
         }
         pool
@@ -205,22 +201,23 @@ impl BufferPool {
             return Plain::new(Vec::new());
         }
         let mut state = self.lock();
-        let found = state
+        let pop = |s: &mut Slab| s.free.pop().map(|offset| (s.id, s.region.ptr, offset));
+        let found = match state
             .slabs
             .iter_mut()
             .filter(|s| s.buf_size == capacity)
-            .find_map(|s| s.free.pop().map(|offset| (s.id, s.region.ptr, offset)));
-        let (slab, base, offset) = match found {
-            Some(f) => f,
-            None => match self.new_slab(&mut state, capacity) {
-                Some(s) => s,
-                // Out of address space or memory: an ordinary (unlocked) allocation still
-                // serves the read.
-                None => return Plain::new(vec![0; len]),
-            },
+            .find_map(pop)
+        {
+            Some(found) => Some(found),
+            None => self.add_slab(&mut state, capacity).and_then(pop),
         };
         drop(state);
-        // SAFETY: `offset + capacity` lies within the slab's region (see `new_slab`).
+        // Out of address space or memory: an ordinary (unlocked) allocation still serves
+        // the read.
+        let Some((slab, base, offset)) = found else {
+            return Plain::new(vec![0; len]);
+        };
+        // SAFETY: `offset + capacity` lies within the slab's region (see `add_slab`).
         let ptr = unsafe { NonNull::new_unchecked(base.as_ptr().add(offset)) };
         Plain {
             storage: Storage::Pooled {
@@ -233,8 +230,8 @@ impl BufferPool {
         }
     }
 
-    /// Maps a slab for buffers of `capacity` bytes and takes its first buffer.
-    fn new_slab(&self, state: &mut Slabs, capacity: usize) -> Option<(u64, NonNull<u8>, usize)> {
+    /// Maps a slab for buffers of `capacity` bytes, all free, and adds it to the pool.
+    fn add_slab<'a>(&self, state: &'a mut Slabs, capacity: usize) -> Option<&'a mut Slab> {
         let len = capacity.checked_next_multiple_of(SLAB_BYTES)?;
         let want_lock = !self.lock_failed.load(Ordering::Relaxed);
         let (region, locked) = match Region::map(len, want_lock) {
@@ -252,17 +249,15 @@ impl BufferPool {
         }
         let id = state.next_id;
         state.next_id += 1;
-        let count = len / capacity;
         // Handed out from the front, so a slab's used buffers stay together.
-        let free = (1..count).rev().map(|i| i * capacity).collect();
-        let base = region.ptr;
+        let free = (0..len / capacity).rev().map(|i| i * capacity).collect();
         state.slabs.push(Slab {
             id,
             region,
             buf_size: capacity,
             free,
         });
-        Some((id, base, 0))
+        state.slabs.last_mut()
     }
 
     fn give_back(&self, slab: u64, ptr: NonNull<u8>) {
