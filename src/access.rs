@@ -89,7 +89,10 @@ impl UserSession {
     /// against this file's header MAC when it was remembered), or unwrapped from the user's
     /// slot (authenticated by the slot's AEAD, but not yet checked against the header; the
     /// caller checks it, e.g. by [`Container::open`], then calls [`Self::remember_key`]).
-    fn data_key<B: AsRef<[u8]>>(&self, container: &Container<B>) -> Result<DataKey, Denial> {
+    fn data_key<B: crate::container::Source>(
+        &self,
+        container: &Container<B>,
+    ) -> Result<DataKey, Denial> {
         let file_id = container.header().file_id;
         if let Some(key) = self.keys().get(&file_id) {
             return Ok(DataKey {
@@ -298,7 +301,7 @@ impl Access {
     /// the caller must still authenticate the header with it (the slot only proves the key
     /// was wrapped for this user and file id), which the one MAC pass of `Container::open`
     /// does, and then remember it.
-    pub fn authorize<B: AsRef<[u8]>>(
+    pub fn authorize<B: crate::container::Source>(
         &self,
         store: &Store,
         uid: u32,

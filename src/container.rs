@@ -52,6 +52,10 @@ pub enum ContainerError {
     ChunkAuthentication { index: u64 },
     #[error("invalid chunk size 2^{0}: must be a power of two from 4 KiB to 1 MiB")]
     ChunkSize(u8),
+    #[error(
+        "chunk table of {len} bytes exceeds this reader's {limit}-byte limit (a file this large needs a larger cache, or was crafted to exhaust memory)"
+    )]
+    TableTooLarge { len: u64, limit: u64 },
     #[error("invalid key slot label {0:?}")]
     Label(String),
     #[error(transparent)]
@@ -303,51 +307,97 @@ pub fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
     Ok(slots)
 }
 
+/// Positional reads of a container's bytes: a file in the store, or memory (tests, vectors).
+/// Containers are read, never mapped: a store writer can truncate a file under a reader, and
+/// a mapping then raises SIGBUS, where a read returns an error.
+pub trait Source: Send + Sync {
+    /// The length in bytes.
+    fn size(&self) -> io::Result<u64>;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl Source for std::fs::File {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl Source for [u8] {
+    fn size(&self) -> io::Result<u64> {
+        Ok(<[u8]>::len(self) as u64)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
+        let start = usize::try_from(offset).map_err(|_| eof())?;
+        let end = start.checked_add(buf.len()).ok_or_else(eof)?;
+        buf.copy_from_slice(self.get(start..end).ok_or_else(eof)?);
+        Ok(())
+    }
+}
+
+impl Source for Vec<u8> {
+    fn size(&self) -> io::Result<u64> {
+        Source::size(self.as_slice())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        Source::read_exact_at(self.as_slice(), buf, offset)
+    }
+}
+
+impl<S: Source + ?Sized> Source for &S {
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+}
+
+/// The largest chunk table the CLI reads into memory (a store writer can make a sparse file
+/// whose header claims billions of chunks). The mount passes its own, smaller bound.
+pub const MAX_TABLE_LEN: u64 = 1 << 30;
+
 /// A structurally checked container whose contents are not yet authenticated. Opening it
-/// needs the data key, obtained from one of its key slots.
+/// needs the data key, obtained from one of its key slots. Only the fixed header and the key
+/// slots have been read.
 pub struct Container<B> {
-    bytes: B,
+    source: B,
     header: FixedHeader,
     layout: Layout,
     slots: Vec<KeySlot>,
 }
 
-impl Container<memmap2::Mmap> {
-    /// Maps an open container file read-only and checks its structure.
-    pub fn map(file: &std::fs::File) -> Result<Self> {
-        let len = file.metadata()?.len();
-        if len < FIXED_HEADER_LEN as u64 {
-            return Err(ContainerError::Malformed(format!(
-                "{len} bytes is shorter than the {FIXED_HEADER_LEN}-byte header"
-            )));
-        }
-        // SAFETY: tvault never modifies a container in place (every change is a new file
-        // renamed over the old one), so the mapping does not change under us. A hostile
-        // in-place truncation can still fault the mapping; docs/SECURITY.md says so.
-        let map = unsafe { memmap2::Mmap::map(file) }?;
-        Container::parse(map)
-    }
-}
-
-impl<B: AsRef<[u8]>> Container<B> {
+impl<B: Source> Container<B> {
     /// Checks magic, version, reserved bytes, the slot section and that the total length is
     /// exactly what the header implies. No key is needed.
-    pub fn parse(bytes: B) -> Result<Self> {
-        let b = bytes.as_ref();
-        let header = FixedHeader::decode(b)?;
+    pub fn parse(source: B) -> Result<Self> {
+        let actual = source.size()?;
+        let mut fixed = [0u8; FIXED_HEADER_LEN];
+        let have = actual.min(FIXED_HEADER_LEN as u64) as usize;
+        source.read_exact_at(&mut fixed[..have], 0)?;
+        let header = FixedHeader::decode(&fixed[..have])?;
         let layout = header
             .layout()
             .ok_or_else(|| ContainerError::Malformed("region lengths overflow".into()))?;
-        let actual = b.len() as u64;
         if actual != layout.total {
             return Err(ContainerError::SizeMismatch {
                 expected: layout.total,
                 actual,
             });
         }
-        let slots = decode_slots(&b[FIXED_HEADER_LEN..layout.data as usize])?;
+        // slots_len is at most MAX_SLOTS_LEN (checked by `decode`).
+        let mut encoded = vec![0u8; header.slots_len as usize];
+        source.read_exact_at(&mut encoded, FIXED_HEADER_LEN as u64)?;
+        let slots = decode_slots(&encoded)?;
         Ok(Container {
-            bytes,
+            source,
             header,
             layout,
             slots,
@@ -366,6 +416,11 @@ impl<B: AsRef<[u8]>> Container<B> {
         self.slots.iter().find(|s| s.label == label)
     }
 
+    /// Bytes of the chunk table plus the MAC, which `open` reads into memory.
+    pub fn table_len(&self) -> u64 {
+        self.layout.total - self.layout.table
+    }
+
     /// Unwraps the data key from `label`'s slot.
     pub fn unwrap_key(&self, label: &str, key: &PrivateKey) -> Result<SecretKey> {
         self.slot(label)
@@ -373,40 +428,48 @@ impl<B: AsRef<[u8]>> Container<B> {
             .open(&self.header.file_id, key)
     }
 
-    /// Verifies the header MAC under `data_key`. The MAC covers the fixed header and the
-    /// whole chunk table, so after this every chunk's expected tag is trusted.
-    fn authenticate(&self, data_key: &SecretKey) -> Result<FileKeys> {
+    /// Reads the chunk table and MAC (at most `limit` bytes of them) and verifies the MAC over
+    /// the header as decoded and that table, under `data_key`.
+    fn authenticate(
+        &self,
+        data_key: &SecretKey,
+        limit: u64,
+    ) -> Result<(FileKeys, Vec<u8>, [u8; MAC_LEN])> {
+        let len = self.table_len();
+        if len > limit {
+            return Err(ContainerError::TableTooLarge { len, limit });
+        }
+        let mut table = vec![0u8; (len as usize).saturating_sub(MAC_LEN)];
+        self.source.read_exact_at(&mut table, self.layout.table)?;
+        let mut mac = [0u8; MAC_LEN];
+        self.source.read_exact_at(&mut mac, self.layout.mac)?;
         let keys = FileKeys::derive(data_key, &self.header.file_id);
-        let b = self.bytes.as_ref();
-        let fixed = &b[..MACED_HEADER_LEN];
-        let table = &b[self.layout.table as usize..self.layout.mac as usize];
-        let mac = &b[self.layout.mac as usize..self.layout.total as usize];
-        keys.verify_header_mac(&[fixed, table], mac)
+        let fixed = self.header.encode();
+        keys.verify_header_mac(&[&fixed[..MACED_HEADER_LEN], &table], &mac)
             .map_err(|_| ContainerError::HeaderAuthentication)?;
-        Ok(keys)
+        Ok((keys, table, mac))
     }
 
     pub fn verify_header(&self, data_key: &SecretKey) -> Result<()> {
-        self.authenticate(data_key).map(|_| ())
+        self.authenticate(data_key, MAX_TABLE_LEN).map(|_| ())
     }
 
     /// Authenticates the header under `data_key` and returns a reader.
     pub fn open(self, data_key: &SecretKey) -> Result<Reader<B>> {
-        let table =
-            self.bytes.as_ref()[self.layout.table as usize..self.layout.mac as usize].to_vec();
-        let keys = FileKeys::derive(data_key, &self.header.file_id);
-        // The header as decoded (what the reader will use), not the live mapping.
-        let fixed = self.header.encode();
-        let mac = &self.bytes.as_ref()[self.layout.mac as usize..self.layout.total as usize];
-        keys.verify_header_mac(&[&fixed[..MACED_HEADER_LEN], &table], mac)
-            .map_err(|_| ContainerError::HeaderAuthentication)?;
+        self.open_with_limit(data_key, MAX_TABLE_LEN)
+    }
+
+    /// Like `open`, refusing (`TableTooLarge`) a chunk table of more than `limit` bytes.
+    pub fn open_with_limit(self, data_key: &SecretKey, limit: u64) -> Result<Reader<B>> {
+        let (keys, table, mac) = self.authenticate(data_key, limit)?;
         Ok(Reader {
-            bytes: self.bytes,
+            source: self.source,
             header: self.header,
             layout: self.layout,
             slots: self.slots,
             keys,
             table,
+            mac,
         })
     }
 
@@ -418,35 +481,55 @@ impl<B: AsRef<[u8]>> Container<B> {
         header.slots_len = encoded.len() as u32;
         out.write_all(&header.encode())?;
         out.write_all(&encoded)?;
-        out.write_all(&self.bytes.as_ref()[self.layout.data as usize..])?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = self.layout.data;
+        while at < self.layout.total {
+            let n = (self.layout.total - at).min(buf.len() as u64) as usize;
+            self.source.read_exact_at(&mut buf[..n], at)?;
+            out.write_all(&buf[..n])?;
+            at += n as u64;
+        }
         Ok(())
-    }
-
-    pub fn into_bytes(self) -> B {
-        self.bytes
     }
 }
 
 /// An authenticated, random-access view of a container's plaintext. `Sync`: the mount reads
 /// one reader from many threads at once.
 pub struct Reader<B> {
-    bytes: B,
+    source: B,
     header: FixedHeader,
     layout: Layout,
     slots: Vec<KeySlot>,
     keys: FileKeys,
-    /// The chunk table as authenticated by the header MAC. Copied out of the mapping, so a
-    /// later in-place edit of the file cannot swap in unauthenticated nonces or tags.
+    /// The chunk table as authenticated by the header MAC, held in memory: a later in-place
+    /// edit of the file cannot swap in unauthenticated nonces or tags.
     table: Vec<u8>,
+    mac: [u8; MAC_LEN],
 }
 
-impl<B: AsRef<[u8]>> Reader<B> {
+impl<B: Source> Reader<B> {
     pub fn header(&self) -> &FixedHeader {
         &self.header
     }
 
     pub fn slots(&self) -> &[KeySlot] {
         &self.slots
+    }
+
+    /// The authenticated header MAC. With the file id it names this exact version: another
+    /// data key, header or chunk table gives another MAC.
+    pub fn mac(&self) -> &[u8; MAC_LEN] {
+        &self.mac
+    }
+
+    /// Bytes this reader holds in memory for the file (chunk table and key slots).
+    pub fn memory_len(&self) -> usize {
+        self.table.len()
+            + self
+                .slots
+                .iter()
+                .map(|s| s.label.len() + std::mem::size_of::<KeySlot>())
+                .sum::<usize>()
     }
 
     pub fn len(&self) -> u64 {
@@ -478,30 +561,20 @@ impl<B: AsRef<[u8]>> Reader<B> {
     /// Decrypts chunk `index` into the front of `out` and returns its length. `out` must hold
     /// at least `chunk_size()` bytes (or the chunk's length).
     pub fn read_chunk(&self, index: u64, out: &mut [u8]) -> Result<usize> {
-        let (at, n) = self.chunk_location(index, out.len())?;
-        self.open_chunk(
-            index,
-            &self.bytes.as_ref()[at as usize..at as usize + n],
-            out,
-        )
+        self.read_chunk_with(index, out, &mut Vec::new())
     }
 
-    /// Like [`Self::read_chunk`], but reads the ciphertext with `pread` from `file` (the file
-    /// behind this reader's bytes) into `scratch` instead of through the mapping. For
-    /// scattered reads: faulting a chunk's pages into the mapping and dropping them again
-    /// afterwards (so that the daemon does not keep what it read resident) costs more than
-    /// the copy. A file truncated underneath gives an error here, not SIGBUS.
-    pub fn read_chunk_from(
+    /// Like [`Self::read_chunk`], reading the ciphertext into `scratch` (reused between calls,
+    /// so that a hot path allocates nothing). A file truncated underneath gives an error.
+    pub fn read_chunk_with(
         &self,
-        file: &std::fs::File,
         index: u64,
         out: &mut [u8],
         scratch: &mut Vec<u8>,
     ) -> Result<usize> {
-        use std::os::unix::fs::FileExt;
         let (at, n) = self.chunk_location(index, out.len())?;
         scratch.resize(n, 0);
-        file.read_exact_at(scratch, at)?;
+        self.source.read_exact_at(scratch, at)?;
         self.open_chunk(index, scratch, out)
     }
 
@@ -545,7 +618,8 @@ impl<B: AsRef<[u8]>> Reader<B> {
         let end = len.min(offset.saturating_add(buf.len() as u64));
         let want = (end - offset) as usize;
         let cs = self.chunk_size();
-        let mut scratch: Vec<u8> = Vec::new();
+        let mut plain = zeroize::Zeroizing::new(Vec::new());
+        let mut cipher = Vec::new();
         let mut pos = offset;
         while pos < end {
             let index = pos >> self.header.chunk_log2;
@@ -553,63 +627,29 @@ impl<B: AsRef<[u8]>> Reader<B> {
             let dst = (pos - offset) as usize;
             if pos == cstart && cend <= end {
                 let n = (cend - cstart) as usize;
-                self.read_chunk(index, &mut buf[dst..dst + n])?;
+                self.read_chunk_with(index, &mut buf[dst..dst + n], &mut cipher)?;
             } else {
-                if scratch.is_empty() {
-                    scratch.resize(cs as usize, 0);
+                if plain.is_empty() {
+                    plain.resize(cs as usize, 0);
                 }
-                self.read_chunk(index, &mut scratch)?;
+                self.read_chunk_with(index, &mut plain, &mut cipher)?;
                 let from = (pos - cstart) as usize;
                 let to = (cend.min(end) - cstart) as usize;
-                buf[dst..dst + to - from].copy_from_slice(&scratch[from..to]);
+                buf[dst..dst + to - from].copy_from_slice(&plain[from..to]);
             }
             pos = cend.min(end);
         }
-        zeroize::Zeroize::zeroize(&mut scratch);
         Ok(want)
     }
 
     /// Authenticates every chunk (for `fsck` and `get`), without keeping plaintext.
     pub fn verify_all(&self) -> Result<()> {
-        let mut scratch = zeroize::Zeroizing::new(vec![0u8; self.chunk_size() as usize]);
+        let mut plain = zeroize::Zeroizing::new(vec![0u8; self.chunk_size() as usize]);
+        let mut cipher = Vec::new();
         for index in 0..self.chunk_count() {
-            self.read_chunk(index, &mut scratch)?;
+            self.read_chunk_with(index, &mut plain, &mut cipher)?;
         }
         Ok(())
-    }
-}
-
-impl Reader<memmap2::Mmap> {
-    /// Drops mapped ciphertext from the process's resident set behind a sequential run of
-    /// [`Self::read_chunk`] calls, once chunk `index` has been decrypted (the pages stay in
-    /// the page cache; a later access faults them back in). Nothing is dropped per chunk
-    /// (each `madvise` is a TLB shootdown on every core); instead, when the chunk crosses a
-    /// 2 MiB boundary, everything from 16 MiB to 2 MiB behind it is dropped: prefetch
-    /// workers finish chunks out of order, and a fault maps a whole large folio, possibly
-    /// one that was dropped already. A daemon streaming large files then keeps only a few
-    /// MiB of them resident. (Scattered reads use [`Self::read_chunk_from`] and map nothing.)
-    pub fn release_behind(&self, index: u64) {
-        const BLOCK: u64 = 2 << 20;
-        const TRAIL: u64 = 16 << 20;
-        if index >= self.chunk_count() {
-            return;
-        }
-        let (start, end) = self.header.chunk_range(index);
-        let (from, to) = (self.layout.data + start, self.layout.data + end);
-        let boundary = to / BLOCK * BLOCK;
-        if boundary > from && boundary >= 2 * BLOCK {
-            let trail_start = boundary.saturating_sub(TRAIL);
-            let len = boundary - BLOCK - trail_start;
-            // SAFETY: a read-only shared file mapping: MADV_DONTNEED only drops page-table
-            // entries, and a later access faults the same file content back in.
-            let _ = unsafe {
-                self.bytes.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    trail_start as usize,
-                    len as usize,
-                )
-            };
-        }
     }
 }
 
@@ -830,8 +870,11 @@ impl Draft {
         let buf = out.get_mut(..n).ok_or_else(|| {
             ContainerError::Malformed(format!("buffer of {have} bytes for a {n}-byte chunk"))
         })?;
-        self.file
-            .read_exact_at(buf, self.data_offset + (index << self.header.chunk_log2))?;
+        FileExt::read_exact_at(
+            &self.file,
+            buf,
+            self.data_offset + (index << self.header.chunk_log2),
+        )?;
         self.keys
             .open_chunk(index, entry.last, &entry.nonce, &entry.tag, buf)
             .map_err(|_| ContainerError::ChunkAuthentication { index })?;

@@ -189,6 +189,7 @@ impl DaemonControl {
                 "bytes": s.cache.bytes(),
                 "capacity": s.cache.capacity(),
                 "buffer_bytes": s.buffer_bytes(),
+                "metadata_bytes": s.metadata_bytes(),
                 "hits": load(&s.cache.hits),
                 "misses": load(&s.cache.misses),
             },

@@ -11,8 +11,6 @@
 //! path it concerns. The caller decides how to show it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +18,10 @@ use crate::container::{Container, ContainerError};
 use crate::crypto::PrivateKey;
 use crate::fsutil;
 use crate::keyring::{self, Keyring};
-use crate::store::{self, Store, StoreError, CONTAINER_EXT, META_DIR, RECIPIENTS_FILE};
+use crate::store::{
+    self, Entry, Gate, Kind as PathKind, Store, StoreError, CONTAINER_EXT, MAX_KEYRING_LEN,
+    MAX_POLICY_LEN, META_DIR, RECIPIENTS_FILE,
+};
 
 /// A temporary file modified more recently than this may belong to a writer that is still
 /// running (a `put`, or a draft of a file open for writing on a mount): it is reported but
@@ -159,46 +160,43 @@ impl Report {
 /// Checks the store at `root`. Fails only when `root` is not a store at all (no `.tvault`
 /// directory) or cannot be listed; everything else is reported as a [`Problem`].
 pub fn check(root: &Path, options: &Options) -> Result<Report, StoreError> {
-    let meta = root.join(META_DIR);
-    match fs::symlink_metadata(&meta) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(StoreError::NotAStore(root.to_path_buf())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(StoreError::NotAStore(root.to_path_buf()))
-        }
-        Err(source) => return Err(StoreError::Io { path: meta, source }),
-    }
+    let gate = open_gate(root)?;
     let mut report = Report::default();
     let mut fsck = Fsck {
         root,
+        gate: &gate,
         options,
         report: &mut report,
         users: BTreeMap::new(),
     };
     fsck.config();
     fsck.keyrings();
-    fsck.tree(root, "").map_err(|source| StoreError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    fsck.tree("")?;
     Ok(report)
+}
+
+/// The store root, which must hold a `.tvault` directory (not a link to one).
+fn open_gate(root: &Path) -> Result<Gate, StoreError> {
+    let gate = match Gate::open(root) {
+        Err(e) if e.is_not_found() => return Err(StoreError::NotAStore(root.to_path_buf())),
+        other => other?,
+    };
+    match gate.kind(META_DIR)? {
+        Some(PathKind::Dir) => Ok(gate),
+        _ => Err(StoreError::NotAStore(root.to_path_buf())),
+    }
 }
 
 /// The keyring of user `name` in the store at `root`, read like `Store::user` but without
 /// needing a valid store.json (so that a damaged store can still be checked with a key).
 pub fn read_keyring(root: &Path, name: &str) -> Result<Keyring, StoreError> {
     keyring::validate_name(name)?;
-    let meta = root.join(META_DIR);
-    if !meta.is_dir() {
-        return Err(StoreError::NotAStore(root.to_path_buf()));
-    }
-    let path = meta.join("users").join(format!("{name}.json"));
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(StoreError::NoSuchUser(name.to_string()))
-        }
-        Err(source) => return Err(StoreError::Io { path, source }),
+    let gate = open_gate(root)?;
+    let rel = format!("{META_DIR}/users/{name}.json");
+    let path = gate.display_path(&rel);
+    let bytes = match gate.read_capped(&rel, MAX_KEYRING_LEN) {
+        Err(e) if e.is_not_found() => return Err(StoreError::NoSuchUser(name.to_string())),
+        other => other?,
     };
     let keyring = Keyring::from_json(&bytes).map_err(|source| StoreError::Keyring {
         path: path.clone(),
@@ -218,20 +216,48 @@ pub fn read_keyring(root: &Path, name: &str) -> Result<Keyring, StoreError> {
 
 struct Fsck<'a> {
     root: &'a Path,
+    gate: &'a Gate,
     options: &'a Options<'a>,
     report: &'a mut Report,
     /// Keyrings that parsed, by name (to check key-slot labels and policies against).
     users: BTreeMap<String, Keyring>,
 }
 
-/// Directory entries sorted by name, so that reports are stable.
-fn sorted_entries(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
-    let mut entries = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    Ok(entries)
-}
-
 impl Fsck<'_> {
+    /// Entries of store directory `rel`, sorted by name so that reports are stable.
+    fn sorted_entries(&self, rel: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = self.gate.list(rel)?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    fn join(dir: &str, name: &str) -> String {
+        if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        }
+    }
+
+    /// Reports a link or special file: tvault never follows, opens or shows one.
+    fn special(&mut self, rel: &str, kind: PathKind) {
+        let path = self.gate.display_path(rel);
+        let why = match kind {
+            PathKind::Symlink => "symbolic link: never followed or shown by tvault (a store writer may have planted it; remove it)",
+            _ => "FIFO, socket or device: never opened or shown by tvault (remove it)",
+        };
+        self.report.warning(Kind::Ignored, &path, why);
+    }
+
+    fn store_error(&mut self, path: &Path, e: StoreError) {
+        match e {
+            StoreError::Io { path, source } => {
+                self.report.error(Kind::Io, &path, source.to_string())
+            }
+            e => self.report.error(Kind::Io, path, e.to_string()),
+        }
+    }
+
     fn config(&mut self) {
         let path = self.root.join(META_DIR).join("store.json");
         match Store::open(self.root) {
@@ -248,26 +274,27 @@ impl Fsck<'_> {
             Err(e) => self.report.error(Kind::Config, &path, e.to_string()),
         }
         // Drafts of store.json (or of anything else written into .tvault/ atomically).
-        let meta = self.root.join(META_DIR);
-        match sorted_entries(&meta) {
+        match self.sorted_entries(META_DIR) {
             Ok(entries) => {
                 for entry in entries {
-                    if let Some(name) = entry.file_name().to_str() {
-                        if fsutil::is_temp_name(name) {
-                            self.temp_file(&entry.path());
-                        }
+                    let rel = Self::join(META_DIR, &entry.name);
+                    match entry.kind {
+                        PathKind::Symlink | PathKind::Other => self.special(&rel, entry.kind),
+                        PathKind::File if fsutil::is_temp_name(&entry.name) => self.temp_file(&rel),
+                        _ => {}
                     }
                 }
             }
-            Err(e) => self.report.error(Kind::Io, &meta, e.to_string()),
+            Err(e) => self.store_error(&self.root.join(META_DIR), e),
         }
     }
 
     fn keyrings(&mut self) {
-        let dir = self.root.join(META_DIR).join("users");
-        let entries = match sorted_entries(&dir) {
+        let dir_rel = format!("{META_DIR}/users");
+        let dir = self.gate.display_path(&dir_rel);
+        let entries = match self.sorted_entries(&dir_rel) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 self.report.error(
                     Kind::Config,
                     &dir,
@@ -276,24 +303,24 @@ impl Fsck<'_> {
                 return;
             }
             Err(e) => {
-                self.report.error(Kind::Io, &dir, e.to_string());
+                self.store_error(&dir, e);
                 return;
             }
         };
         // uid -> first keyring name holding it.
         let mut uids: BTreeMap<u32, String> = BTreeMap::new();
         for entry in entries {
-            let path = entry.path();
-            let Some(file_name) = entry.file_name().to_str().map(str::to_string) else {
-                self.report.warning(
-                    Kind::Ignored,
-                    &path,
-                    "name is not UTF-8: not a keyring, ignored by tvault",
-                );
+            let rel = Self::join(&dir_rel, &entry.name);
+            let path = self.gate.display_path(&rel);
+            let file_name = entry.name.clone();
+            if entry.kind != PathKind::File {
+                if entry.kind != PathKind::Dir {
+                    self.special(&rel, entry.kind);
+                }
                 continue;
-            };
+            }
             if fsutil::is_temp_name(&file_name) {
-                self.temp_file(&path);
+                self.temp_file(&rel);
                 continue;
             }
             let Some(name) = file_name.strip_suffix(".json") else {
@@ -305,10 +332,10 @@ impl Fsck<'_> {
                 continue;
             };
             self.report.keyrings += 1;
-            let bytes = match fs::read(&path) {
+            let bytes = match self.gate.read_capped(&rel, MAX_KEYRING_LEN) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.report.error(Kind::Io, &path, e.to_string());
+                    self.store_error(&path, e);
                     continue;
                 }
             };
@@ -351,51 +378,38 @@ impl Fsck<'_> {
     }
 
     /// Walks the store's files (everything but the top-level `.tvault`), depth first.
-    fn tree(&mut self, dir: &Path, prefix: &str) -> io::Result<()> {
-        let entries = match sorted_entries(dir) {
+    fn tree(&mut self, dir: &str) -> Result<(), StoreError> {
+        let entries = match self.sorted_entries(dir) {
             Ok(entries) => entries,
             // The root itself must be listable; a subdirectory that is not is reported.
-            Err(e) if !prefix.is_empty() => {
-                self.report.error(Kind::Io, dir, e.to_string());
+            Err(e) if !dir.is_empty() => {
+                self.store_error(&self.gate.display_path(dir), e);
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
         for entry in entries {
-            let path = entry.path();
-            let Ok(name) = entry.file_name().into_string() else {
-                self.report.warning(
-                    Kind::Ignored,
-                    &path,
-                    "name is not UTF-8: ignored by tvault (not listed, not mounted)",
-                );
-                continue;
-            };
-            if prefix.is_empty() && name == META_DIR {
+            let name = entry.name;
+            if dir.is_empty() && name == META_DIR {
                 continue;
             }
-            let kind = match entry.file_type() {
-                Ok(kind) => kind,
-                Err(e) => {
-                    self.report.error(Kind::Io, &path, e.to_string());
-                    continue;
-                }
-            };
-            if kind.is_dir() {
-                self.tree(&path, &format!("{prefix}{name}/"))?;
-            } else if !kind.is_file() {
-                continue;
-            } else if fsutil::is_temp_name(&name) {
-                self.temp_file(&path);
-            } else if name == RECIPIENTS_FILE {
-                self.policy(&path);
-            } else if let Some(stem) = name.strip_suffix(&format!(".{CONTAINER_EXT}")) {
-                let rel = format!("{prefix}{stem}");
-                match store::validate_rel(&rel) {
-                    Ok(()) => self.container(&path),
-                    Err(e) => {
-                        self.report
-                            .warning(Kind::Ignored, &path, format!("{e}: ignored by tvault"))
+            let rel = Self::join(dir, &name);
+            let path = self.gate.display_path(&rel);
+            match entry.kind {
+                PathKind::Dir => self.tree(&rel)?,
+                PathKind::Symlink | PathKind::Other => self.special(&rel, entry.kind),
+                PathKind::File if fsutil::is_temp_name(&name) => self.temp_file(&rel),
+                PathKind::File if name == RECIPIENTS_FILE => self.policy(&rel),
+                PathKind::File => {
+                    if let Some(stem) = rel.strip_suffix(&format!(".{CONTAINER_EXT}")) {
+                        match store::validate_rel(stem) {
+                            Ok(()) => self.container(&rel),
+                            Err(e) => self.report.warning(
+                                Kind::Ignored,
+                                &path,
+                                format!("{e}: ignored by tvault"),
+                            ),
+                        }
                     }
                 }
             }
@@ -403,7 +417,8 @@ impl Fsck<'_> {
         Ok(())
     }
 
-    fn temp_file(&mut self, path: &Path) {
+    fn temp_file(&mut self, rel: &str) {
+        let path = &self.gate.display_path(rel);
         const WHAT: &str = "leftover temporary file from an interrupted write";
         if !self.options.remove_temp {
             self.report.warning(
@@ -413,9 +428,11 @@ impl Fsck<'_> {
             );
             return;
         }
-        let age = fs::symlink_metadata(path)
-            .and_then(|m| m.modified())
-            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+        let age = self.gate.stat(rel).map(|st| {
+            let modified = st.map_or(0, |st| st.st_mtime.max(0) as u64);
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(modified);
+            SystemTime::now().duration_since(t).unwrap_or_default()
+        });
         match age {
             Ok(age) if age < TEMP_MIN_AGE => self.report.warning(
                 Kind::TempFile,
@@ -425,7 +442,7 @@ impl Fsck<'_> {
                     age.as_secs()
                 ),
             ),
-            Ok(_) => match fs::remove_file(path) {
+            Ok(_) => match self.gate.remove_file(rel) {
                 Ok(()) => {
                     self.report
                         .warning(Kind::TempFile, path, format!("{WHAT}: removed"));
@@ -437,18 +454,18 @@ impl Fsck<'_> {
                     format!("{WHAT}: cannot remove it: {e}"),
                 ),
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => self
                 .report
                 .warning(Kind::TempFile, path, format!("{WHAT}: {e}")),
         }
     }
 
-    fn policy(&mut self, path: &Path) {
-        let text = match fs::read(path) {
+    fn policy(&mut self, rel: &str) {
+        let path = &self.gate.display_path(rel);
+        let text = match self.gate.read_capped(rel, MAX_POLICY_LEN) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => {
-                self.report.error(Kind::Io, path, e.to_string());
+                self.store_error(path, e);
                 return;
             }
         };
@@ -463,16 +480,17 @@ impl Fsck<'_> {
         }
     }
 
-    fn container(&mut self, path: &Path) {
+    fn container(&mut self, rel: &str) {
+        let path = &self.gate.display_path(rel);
         self.report.containers += 1;
-        let file = match File::open(path) {
+        let file = match self.gate.open_file(rel) {
             Ok(f) => f,
             Err(e) => {
-                self.report.error(Kind::Io, path, e.to_string());
+                self.store_error(path, e);
                 return;
             }
         };
-        let container = match Container::map(&file) {
+        let container = match Container::parse(file) {
             Ok(c) => c,
             Err(ContainerError::Io(e)) => {
                 self.report.error(Kind::Io, path, e.to_string());
@@ -538,6 +556,7 @@ impl Fsck<'_> {
 mod tests {
     use super::*;
     use crate::crypto::KdfParams;
+    use std::fs::{self, File};
 
     const FAST: KdfParams = KdfParams {
         m_kib: 64,
@@ -554,7 +573,7 @@ mod tests {
         store
             .put("m/w.bin", &src, &[alice], 12, false, &mut |_| {})
             .unwrap();
-        let path = store.container_path("m/w.bin").unwrap();
+        let path = dir.join(store::container_rel("m/w.bin").unwrap());
         (store, private, path)
     }
 

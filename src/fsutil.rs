@@ -7,11 +7,19 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Temporary files carry this marker so that listings (and the mount) can skip them.
+/// Temporary files are named `.tvault-tmp-` followed by 24 hex digits: a fixed length, so
+/// that any target name that fits in `NAME_MAX` can be written atomically, and never ending in
+/// `.tvlt` or `.json`, so that no listing mistakes one for a container or a keyring.
+pub const TEMP_PREFIX: &str = ".tvault-tmp-";
+/// Marker of the temporary names of earlier versions (`.NAME.tmp-` + 12 hex digits), still
+/// recognised so that `fsck` reports leftovers.
 pub const TEMP_MARKER: &str = ".tmp-";
 
-/// True for names made by `temp_path`: `.NAME.tmp-` followed by 12 hex digits.
+/// True for temporary-file names, of this version or an earlier one.
 pub fn is_temp_name(name: &str) -> bool {
+    if let Some(suffix) = name.strip_prefix(TEMP_PREFIX) {
+        return suffix.len() == 24 && suffix.bytes().all(|b| b.is_ascii_hexdigit());
+    }
     let Some((head, suffix)) = name.rsplit_once(TEMP_MARKER) else {
         return false;
     };
@@ -21,18 +29,15 @@ pub fn is_temp_name(name: &str) -> bool {
         && suffix.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn temp_path(target: &Path) -> io::Result<PathBuf> {
-    let name = target
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut suffix = [0u8; 6];
+/// A fresh random temporary-file name.
+pub fn temp_name() -> io::Result<String> {
+    let mut suffix = [0u8; 12];
     getrandom::getrandom(&mut suffix).map_err(io::Error::other)?;
-    let temp = format!(
-        ".{}{TEMP_MARKER}{}",
-        name.to_string_lossy(),
-        hex::encode(suffix)
-    );
-    Ok(target.with_file_name(temp))
+    Ok(format!("{TEMP_PREFIX}{}", hex::encode(suffix)))
+}
+
+fn temp_path(target: &Path) -> io::Result<PathBuf> {
+    Ok(target.with_file_name(temp_name()?))
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -116,6 +121,7 @@ mod tests {
         let (temp, _) = create_temp_beside(&target, 0o600).unwrap();
         assert!(is_temp_name(temp.file_name().unwrap().to_str().unwrap()));
         assert!(!is_temp_name(".model.safetensors.tmp-x"));
+        assert!(is_temp_name(".model.safetensors.tmp-0123456789ab"));
         assert!(!is_temp_name(".tmp-0123456789ab"));
     }
 }

@@ -917,7 +917,7 @@ fn slot_wrapping_another_data_key_is_caught_by_the_mac() {
 const _: () = {
     const fn assert_sync<T: Sync + Send>() {}
     assert_sync::<Reader<Vec<u8>>>();
-    assert_sync::<Reader<memmap2::Mmap>>();
+    assert_sync::<Reader<std::fs::File>>();
     assert_sync::<Reader<&[u8]>>();
 };
 
@@ -926,12 +926,10 @@ fn concurrent_reads_agree() {
     let alice = alice();
     let data = pseudo_random(300_000, 11);
     let (bytes, _) = encrypt(&data, 12, &[("alice", &alice)]);
-    // Through a memory map, as the mount reads it.
+    // Through a file, as the mount reads it.
     let mut file = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut file, &bytes).unwrap();
-    // SAFETY: the temporary file is not modified while mapped.
-    let map = unsafe { memmap2::Mmap::map(file.as_file()) }.unwrap();
-    let c = Container::parse(map).unwrap();
+    let c = Container::parse(file.reopen().unwrap()).unwrap();
     let dk = c.unwrap_key("alice", &alice).unwrap();
     let reader = c.open(&dk).unwrap();
     let reader = &reader;
@@ -962,33 +960,37 @@ fn concurrent_reads_agree() {
     });
 }
 
-/// `read_chunk_from` (pread of the ciphertext, as the mount does for scattered reads) gives
-/// what `read_chunk` (through the bytes) gives, and an error, not a panic, once the file
-/// it reads from was truncated underneath.
+/// A reader of a file gives what a reader of the same bytes in memory gives, and an error,
+/// not a panic or SIGBUS, once the file was truncated underneath (as a store writer can).
 #[test]
-fn chunks_read_with_pread_match_and_truncation_is_an_error() {
+fn chunks_read_from_a_file_match_and_truncation_is_an_error() {
     use std::io::Write;
     let data = pseudo_random(5 * 4096 + 123, 77);
     let (bytes, _) = encrypt(&data, 12, &[("alice", &alice())]);
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(&bytes).unwrap();
     let reader = open(bytes.clone(), "alice", &alice()).unwrap();
+    let c = Container::parse(file.reopen().unwrap()).unwrap();
+    let dk = c.unwrap_key("alice", &alice()).unwrap();
+    let from_file = c.open(&dk).unwrap();
     let (mut a, mut b, mut scratch) = (vec![0; 4096], vec![0; 4096], Vec::new());
     for index in 0..reader.chunk_count() {
         let n = reader.read_chunk(index, &mut a).unwrap();
-        let m = reader
-            .read_chunk_from(file.as_file(), index, &mut b, &mut scratch)
+        let m = from_file
+            .read_chunk_with(index, &mut b, &mut scratch)
             .unwrap();
         assert_eq!((n, &a[..n]), (m, &b[..m]), "chunk {index}");
     }
     file.as_file().set_len(bytes.len() as u64 / 2).unwrap();
     assert!(matches!(
-        reader.read_chunk_from(
-            file.as_file(),
-            reader.chunk_count() - 1,
-            &mut b,
-            &mut scratch
-        ),
+        from_file.read_chunk_with(from_file.chunk_count() - 1, &mut b, &mut scratch),
         Err(ContainerError::Io(_))
+    ));
+    // A chunk table larger than the reader's limit is refused before it is read.
+    let c = Container::parse(bytes.clone()).unwrap();
+    let dk = c.unwrap_key("alice", &alice()).unwrap();
+    assert!(matches!(
+        c.open_with_limit(&dk, 10),
+        Err(ContainerError::TableTooLarge { .. })
     ));
 }

@@ -405,7 +405,7 @@ fn sigkill_during_a_large_write_keeps_the_previous_version() {
         let draft_size: u64 = fs::read_dir(&fx.store)
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp-"))
             .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
             .sum();
         if draft_size > 20 << 20 {
@@ -505,7 +505,7 @@ except OSError as e:
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.contains(".tmp-"))
+        .filter(|n| n.contains("tmp-"))
         .collect();
     assert!(
         leftovers.is_empty(),

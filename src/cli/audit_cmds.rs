@@ -357,7 +357,7 @@ fn targets(store: &Store, rel: Option<&str>) -> Result<Vec<String>, Box<dyn std:
         return Ok(files);
     };
     let rel = rel.trim_end_matches('/');
-    if store.container_path(rel)?.is_file() {
+    if store.exists(rel)? {
         return Ok(vec![rel.to_string()]);
     }
     let prefix = format!("{rel}/");

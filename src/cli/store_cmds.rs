@@ -319,7 +319,12 @@ pub fn put(
     }
     // Everything is checked before anything is written: one bad file refuses the batch.
     for item in &items {
-        if !force && store.container_path(&item.rel)?.exists() {
+        if !force
+            && store
+                .gate()
+                .kind(&store::container_rel(&item.rel)?)?
+                .is_some()
+        {
             return Err(StoreError::FileExists(item.rel.clone()).into());
         }
         if is_safetensors(&item.rel) {
@@ -354,7 +359,7 @@ pub fn put(
 }
 
 fn copy_plaintext(
-    reader: &Reader<memmap2::Mmap>,
+    reader: &Reader<std::fs::File>,
     out: &mut dyn Write,
     bar: &ProgressBar,
 ) -> CliResult {
@@ -417,7 +422,7 @@ pub fn get(path: &Path, rel: &str, output: &Path, user: &str, pass: &PassphraseA
 }
 
 fn header_from_reader(
-    reader: &Reader<memmap2::Mmap>,
+    reader: &Reader<std::fs::File>,
 ) -> Result<Header, Box<dyn std::error::Error>> {
     let mut prefix = [0u8; 8];
     if reader.read_at(0, &mut prefix)? < 8 {
@@ -571,7 +576,7 @@ fn audit_store_change(
 /// A store path names one file, or a directory whose files are all meant.
 fn expand_targets(store: &Store, rel: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let rel = rel.trim_end_matches('/');
-    if store.container_path(rel)?.is_file() {
+    if store.exists(rel)? {
         return Ok(vec![rel.to_string()]);
     }
     let prefix = format!("{rel}/");

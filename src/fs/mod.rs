@@ -5,17 +5,15 @@
 mod buffers;
 mod cache;
 mod inodes;
+mod limits;
 mod prefetch;
+mod versions;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{File, Metadata};
-use std::os::unix::fs::FileExt;
-use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,18 +23,20 @@ use fuser::{
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use lru::LruCache;
-use memmap2::Mmap;
+use rustix::fs::Stat;
 
 use crate::access::{Access, Denial, UserSession};
 use crate::audit::{AuditLog, Event, EventKind};
-use crate::container::{Container, ContainerError, FixedHeader, Reader, FIXED_HEADER_LEN};
+use crate::container::{Container, ContainerError, FixedHeader, FIXED_HEADER_LEN};
 use crate::safetensors;
-use crate::store::{Store, CONTAINER_EXT, META_DIR};
+use crate::store::{SetTime, Store, StoreError, MAX_NAME_LEN, META_DIR};
 
 use buffers::{BufferPool, Plain};
 pub use cache::ChunkCache;
 use inodes::{child_path, Inodes};
+use limits::{Charge, Limits};
+pub(crate) use versions::FileVersion;
+use versions::{PageCache, PageRef, VersionKey, Versions};
 use write::WriteSession;
 
 /// Attributes and entries are cached by the kernel this long; opens always reach us, so
@@ -47,8 +47,13 @@ const TTL: Duration = Duration::from_secs(1);
 const STREAMING_BYTES: u64 = 8 << 20;
 /// The least a sequential reader is prefetched ahead.
 const MIN_AHEAD: u64 = 256 << 10;
-/// Authenticated file versions kept mapped for reuse across opens.
-const VERSION_CACHE: usize = 128;
+/// Safetensors headers up to this length are parsed for tensor-aware prefetch; a larger
+/// one (the format allows 100 MB) is not kept in memory, and its file is prefetched like
+/// any other.
+const MAX_PREFETCH_HEADER: u64 = 16 << 20;
+/// Paths warned about (links, special files in the store) are remembered up to this many,
+/// so that each is logged once.
+const MAX_WARNED: usize = 4096;
 
 /// Counters reported by `tvault status`.
 #[derive(Default)]
@@ -57,58 +62,6 @@ pub struct Stats {
     pub opens_allowed: AtomicU64,
     pub opens_denied: AtomicU64,
     pub integrity_failures: AtomicU64,
-}
-
-/// What identifies one version of a backing container: replacing the file (put --force,
-/// grant, revoke, rekey all rename a new file into place) changes it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-struct Identity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-}
-
-impl Identity {
-    fn of(meta: &Metadata) -> Self {
-        Identity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        }
-    }
-}
-
-/// One authenticated container version, shared by every handle (of every user) open on it.
-pub(crate) struct FileVersion {
-    /// Namespace of this version's chunks in the cache.
-    id: u64,
-    reader: Reader<Mmap>,
-    /// The container file `reader` maps, for `pread`s of scattered chunks.
-    backing: File,
-    /// Parsed header of a `.safetensors` file, for tensor-aware prefetch.
-    tensors: Option<safetensors::Header>,
-    /// Read handles open on this version; prefetching for a version nobody has open any
-    /// more is skipped.
-    readers: AtomicUsize,
-}
-
-impl FileVersion {
-    /// `backing`: the container file `reader` maps.
-    pub(crate) fn new(id: u64, reader: Reader<Mmap>, backing: File) -> Self {
-        FileVersion {
-            id,
-            reader,
-            backing,
-            tensors: None,
-            readers: AtomicUsize::new(0),
-        }
-    }
-
-    pub(crate) fn has_readers(&self) -> bool {
-        self.readers.load(Ordering::Relaxed) > 0
-    }
 }
 
 struct Handle {
@@ -125,6 +78,10 @@ struct Handle {
     prefetched_to: AtomicU64,
     /// Bytes read in one unbroken sequential run.
     streak: AtomicU64,
+    /// This handle's place in the uid's bound on open handles.
+    _slot: Charge,
+    /// Counts this handle among those that may fill the inode's page cache.
+    _pages: Option<PageRef>,
 }
 
 impl Handle {
@@ -134,6 +91,7 @@ impl Handle {
         session: Arc<UserSession>,
         ino: u64,
         rel: String,
+        slot: Charge,
     ) -> Self {
         if let Some(f) = &file {
             f.readers.fetch_add(1, Ordering::Relaxed);
@@ -147,6 +105,8 @@ impl Handle {
             next_offset: AtomicU64::new(0),
             prefetched_to: AtomicU64::new(0),
             streak: AtomicU64::new(0),
+            _slot: slot,
+            _pages: None,
         }
     }
 }
@@ -159,6 +119,9 @@ impl Drop for Handle {
     }
 }
 
+/// An open directory's entries: (inode, kind, name), `.` and `..` first.
+type Listing = Vec<(u64, FileType, String)>;
+
 /// State shared between the FUSE handlers and the daemon's control socket.
 pub struct Shared {
     pub store: Store,
@@ -168,12 +131,14 @@ pub struct Shared {
     pub stats: Stats,
     inodes: Mutex<Inodes>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    /// Listings of open directories, taken at opendir, so that a long directory is read in
+    /// one pass however many readdir calls it takes.
+    dirs: RwLock<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
-    versions: Mutex<LruCache<Identity, Arc<FileVersion>>>,
-    /// Identity seen at the last open of each inode: the kernel may keep its page cache
-    /// across opens only while the backing file is unchanged.
-    last_identity: Mutex<HashMap<u64, Identity>>,
-    next_version_id: AtomicU64,
+    versions: Versions,
+    limits: Limits,
+    /// Store paths already warned about (links, special files), so each is logged once.
+    warned: Mutex<HashSet<String>>,
     prefetch: prefetch::Prefetcher,
     notifier: OnceLock<Notifier>,
     /// Inodes open for writing, one session each, shared by their writable handles.
@@ -201,8 +166,11 @@ impl Shared {
         read_only: bool,
         audit: Arc<AuditLog>,
     ) -> Arc<Self> {
-        let versions = LruCache::new(
-            std::num::NonZeroUsize::new(VERSION_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
+        let limits = Limits::new(limits::nofile_limit(), cache_bytes);
+        log::info!(
+            "bounds: {} open handles per uid, {} bytes of file metadata per uid",
+            limits.handles.per_uid(),
+            limits.metadata.per_uid()
         );
         // Free buffers kept for reuse: a slice of the cache, at most 32 MiB. One slab for the
         // store's chunk size is mapped now, off the first read's path.
@@ -218,10 +186,11 @@ impl Shared {
             stats: Stats::default(),
             inodes: Mutex::new(Inodes::new()),
             handles: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            versions: Mutex::new(versions),
-            last_identity: Mutex::new(HashMap::new()),
-            next_version_id: AtomicU64::new(1),
+            versions: Versions::new(),
+            limits,
+            warned: Mutex::new(HashSet::new()),
             prefetch: prefetch::Prefetcher::new(weak.clone()),
             notifier: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
@@ -230,15 +199,21 @@ impl Shared {
         })
     }
 
-    /// Drops every decrypted chunk and every authenticated file version (their derived keys).
+    /// Drops every decrypted chunk, and the names under which a reopened version would find
+    /// them.
     pub fn forget_plaintext(&self) {
         self.cache.clear();
-        lock(&self.versions).clear();
+        self.versions.clear();
     }
 
     /// Memory mapped for decrypted chunks: the cache's buffers plus free ones kept for reuse.
     pub fn buffer_bytes(&self) -> usize {
         self.buffers.mapped_bytes()
+    }
+
+    /// Bytes of file metadata (chunk tables, parsed headers) held for open files.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.limits.metadata.used()
     }
 
     pub fn set_notifier(&self, notifier: Notifier) {
@@ -278,25 +253,27 @@ impl Shared {
             }
         }
         // The next open of these inodes must not reuse pages either.
-        let mut last = lock(&self.last_identity);
-        for ino in &inos {
-            last.remove(ino);
+        for &ino in &inos {
+            self.versions.forget_pages(ino);
         }
         inos.len()
     }
 
-    fn container_path(&self, rel: &str) -> PathBuf {
-        self.store.root().join(format!("{rel}.{CONTAINER_EXT}"))
+    /// Logs a problem with a store path once per path (a planted link must not flood the log).
+    fn warn_once(&self, rel: &str, what: &dyn std::fmt::Display) {
+        let mut warned = lock(&self.warned);
+        if warned.len() < MAX_WARNED && warned.insert(rel.to_string()) {
+            log::warn!("{rel}: {what}");
+        }
     }
 
-    /// Decrypted chunk `index` of `file`, from the cache or freshly decrypted into it.
-    /// `in_run`: part of a sequential run (streaming or prefetch), read through the mapping
-    /// and released behind the run; a scattered chunk is read with `pread` instead.
+    /// Decrypted chunk `index` of `file`, from the cache or freshly decrypted into it. The
+    /// ciphertext is read with `pread` (never mapped: a store writer truncating the file
+    /// must cause an error, not SIGBUS).
     pub(crate) fn chunk(
         &self,
         file: &FileVersion,
         index: u64,
-        in_run: bool,
     ) -> Result<Arc<Plain>, ContainerError> {
         thread_local! {
             /// Ciphertext of a scattered chunk on its way to being decrypted.
@@ -306,14 +283,10 @@ impl Shared {
             let (start, end) = file.reader.header().chunk_range(index);
             let len = (end - start) as usize;
             let mut plain = self.buffers.take(len, file.reader.chunk_size() as usize);
-            let read = if in_run {
-                file.reader.read_chunk(index, plain.as_mut_slice())
-            } else {
-                SCRATCH.with_borrow_mut(|scratch| {
-                    file.reader
-                        .read_chunk_from(&file.backing, index, plain.as_mut_slice(), scratch)
-                })
-            };
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                file.reader
+                    .read_chunk_with(index, plain.as_mut_slice(), scratch)
+            });
             if let Err(e) = read {
                 if matches!(e, ContainerError::ChunkAuthentication { .. }) {
                     self.stats
@@ -325,10 +298,6 @@ impl Shared {
             self.stats
                 .bytes_decrypted
                 .fetch_add(len as u64, Ordering::Relaxed);
-            if in_run {
-                // The daemon's memory is the cache, not the files it streams.
-                file.reader.release_behind(index);
-            }
             Ok(plain)
         })
     }
@@ -339,7 +308,6 @@ impl Shared {
         file: &FileVersion,
         offset: u64,
         size: u32,
-        in_run: bool,
     ) -> Result<ReadOutcome, ContainerError> {
         let len = file.reader.len();
         if offset >= len || size == 0 {
@@ -351,7 +319,7 @@ impl Shared {
         let last = (end - 1) >> log2;
         if first == last {
             // Served straight from the cached chunk, no copy.
-            let chunk = self.chunk(file, first, in_run)?;
+            let chunk = self.chunk(file, first)?;
             let base = first << log2;
             return Ok(ReadOutcome::Single(
                 Some(chunk),
@@ -365,7 +333,7 @@ impl Shared {
         let mut out = self.buffers.take(total, total.next_power_of_two());
         let mut at = 0;
         for index in first..=last {
-            let chunk = self.chunk(file, index, in_run)?;
+            let chunk = self.chunk(file, index)?;
             let base = index << log2;
             let from = (offset.max(base) - base) as usize;
             let to = (end.min(base + chunk.as_slice().len() as u64) - base) as usize;
@@ -379,11 +347,11 @@ impl Shared {
     /// request's own later chunks, then ahead of it the rest of the tensor the read landed
     /// in, or, for a sequential reader of another file, a window past the read.
     /// Returns whether the read continues a sequential run.
-    fn prefetch(&self, handle: &Handle, file: &Arc<FileVersion>, offset: u64, size: u32) -> bool {
+    fn prefetch(&self, handle: &Handle, file: &Arc<FileVersion>, offset: u64, size: u32) {
         let len = file.reader.len();
         let end = len.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
-            return false;
+            return;
         }
         let log2 = file.reader.header().chunk_log2;
         // The request's own chunks after its first go to the workers too, so that one large
@@ -422,11 +390,11 @@ impl Shared {
                 {
                     _ if streaming => end + ahead,
                     Some(tensor_end) if sequential => tensor_end.min(end + ahead),
-                    _ => return sequential,
+                    _ => return,
                 }
             }
             None if sequential => end + ahead,
-            None => return sequential,
+            None => return,
         }
         .min(len);
         // Resume where the last prefetch for this handle stopped, unless the reader jumped.
@@ -437,7 +405,7 @@ impl Shared {
             end
         };
         if target_end <= start {
-            return sequential;
+            return;
         }
         handle.prefetched_to.store(target_end, Ordering::Relaxed);
         let from = start >> log2;
@@ -446,34 +414,33 @@ impl Shared {
         if let Some(from) = first_uncached {
             self.prefetch.request(file, from, to);
         }
-        sequential
     }
 
-    /// Attributes of a store path, or None if it does not exist (or is hidden).
+    /// Attributes of a store path, or None if it does not exist (or is hidden: links and
+    /// special files in the store are never shown).
     fn attr_of(&self, ino: u64, rel: &str) -> Result<Option<FileAttr>, Errno> {
-        let root = self.store.root();
-        let dir = root.join(rel);
-        match std::fs::metadata(&dir) {
-            Ok(meta) if meta.is_dir() => return Ok(Some(dir_attr(ino, &meta))),
+        let gate = self.store.gate();
+        match gate.stat(rel) {
+            Ok(Some(st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                return Ok(Some(dir_attr(ino, &st)))
+            }
             Ok(_) if rel.is_empty() => return Err(Errno::EIO),
-            _ => {}
+            Ok(_) => {}
+            Err(StoreError::Symlink(_)) => return Ok(None),
+            Err(e) => return Err(store_errno(&e)),
         }
-        if rel.is_empty() {
-            return Err(Errno::EIO);
-        }
-        let path = self.container_path(rel);
-        let file = match File::open(&path) {
+        let file = match self.store.open_container_file(rel) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Errno::from(e)),
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e @ (StoreError::Symlink(_) | StoreError::NotRegular { .. })) => {
+                self.warn_once(rel, &e);
+                return Ok(None);
+            }
+            Err(e) => return Err(store_errno(&e)),
         };
-        let meta = file.metadata().map_err(Errno::from)?;
-        if !meta.is_file() {
-            return Ok(None);
-        }
+        let st = rustix::fs::fstat(&file).map_err(|e| Errno::from_i32(e.raw_os_error()))?;
         let mut fixed = [0u8; FIXED_HEADER_LEN];
-        let header = file
-            .read_exact_at(&mut fixed, 0)
+        let header = std::os::unix::fs::FileExt::read_exact_at(&file, &mut fixed, 0)
             .map_err(ContainerError::from)
             .and_then(|()| FixedHeader::decode(&fixed));
         match header {
@@ -481,89 +448,91 @@ impl Shared {
                 // While a file is being written, its size is the session's.
                 let session = lock(&self.sessions).get(&ino).cloned();
                 let size = session.map_or(h.plaintext_len, |ws| lock(&ws).size());
-                Ok(Some(file_attr(ino, &meta, size, h.chunk_size())))
+                Ok(Some(file_attr(ino, &st, size, h.chunk_size())))
             }
             Err(e) => {
-                log::warn!("{}: {e}", path.display());
+                self.warn_once(rel, &e);
                 Err(Errno::EIO)
             }
         }
     }
 
+    /// Opens `rel` for `uid`: the decision and what is served are one authenticated version.
+    /// The container is read from a descriptor opened now, its slot decides, and its header
+    /// and chunk table are authenticated under the key that slot gives; the version is then
+    /// named by that file id and MAC, whatever the file's inode, size or times say.
     fn open_file(
         &self,
         uid: u32,
         rel: &str,
-    ) -> Result<(Arc<FileVersion>, Arc<UserSession>, Identity), OpenError> {
-        let path = self.container_path(rel);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => OpenError::Errno(Errno::ENOENT),
-            _ => OpenError::Errno(Errno::from(e)),
+    ) -> Result<(Arc<FileVersion>, Arc<UserSession>), OpenError> {
+        let file = self.store.open_container_file(rel).map_err(|e| match e {
+            e if e.is_not_found() => OpenError::Errno(Errno::ENOENT),
+            StoreError::Symlink(_) | StoreError::NotRegular { .. } => {
+                OpenError::Errno(Errno::ENOENT)
+            }
+            e => OpenError::Errno(store_errno(&e)),
         })?;
-        let identity = Identity::of(
-            &file
-                .metadata()
-                .map_err(|e| OpenError::Errno(Errno::from(e)))?,
-        );
-        let container = Container::map(&file).map_err(|e| {
-            OpenError::Denied(Denial::Integrity(format!("{}: {e}", path.display())))
-        })?;
+        let container = Container::parse(file)
+            .map_err(|e| OpenError::Denied(Denial::Integrity(format!("{rel}: {e}"))))?;
         let (session, data_key) = self
             .access
             .authorize(&self.store, uid, &container)
             .map_err(OpenError::Denied)?;
-        let integrity = |e: ContainerError| OpenError::Denied(Denial::Integrity(e.to_string()));
-        let file_id = container.header().file_id;
-        let cached = lock(&self.versions).get(&identity).cloned();
-        let version = match cached {
-            Some(version) => {
-                if !data_key.checked {
-                    container.verify_header(&data_key.key).map_err(integrity)?;
-                }
-                version
-            }
-            // Opening the reader authenticates the header (one MAC pass over it and the
-            // chunk table), which also checks a freshly unwrapped key.
-            None => self.new_version(
-                rel,
-                identity,
-                container.open(&data_key.key).map_err(integrity)?,
-                file,
-            ),
+        let integrity = |e: ContainerError| match e {
+            ContainerError::Io(e) => OpenError::Errno(Errno::from(e)),
+            e => OpenError::Denied(Denial::Integrity(e.to_string())),
         };
+        // The chunk table is held in memory while the file is open: charged to the opener
+        // before it is read, so that a crafted header cannot make the daemon allocate more.
+        let table_len = container.table_len();
+        let charge = self
+            .limits
+            .metadata
+            .charge(uid, table_len)
+            .map_err(OpenError::Errno)?;
+        let reader = container
+            .open_with_limit(&data_key.key, self.limits.metadata.per_uid())
+            .map_err(integrity)?;
         if !data_key.checked {
-            session.remember_key(file_id, data_key.key);
+            session.remember_key(reader.header().file_id, data_key.key);
         }
-        Ok((version, session, identity))
-    }
-
-    fn new_version(
-        &self,
-        rel: &str,
-        identity: Identity,
-        reader: Reader<Mmap>,
-        backing: File,
-    ) -> Arc<FileVersion> {
-        let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
-        let mut version = FileVersion::new(id, reader, backing);
+        let key: VersionKey = (reader.header().file_id, *reader.mac());
+        if let Some(version) = self.versions.live(&key) {
+            return Ok((version, session));
+        }
+        let mut version = FileVersion::new(self.versions.id_for(&key), reader);
+        version.charges.push(charge);
         if rel.ends_with(".safetensors") {
-            version.tensors = self.read_safetensors_header(&version);
+            if let Some((tensors, charge)) = self.read_safetensors_header(uid, &version) {
+                version.tensors = Some(tensors);
+                version.charges.push(charge);
+            }
         }
-        let version = Arc::new(version);
-        lock(&self.versions).put(identity, version.clone());
-        version
+        Ok((self.versions.insert(Arc::new(version)), session))
     }
 
     /// Parses the header of an encrypted `.safetensors` through the cache (only the chunks
-    /// holding the header are decrypted). A malformed header only disables prefetch.
-    fn read_safetensors_header(&self, file: &FileVersion) -> Option<safetensors::Header> {
+    /// holding the header are decrypted), charging what the parsed header holds to `uid`.
+    /// A malformed or oversized header, or one over the uid's bound, only disables prefetch.
+    fn read_safetensors_header(
+        &self,
+        uid: u32,
+        file: &FileVersion,
+    ) -> Option<(safetensors::Header, Charge)> {
         let mut prefix = [0u8; 8];
         let n = self.read_into(file, 0, &mut prefix).ok()?;
         let len =
             safetensors::header_len(&prefix.get(..n)?.try_into().ok()?, file.reader.len()).ok()?;
-        let mut json = vec![0u8; usize::try_from(len).ok()?];
+        if len > MAX_PREFETCH_HEADER {
+            return None;
+        }
+        // The JSON and the parsed table together stay within about three times its length.
+        let charge = self.limits.metadata.charge(uid, 3 * len).ok()?;
+        let mut json = zeroize::Zeroizing::new(vec![0u8; usize::try_from(len).ok()?]);
         self.read_into(file, 8, &mut json).ok()?;
-        safetensors::parse_header(&json, file.reader.len()).ok()
+        let header = safetensors::parse_header(&json, file.reader.len()).ok()?;
+        Some((header, charge))
     }
 
     fn read_into(
@@ -573,7 +542,7 @@ impl Shared {
         buf: &mut [u8],
     ) -> Result<usize, ContainerError> {
         let size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let n = match self.read_range(file, offset, size, false)? {
+        let n = match self.read_range(file, offset, size)? {
             ReadOutcome::Single(Some(chunk), from, to) => {
                 buf[..to - from].copy_from_slice(&chunk.as_slice()[from..to]);
                 to - from
@@ -621,9 +590,17 @@ impl Shared {
     ) -> Result<String, Errno> {
         let parent_rel = self.path_of(parent.0).ok_or(Errno::ENOENT)?;
         match name.to_str() {
+            // `NAME.tvlt` must fit in NAME_MAX: longer names could not be committed.
+            Some(name) if name.len() > MAX_NAME_LEN => Err(Errno::ENAMETOOLONG),
             Some(name) if !hidden(&parent_rel, name) => Ok(child_path(&parent_rel, name)),
             _ => Err(hidden_errno),
         }
+    }
+
+    /// A place for a new handle in `uid`'s bound: `EMFILE` when the uid holds its share of
+    /// open handles, `ENFILE` when the mount holds all it may.
+    fn handle_slot(&self, uid: u32) -> Result<Charge, Errno> {
+        self.limits.handles.charge(uid, 1)
     }
 
     fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
@@ -678,7 +655,7 @@ impl Shared {
         rel: &str,
         truncate: bool,
     ) -> Result<(Arc<Mutex<WriteSession>>, Arc<UserSession>), OpenError> {
-        let (version, user, _) = self.open_file(uid, rel)?;
+        let (version, user) = self.open_file(uid, rel)?;
         let mut sessions = lock(&self.sessions);
         let ws = match sessions.get(&ino) {
             Some(ws) => ws.clone(),
@@ -728,11 +705,11 @@ impl Shared {
             .map(|k| (k.name, k.public_key))
             .collect();
         let mut ws = WriteSession::new(recipients, self.store.default_chunk_log2(), None);
-        let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
-        ws.commit(&self.store, rel, id).map_err(|e| {
-            log::error!("{rel}: {e}");
-            e.errno()
-        })?;
+        ws.commit(&self.store, rel, self.versions.fresh_id())
+            .map_err(|e| {
+                log::error!("{rel}: {e}");
+                e.errno()
+            })?;
         ws.writers = 1;
         let ws = Arc::new(Mutex::new(ws));
         lock(&self.sessions).insert(ino, ws.clone());
@@ -747,8 +724,7 @@ impl Shared {
         let rel = self
             .path_of(handle.ino)
             .unwrap_or_else(|| handle.rel.clone());
-        let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
-        let result = lock(ws).commit(&self.store, &rel, id);
+        let result = lock(ws).commit(&self.store, &rel, self.versions.fresh_id());
         result.map(|_| ()).map_err(|e| {
             log::error!("{rel}: commit failed, previous version kept: {e}");
             e.errno()
@@ -772,11 +748,9 @@ impl Shared {
     /// and chunk size for anyone (the store shows them too); for a `.safetensors` file, the
     /// tensor count and header length only to users who may open it.
     fn xattrs(&self, uid: u32, rel: &str) -> Result<Vec<(&'static str, String)>, Errno> {
-        let path = self.container_path(rel);
-        let file = File::open(&path).map_err(Errno::from)?;
-        let container = Container::map(&file).map_err(|e| {
-            log::warn!("{}: {e}", path.display());
-            Errno::EIO
+        let container = self.store.open_container(rel).map_err(|e| {
+            log::warn!("{rel}: {e}");
+            store_errno(&e)
         })?;
         let labels: Vec<&str> = container.slots().iter().map(|s| s.label.as_str()).collect();
         let mut attrs = vec![
@@ -787,7 +761,7 @@ impl Shared {
             ),
         ];
         if rel.ends_with(".safetensors") {
-            if let Ok((version, _, _)) = self.open_file(uid, rel) {
+            if let Ok((version, _)) = self.open_file(uid, rel) {
                 if let Some(h) = &version.tensors {
                     attrs.push(("user.tvault.tensor_count", h.tensors.len().to_string()));
                     attrs.push(("user.tvault.header_len", h.header_len.to_string()));
@@ -798,11 +772,11 @@ impl Shared {
     }
 
     fn is_file(&self, rel: &str) -> bool {
-        self.container_path(rel).is_file()
+        self.store.exists(rel).unwrap_or(false)
     }
 
     fn is_dir(&self, rel: &str) -> bool {
-        self.store.root().join(rel).is_dir()
+        self.store.is_dir(rel)
     }
 }
 
@@ -818,36 +792,28 @@ enum OpenError {
     Denied(Denial),
 }
 
-fn to_system_time(secs: i64, nsecs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs.clamp(0, 999_999_999) as u32)
-    } else {
-        UNIX_EPOCH
+fn to_system_time(secs: i64, nsecs: u64) -> SystemTime {
+    match u64::try_from(secs) {
+        Ok(secs) => UNIX_EPOCH + Duration::new(secs, nsecs.min(999_999_999) as u32),
+        Err(_) => UNIX_EPOCH,
     }
 }
 
-fn base_attr(
-    ino: u64,
-    meta: &Metadata,
-    kind: FileType,
-    perm: u16,
-    size: u64,
-    blksize: u32,
-) -> FileAttr {
+fn base_attr(ino: u64, st: &Stat, kind: FileType, perm: u16, size: u64, blksize: u32) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size,
         // st_blocks must match the size, or `cp` takes the file for sparse.
         blocks: size.div_ceil(512),
-        atime: to_system_time(meta.atime(), meta.atime_nsec()),
-        mtime: to_system_time(meta.mtime(), meta.mtime_nsec()),
-        ctime: to_system_time(meta.ctime(), meta.ctime_nsec()),
-        crtime: to_system_time(meta.mtime(), meta.mtime_nsec()),
+        atime: to_system_time(st.st_atime, st.st_atime_nsec),
+        mtime: to_system_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: to_system_time(st.st_ctime, st.st_ctime_nsec),
+        crtime: to_system_time(st.st_mtime, st.st_mtime_nsec),
         kind,
         perm,
         nlink: if kind == FileType::Directory { 2 } else { 1 },
-        uid: meta.uid(),
-        gid: meta.gid(),
+        uid: st.st_uid,
+        gid: st.st_gid,
         rdev: 0,
         blksize,
         flags: 0,
@@ -855,13 +821,21 @@ fn base_attr(
 }
 
 // Modes are informational: tvault, not the kernel, decides access (no default_permissions).
-fn dir_attr(ino: u64, meta: &Metadata) -> FileAttr {
-    base_attr(ino, meta, FileType::Directory, 0o555, 4096, 4096)
+fn dir_attr(ino: u64, st: &Stat) -> FileAttr {
+    base_attr(ino, st, FileType::Directory, 0o555, 4096, 4096)
 }
 
-fn file_attr(ino: u64, meta: &Metadata, size: u64, chunk_size: u64) -> FileAttr {
+fn file_attr(ino: u64, st: &Stat, size: u64, chunk_size: u64) -> FileAttr {
     let blksize = u32::try_from(chunk_size).unwrap_or(65536);
-    base_attr(ino, meta, FileType::RegularFile, 0o444, size, blksize)
+    base_attr(ino, st, FileType::RegularFile, 0o444, size, blksize)
+}
+
+/// The errno a store error means to the caller; logged unless it is a plain OS error.
+fn store_errno(e: &StoreError) -> Errno {
+    if !matches!(e, StoreError::Io { .. }) {
+        log::error!("{e}");
+    }
+    Errno::from_i32(e.errno())
 }
 
 /// Names the mount never shows: the store's metadata directory. (Temporary and policy files
@@ -874,35 +848,11 @@ fn hidden(parent: &str, name: &str) -> bool {
         || (parent.is_empty() && name == META_DIR)
 }
 
-fn set_times(
-    path: &std::path::Path,
-    atime: Option<TimeOrNow>,
-    mtime: Option<TimeOrNow>,
-) -> std::io::Result<()> {
-    let spec = |t: Option<TimeOrNow>| match t {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(TimeOrNow::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        Some(TimeOrNow::SpecificTime(t)) => {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: i64::from(d.subsec_nanos()) as _,
-            }
-        }
-    };
-    let times = [spec(atime), spec(mtime)];
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated path and a two-element timespec array.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    })
 }
 
 /// Runs a handler body, turning a panic into EIO (the reply is dropped during the unwind,
@@ -989,66 +939,90 @@ impl Filesystem for TvaultFs {
         });
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        guarded("opendir", || {
+            let shared = &self.shared;
+            let Some(rel) = shared.path_of(ino.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            // One pass over the store directory; readdir then serves slices of it.
+            let listing = match shared.store.list_mount_dir(&rel) {
+                Ok(l) => l,
+                Err(e) => return reply.error(store_errno(&e)),
+            };
+            let parent_rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+            let mut entries = Vec::with_capacity(listing.len() + 2);
+            {
+                let mut inodes = lock(&shared.inodes);
+                let parent_ino = inodes.get_or_insert(parent_rel);
+                entries.push((ino.0, FileType::Directory, ".".to_string()));
+                entries.push((parent_ino, FileType::Directory, "..".to_string()));
+                for e in listing {
+                    if hidden(&rel, &e.name) || e.name.len() > MAX_NAME_LEN {
+                        continue;
+                    }
+                    let child = inodes.get_or_insert(&child_path(&rel, &e.name));
+                    let kind = if e.is_dir {
+                        FileType::Directory
+                    } else {
+                        FileType::RegularFile
+                    };
+                    entries.push((child, kind, e.name));
+                }
+            }
+            let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
+            shared
+                .dirs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(entries));
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        });
+    }
+
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         guarded("readdir", || {
-            let Some(rel) = self.shared.path_of(ino.0) else {
-                return reply.error(Errno::ENOENT);
+            let entries = self
+                .shared
+                .dirs
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fh.0)
+                .cloned();
+            let Some(entries) = entries else {
+                return reply.error(Errno::EBADF);
             };
-            let dir = self.shared.store.root().join(&rel);
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) => return reply.error(Errno::from(e)),
-            };
-            let suffix = format!(".{CONTAINER_EXT}");
-            let mut listing: Vec<(String, FileType)> = Vec::new();
-            for entry in entries.flatten() {
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if kind.is_dir() && !hidden(&rel, &name) {
-                    listing.push((name, FileType::Directory));
-                } else if kind.is_file() {
-                    if let Some(stem) = name.strip_suffix(&suffix) {
-                        if !hidden(&rel, stem) {
-                            listing.push((stem.to_string(), FileType::RegularFile));
-                        }
-                    }
-                }
-            }
-            listing.sort_by(|a, b| a.0.cmp(&b.0));
-            listing.dedup_by(|a, b| a.0 == b.0);
-            let parent_ino = {
-                let parent_rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-                lock(&self.shared.inodes).get_or_insert(parent_rel)
-            };
-            let mut all = vec![
-                (ino.0, FileType::Directory, ".".to_string()),
-                (parent_ino, FileType::Directory, "..".to_string()),
-            ];
-            {
-                let mut inodes = lock(&self.shared.inodes);
-                for (name, kind) in listing {
-                    let child = inodes.get_or_insert(&child_path(&rel, &name));
-                    all.push((child, kind, name));
-                }
-            }
-            for (i, (child, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            for (i, (child, kind, name)) in entries.iter().enumerate().skip(start) {
+                if reply.add(INodeNo(*child), (i + 1) as u64, *kind, name) {
                     break;
                 }
             }
             reply.ok();
         });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.shared
+            .dirs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -1062,15 +1036,19 @@ impl Filesystem for TvaultFs {
             if writing && shared.read_only {
                 return reply.error(Errno::EROFS);
             }
+            let slot = match shared.handle_slot(uid) {
+                Ok(slot) => slot,
+                Err(e) => return reply.error(e),
+            };
             let opened = if writing {
                 let truncate = flags.0 & libc::O_TRUNC != 0;
                 shared
                     .open_for_write(uid, ino.0, &rel, truncate)
-                    .map(|(ws, user)| (None, Some(ws), user, None))
+                    .map(|(ws, user)| (None, Some(ws), user))
             } else {
                 shared
                     .open_file(uid, &rel)
-                    .map(|(file, user, identity)| (Some(file), None, user, Some(identity)))
+                    .map(|(file, user)| (Some(file), None, user))
             };
             let kind = if writing {
                 EventKind::WriteOpen
@@ -1084,7 +1062,7 @@ impl Filesystem for TvaultFs {
                     .open_flags(flags.0)
             };
             match opened {
-                Ok((file, write, user, identity)) => {
+                Ok((file, write, user)) => {
                     if !shared.audit(event().user(&user.name).allow()) {
                         if let Some(ws) = &write {
                             if shared.drop_writer(ino.0, ws) {
@@ -1095,17 +1073,23 @@ impl Filesystem for TvaultFs {
                         return reply.error(Errno::EACCES);
                     }
                     shared.stats.opens_allowed.fetch_add(1, Ordering::Relaxed);
-                    let fh = shared.add_handle(Handle::new(file, write, user, ino.0, rel));
-                    // The kernel may keep its page cache only while the backing file is
-                    // unchanged since the last open.
-                    let unchanged = identity.is_some_and(|id| {
-                        lock(&shared.last_identity).insert(ino.0, id) == Some(id)
-                    });
-                    let flags = if unchanged {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
+                    // The kernel may keep the inode's pages only for the very version this
+                    // open authenticated, and no handle may read through pages of another.
+                    let (mode, pages) = match &file {
+                        Some(f) => shared.versions.open_pages(ino.0, f.key),
+                        None => {
+                            shared.versions.forget_pages(ino.0);
+                            (PageCache::Fresh, None)
+                        }
                     };
+                    let flags = match mode {
+                        PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+                        PageCache::Fresh => FopenFlags::empty(),
+                        PageCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
+                    };
+                    let mut handle = Handle::new(file, write, user, ino.0, rel, slot);
+                    handle._pages = pages;
+                    let fh = shared.add_handle(handle);
                     reply.opened(FileHandle(fh), flags);
                 }
                 Err(OpenError::Errno(e)) => reply.error(e),
@@ -1156,6 +1140,10 @@ impl Filesystem for TvaultFs {
             if shared.is_dir(&rel) {
                 return reply.error(Errno::EISDIR);
             }
+            let slot = match shared.handle_slot(uid) {
+                Ok(slot) => slot,
+                Err(e) => return reply.error(e),
+            };
             let ino = lock(&shared.inodes).get_or_insert(&rel);
             let ws = if shared.is_file(&rel) {
                 if flags & libc::O_EXCL != 0 {
@@ -1194,7 +1182,8 @@ impl Filesystem for TvaultFs {
                 }
                 return reply.error(Errno::EACCES);
             }
-            let fh = shared.add_handle(Handle::new(None, Some(ws), user, ino, rel.clone()));
+            shared.versions.forget_pages(ino);
+            let fh = shared.add_handle(Handle::new(None, Some(ws), user, ino, rel.clone(), slot));
             match shared.attr_of(ino, &rel) {
                 Ok(Some(attr)) => reply.created(
                     &TTL,
@@ -1241,8 +1230,8 @@ impl Filesystem for TvaultFs {
             let Some(file) = &handle.file else {
                 return reply.error(Errno::EBADF);
             };
-            let in_run = shared.prefetch(&handle, file, offset, size);
-            match shared.read_range(file, offset, size, in_run) {
+            shared.prefetch(&handle, file, offset, size);
+            match shared.read_range(file, offset, size) {
                 Ok(ReadOutcome::Single(Some(chunk), from, to)) => {
                     reply.data(&chunk.as_slice()[from..to])
                 }
@@ -1399,48 +1388,57 @@ impl Filesystem for TvaultFs {
                 let handle = fh
                     .and_then(|fh| shared.handle(fh))
                     .filter(|h| h.write.is_some());
-                let result = match handle {
-                    Some(h) => h.write.as_ref().map_or(Ok(()), |ws| {
-                        lock(ws)
-                            .truncate(&shared.store, &rel, size)
-                            .map_err(|e| e.errno())
-                    }),
-                    // truncate(2) by path: a short-lived session of its own.
-                    None => match shared.open_for_write(uid, ino.0, &rel, false) {
-                        Ok((ws, user)) => {
-                            let temp = Handle {
-                                file: None,
-                                write: Some(ws.clone()),
-                                session: user,
-                                ino: ino.0,
-                                rel: rel.clone(),
-                                next_offset: AtomicU64::new(0),
-                                prefetched_to: AtomicU64::new(0),
-                                streak: AtomicU64::new(0),
-                            };
-                            let truncated = lock(&ws)
+                let result =
+                    match handle {
+                        Some(h) => h.write.as_ref().map_or(Ok(()), |ws| {
+                            lock(ws)
                                 .truncate(&shared.store, &rel, size)
-                                .map_err(|e| e.errno());
-                            let committed = truncated.and_then(|()| shared.commit(&temp));
-                            shared.drop_writer(ino.0, &ws);
-                            committed
-                        }
-                        Err(OpenError::Errno(e)) => Err(e),
-                        Err(OpenError::Denied(_)) => Err(Errno::EACCES),
-                    },
-                };
+                                .map_err(|e| e.errno())
+                        }),
+                        // truncate(2) by path: a short-lived session of its own.
+                        None => match shared.handle_slot(uid).map_err(OpenError::Errno).and_then(
+                            |slot| {
+                                shared
+                                    .open_for_write(uid, ino.0, &rel, false)
+                                    .map(|(ws, user)| (ws, user, slot))
+                            },
+                        ) {
+                            Ok((ws, user, slot)) => {
+                                let temp = Handle::new(
+                                    None,
+                                    Some(ws.clone()),
+                                    user,
+                                    ino.0,
+                                    rel.clone(),
+                                    slot,
+                                );
+                                let truncated = lock(&ws)
+                                    .truncate(&shared.store, &rel, size)
+                                    .map_err(|e| e.errno());
+                                let committed = truncated.and_then(|()| shared.commit(&temp));
+                                shared.drop_writer(ino.0, &ws);
+                                committed
+                            }
+                            Err(OpenError::Errno(e)) => Err(e),
+                            Err(OpenError::Denied(_)) => Err(Errno::EACCES),
+                        },
+                    };
                 if let Err(e) = result {
                     return reply.error(e);
                 }
             }
             if atime.is_some() || mtime.is_some() {
-                if shared.is_file(&rel) {
+                let is_file = shared.is_file(&rel);
+                if is_file {
                     if let Err(e) = shared.authorize_change(uid, &rel) {
                         return reply.error(e);
                     }
                 }
-                if let Err(e) = set_times(&shared.container_path(&rel), atime, mtime) {
-                    return reply.error(Errno::from(e));
+                let set = shared
+                    .store
+                    .set_times(&rel, !is_file, set_time(atime), set_time(mtime));
+                if let Err(e) = set {
+                    return reply.error(store_errno(&e));
                 }
             }
             match shared.attr_of(ino.0, &rel) {
@@ -1469,11 +1467,8 @@ impl Filesystem for TvaultFs {
             if let Err(e) = shared.writer(req.uid(), EventKind::Create, &rel, req.pid()) {
                 return reply.error(e);
             }
-            if shared.is_file(&rel) {
-                return reply.error(Errno::EEXIST);
-            }
-            if let Err(e) = std::fs::create_dir(shared.store.root().join(&rel)) {
-                return reply.error(Errno::from(e));
+            if let Err(e) = shared.store.mkdir(&rel) {
+                return reply.error(store_errno(&e));
             }
             let ino = lock(&shared.inodes).get_or_insert(&rel);
             match shared.attr_of(ino, &rel) {
@@ -1494,12 +1489,12 @@ impl Filesystem for TvaultFs {
             if let Err(e) = shared.writer(req.uid(), EventKind::Unlink, &rel, req.pid()) {
                 return reply.error(e);
             }
-            match std::fs::remove_dir(shared.store.root().join(&rel)) {
+            match shared.store.rmdir(&rel) {
                 Ok(()) => {
                     lock(&shared.inodes).remove(&rel);
                     reply.ok()
                 }
-                Err(e) => reply.error(Errno::from(e)),
+                Err(e) => reply.error(store_errno(&e)),
             }
         });
     }
@@ -1531,10 +1526,11 @@ impl Filesystem for TvaultFs {
             if !shared.audit(event().allow()) {
                 return reply.error(Errno::EACCES);
             }
-            if let Err(e) = std::fs::remove_file(shared.container_path(&rel)) {
-                return reply.error(Errno::from(e));
+            if let Err(e) = shared.store.remove(&rel) {
+                return reply.error(store_errno(&e));
             }
             let ino = lock(&shared.inodes).get_or_insert(&rel);
+            shared.versions.forget_pages(ino);
             if let Some(ws) = lock(&shared.sessions).get(&ino) {
                 lock(ws).unlinked = true;
             }
@@ -1577,8 +1573,9 @@ impl Filesystem for TvaultFs {
                     .path(&from)
                     .target(&to)
             };
+            let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
             let target_exists = shared.is_file(&to) || shared.is_dir(&to);
-            if target_exists && flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            if target_exists && noreplace {
                 return reply.error(Errno::EEXIST);
             }
             let result = if shared.is_file(&from) {
@@ -1600,7 +1597,7 @@ impl Filesystem for TvaultFs {
                 if !shared.audit(event().allow()) {
                     return reply.error(Errno::EACCES);
                 }
-                std::fs::rename(shared.container_path(&from), shared.container_path(&to))
+                shared.store.rename_file(&from, &to, noreplace)
             } else if shared.is_dir(&from) {
                 if shared.is_file(&to) {
                     return reply.error(Errno::ENOTDIR);
@@ -1624,19 +1621,20 @@ impl Filesystem for TvaultFs {
                 if !shared.audit(event().allow()) {
                     return reply.error(Errno::EACCES);
                 }
-                std::fs::rename(
-                    shared.store.root().join(&from),
-                    shared.store.root().join(&to),
-                )
+                shared.store.rename_dir(&from, &to, noreplace)
             } else {
                 return reply.error(Errno::ENOENT);
             };
             match result {
                 Ok(()) => {
-                    lock(&shared.inodes).rename(&from, &to);
+                    let mut inodes = lock(&shared.inodes);
+                    for rel in [&from, &to] {
+                        shared.versions.forget_pages(inodes.get_or_insert(rel));
+                    }
+                    inodes.rename(&from, &to);
                     reply.ok()
                 }
-                Err(e) => reply.error(Errno::from(e)),
+                Err(e) => reply.error(store_errno(&e)),
             }
         });
     }
@@ -1709,15 +1707,10 @@ impl Filesystem for TvaultFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         guarded("statfs", || {
-            let root = self.shared.store.root();
-            let Ok(c_path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
-                return reply.error(Errno::EIO);
+            let st = match self.shared.store.gate().statvfs() {
+                Ok(st) => st,
+                Err(e) => return reply.error(store_errno(&e)),
             };
-            // SAFETY: statvfs fills the zeroed struct for a valid NUL-terminated path.
-            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-            if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
-                return reply.error(Errno::from(std::io::Error::last_os_error()));
-            }
             reply.statfs(
                 st.f_blocks,
                 st.f_bfree,
@@ -1725,7 +1718,7 @@ impl Filesystem for TvaultFs {
                 st.f_files,
                 st.f_ffree,
                 st.f_bsize as u32,
-                255,
+                MAX_NAME_LEN as u32,
                 st.f_frsize as u32,
             );
         });

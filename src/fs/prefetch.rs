@@ -78,7 +78,7 @@ fn worker(
             continue;
         }
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Err(e) = shared.chunk(&file, index, true) {
+            if let Err(e) = shared.chunk(&file, index) {
                 log::error!("prefetch of chunk {index}: {e}");
             }
         }));

@@ -8,7 +8,6 @@
 //! old version or the new one, never a mix. Every version gets a new data key.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
@@ -16,7 +15,7 @@ use zeroize::Zeroizing;
 use super::FileVersion;
 use crate::container::{self, Draft};
 use crate::crypto::{PublicKey, SecretKey};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TempFile};
 
 /// Bound on plaintext of partly written chunks per session: a 10 GB save does not need
 /// 10 GB of memory.
@@ -60,7 +59,7 @@ pub struct WriteSession {
     /// file again exposes zeros, not old data.
     base_valid: u64,
     size: u64,
-    draft: Option<(PathBuf, Draft, SecretKey)>,
+    draft: Option<(TempFile, Draft, SecretKey)>,
     /// Partly written chunks, each a full chunk-size buffer (zeros past the data).
     dirty: BTreeMap<u64, Zeroizing<Vec<u8>>>,
     scratch: Zeroizing<Vec<u8>>,
@@ -292,13 +291,12 @@ impl WriteSession {
         let Some((temp, draft, key)) = self.draft.take() else {
             return Ok(None);
         };
-        store.commit_draft(rel, &temp, draft, self.size)?;
+        store.commit_draft(rel, temp, draft, self.size)?;
         self.modified = false;
         // Later writes in this session build on what was just committed.
-        let path = store.container_path(rel)?;
-        let file = std::fs::File::open(&path).map_err(|source| StoreError::Io { path, source })?;
-        let reader = container::Container::map(&file)?.open(&key)?;
-        let version = Arc::new(FileVersion::new(next_id, reader, file));
+        let file = store.open_container_file(rel)?;
+        let reader = container::Container::parse(file)?.open(&key)?;
+        let version = Arc::new(FileVersion::new(next_id, reader));
         self.base = Some(version.clone());
         self.base_valid = self.size;
         Ok(Some(version))
@@ -306,9 +304,8 @@ impl WriteSession {
 
     /// Drops the draft (its temporary file is removed): the committed version stays.
     pub fn discard(&mut self) {
-        if let Some((temp, _, _)) = self.draft.take() {
-            let _ = std::fs::remove_file(temp);
-        }
+        // Dropping the draft's temporary file removes it.
+        self.draft = None;
         self.dirty.clear();
         self.modified = false;
     }

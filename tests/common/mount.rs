@@ -127,8 +127,21 @@ impl MountFixture {
 
     /// Starts `tvault mount --foreground` and waits until the mount is live.
     pub fn mount(&mut self, extra: &[&str]) {
+        self.mount_wrapped(&[], extra)
+    }
+
+    /// Like `mount`, with the daemon started through `wrapper` (e.g. `prlimit ... --`).
+    pub fn mount_wrapped(&mut self, wrapper: &[&str], extra: &[&str]) {
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(&self.bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(["mount", s(&self.store), s(&self.mnt), "--foreground"])
             .args(extra)
             .env("RUST_LOG", "info")

@@ -5,20 +5,23 @@
 //! STORE/.tvault/users/NAME.json   one keyring per user
 //! STORE/REL.tvlt                  the encrypted form of plaintext file REL
 //! ```
-//! Every write goes through `fsutil::write_atomic`, so an interrupted command leaves the
-//! store as it was.
+//! Every path goes through the gate in `dir.rs` (no symlink is ever followed, only regular
+//! files and directories are opened, small files are read with a cap), and every write is
+//! atomic, so an interrupted command leaves the store as it was.
 
-use std::fs::{self, File};
+mod dir;
+
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::container::{self, Container, ContainerError, Draft, KeySlot, Reader, Writer};
 use crate::crypto::{PrivateKey, PublicKey, SecretKey};
-use crate::fsutil::{self, write_atomic};
 use crate::keyring::{self, Keyring, KeyringError};
+
+pub use dir::{Entry, Gate, Kind, SetTime, TempFile};
 
 pub const META_DIR: &str = ".tvault";
 /// Per-directory policy naming the users that files created through the mount are
@@ -28,6 +31,13 @@ pub const CONTAINER_EXT: &str = "tvlt";
 const STORE_FORMAT: &str = "tensorvault-store";
 const STORE_VERSION: u32 = 1;
 const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o755;
+/// Caps on the small files the store parses: a planted `/dev/zero`-sized file is refused.
+pub const MAX_CONFIG_LEN: u64 = 64 << 10;
+pub const MAX_KEYRING_LEN: u64 = 64 << 10;
+pub const MAX_POLICY_LEN: u64 = 64 << 10;
+const CONFIG_REL: &str = ".tvault/store.json";
+const USERS_REL: &str = ".tvault/users";
 /// Plaintext is streamed through buffers of this size.
 const IO_BUF: usize = 1 << 20;
 
@@ -77,6 +87,32 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("{0}: is (or passes through) a symbolic link; tvault never follows links inside a store (remove it, or replace it with the real file or directory)")]
+    Symlink(PathBuf),
+    #[error(
+        "{path}: is {what}, not a regular file or directory; tvault never opens one (remove it)"
+    )]
+    NotRegular { path: PathBuf, what: &'static str },
+    #[error("{path}: larger than the {limit}-byte limit for this kind of file (truncated, replaced, or not written by tvault)")]
+    TooLarge { path: PathBuf, limit: u64 },
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+            || matches!(self, StoreError::NoSuchFile(_))
+    }
+
+    /// The errno this error means to a process using the mount.
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            StoreError::NoSuchFile(_) => libc::ENOENT,
+            StoreError::FileExists(_) => libc::EEXIST,
+            StoreError::InvalidPath { .. } => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -131,7 +167,6 @@ pub fn validate_rel(rel: &str) -> Result<()> {
             "" => return bad("empty path component"),
             "." | ".." => return bad("'.' and '..' are not allowed"),
             META_DIR if i == 0 => return bad(".tvault is reserved"),
-            _ if fsutil::is_temp_name(part) => return bad("reserved temporary-file name"),
             _ => {}
         }
     }
@@ -142,49 +177,68 @@ pub fn validate_rel(rel: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct StoredFile {
     pub rel: String,
-    pub path: PathBuf,
 }
 
+/// An entry of a store directory as the mount shows it: a container `NAME.tvlt` is the file
+/// `NAME`; other files, links and special files are not shown.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub name: String,
+    pub is_dir: bool,
+}
+
+/// The longest file name the mount accepts: `NAME.tvlt` must fit in `NAME_MAX`.
+pub const MAX_NAME_LEN: usize = 255 - 1 - CONTAINER_EXT.len();
+
 pub struct Store {
-    root: PathBuf,
+    gate: Gate,
     chunk_log2: u8,
+}
+
+/// The container of plaintext path `rel` (validated), relative to the store root.
+pub fn container_rel(rel: &str) -> Result<String> {
+    validate_rel(rel)?;
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    if name.len() > MAX_NAME_LEN {
+        return Err(StoreError::InvalidPath {
+            rel: rel.to_string(),
+            why: "file name longer than 250 bytes",
+        });
+    }
+    Ok(format!("{rel}.{CONTAINER_EXT}"))
 }
 
 impl Store {
     pub fn init(root: &Path, chunk_log2: u8) -> Result<Store> {
         container::chunk_log2_from_size(1u64 << chunk_log2).map_err(container_err(root))?;
-        let meta = root.join(META_DIR);
-        if meta.exists() {
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        let gate = Gate::open(root)?;
+        if gate.kind(META_DIR)?.is_some() {
             return Err(StoreError::AlreadyAStore(root.to_path_buf()));
         }
-        fs::create_dir_all(meta.join("users")).map_err(io_err(&meta))?;
+        gate.create_dir_all(USERS_REL, 0o755)?;
         let config = StoreConfig {
             format: STORE_FORMAT.into(),
             version: STORE_VERSION,
             chunk_size: 1u64 << chunk_log2,
         };
         let json = serde_json::to_string_pretty(&config).unwrap_or_default() + "\n";
-        let path = meta.join("store.json");
-        write_atomic(
-            &path,
-            0o644,
-            |f| f.write_all(json.as_bytes()).map_err(io_err(&path)),
-            io_err(&path),
-        )?;
-        Ok(Store {
-            root: root.to_path_buf(),
-            chunk_log2,
-        })
+        let path = gate.display_path(CONFIG_REL);
+        gate.write_atomic(CONFIG_REL, 0o644, |f| {
+            f.write_all(json.as_bytes()).map_err(io_err(&path))
+        })?;
+        Ok(Store { gate, chunk_log2 })
     }
 
     pub fn open(root: &Path) -> Result<Store> {
-        let path = root.join(META_DIR).join("store.json");
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotAStore(root.to_path_buf()))
-            }
-            Err(e) => return Err(io_err(&path)(e)),
+        let gate = match Gate::open(root) {
+            Err(e) if e.is_not_found() => return Err(StoreError::NotAStore(root.to_path_buf())),
+            other => other?,
+        };
+        let path = gate.display_path(CONFIG_REL);
+        let bytes = match gate.read_capped(CONFIG_REL, MAX_CONFIG_LEN) {
+            Err(e) if e.is_not_found() => return Err(StoreError::NotAStore(root.to_path_buf())),
+            other => other?,
         };
         let bad = |why: String| StoreError::BadConfig {
             path: path.clone(),
@@ -199,37 +253,34 @@ impl Store {
         }
         let chunk_log2 =
             container::chunk_log2_from_size(config.chunk_size).map_err(|e| bad(e.to_string()))?;
-        Ok(Store {
-            root: root.to_path_buf(),
-            chunk_log2,
-        })
+        Ok(Store { gate, chunk_log2 })
     }
 
+    /// The store's path, for messages and for finding what lives beside it.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.gate.root_path()
+    }
+
+    /// The gate every access to the store's directory goes through.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     pub fn default_chunk_log2(&self) -> u8 {
         self.chunk_log2
     }
 
-    fn users_dir(&self) -> PathBuf {
-        self.root.join(META_DIR).join("users")
-    }
-
-    fn user_path(&self, name: &str) -> Result<PathBuf> {
+    fn user_rel(&self, name: &str) -> Result<String> {
         keyring::validate_name(name)?;
-        Ok(self.users_dir().join(format!("{name}.json")))
+        Ok(format!("{USERS_REL}/{name}.json"))
     }
 
     pub fn user(&self, name: &str) -> Result<Keyring> {
-        let path = self.user_path(name)?;
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NoSuchUser(name.to_string()))
-            }
-            Err(e) => return Err(io_err(&path)(e)),
+        let rel = self.user_rel(name)?;
+        let path = self.gate.display_path(&rel);
+        let bytes = match self.gate.read_capped(&rel, MAX_KEYRING_LEN) {
+            Err(e) if e.is_not_found() => return Err(StoreError::NoSuchUser(name.to_string())),
+            other => other?,
         };
         let keyring = Keyring::from_json(&bytes).map_err(|source| StoreError::Keyring {
             path: path.clone(),
@@ -247,28 +298,47 @@ impl Store {
         Ok(keyring)
     }
 
+    /// Names of the keyring files in `.tvault/users/`. Links and special files are skipped
+    /// with a warning (`fsck` reports them).
+    fn user_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in self.gate.list(USERS_REL)? {
+            let Some(name) = entry.name.strip_suffix(".json") else {
+                continue;
+            };
+            if entry.kind != Kind::File {
+                log::warn!(
+                    "{}: skipped: {} is not a keyring",
+                    self.gate
+                        .display_path(&format!("{USERS_REL}/{}", entry.name))
+                        .display(),
+                    entry.kind.describe()
+                );
+                continue;
+            }
+            names.push(name.to_string());
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// All keyrings, sorted by name. A malformed keyring file is an error, not skipped: an
     /// admin must hear about it.
     pub fn users(&self) -> Result<Vec<Keyring>> {
-        let dir = self.users_dir();
-        let mut users = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let file_name = entry.file_name();
-            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if fsutil::is_temp_name(name) {
-                continue;
-            }
-            users.push(self.user(name)?);
-        }
-        users.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(users)
+        self.user_names()?.iter().map(|n| self.user(n)).collect()
     }
 
+    /// The keyring registered for `uid`. Unreadable keyrings of other users are skipped with a
+    /// warning, so that one bad file does not lock every user out.
     pub fn user_by_uid(&self, uid: u32) -> Result<Option<Keyring>> {
-        Ok(self.users()?.into_iter().find(|k| k.uid == uid))
+        for name in self.user_names()? {
+            match self.user(&name) {
+                Ok(k) if k.uid == uid => return Ok(Some(k)),
+                Ok(_) => {}
+                Err(e) => log::warn!("skipping keyring {name:?}: {e}"),
+            }
+        }
+        Ok(None)
     }
 
     /// Adds a new user; refuses an existing name or a uid that already has a keyring (the
@@ -290,78 +360,130 @@ impl Store {
 
     /// Writes (or replaces) a keyring atomically.
     pub fn save_user(&self, keyring: &Keyring) -> Result<()> {
-        let path = self.user_path(&keyring.name)?;
+        let rel = self.user_rel(&keyring.name)?;
+        let path = self.gate.display_path(&rel);
         let json = keyring.to_json();
-        write_atomic(
-            &path,
-            FILE_MODE,
-            |f| f.write_all(json.as_bytes()).map_err(io_err(&path)),
-            io_err(&path),
-        )
+        self.gate.write_atomic(&rel, FILE_MODE, |f| {
+            f.write_all(json.as_bytes()).map_err(io_err(&path))
+        })
     }
 
-    pub fn unlock(&self, name: &str, passphrase: &[u8]) -> Result<(Keyring, PrivateKey)> {
-        let keyring = self.user(name)?;
-        let private = keyring.unlock(passphrase)?;
-        Ok((keyring, private))
+    /// Writes a small file of tvault's own into `.tvault/` atomically (e.g. `daemon.json`).
+    pub fn write_meta(&self, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+        let rel = format!("{META_DIR}/{name}");
+        let path = self.gate.display_path(&rel);
+        self.gate
+            .write_atomic(&rel, mode, |f| f.write_all(bytes).map_err(io_err(&path)))
     }
 
-    /// Where the container for plaintext path `rel` lives.
-    pub fn container_path(&self, rel: &str) -> Result<PathBuf> {
-        validate_rel(rel)?;
-        Ok(self.root.join(format!("{rel}.{CONTAINER_EXT}")))
+    /// Reads a small file of tvault's own from `.tvault/`, refused beyond `cap` bytes.
+    pub fn read_meta(&self, name: &str, cap: u64) -> Result<Vec<u8>> {
+        self.gate.read_capped(&format!("{META_DIR}/{name}"), cap)
+    }
+
+    pub fn remove_meta(&self, name: &str) -> Result<()> {
+        self.gate.remove_file(&format!("{META_DIR}/{name}"))
+    }
+
+    /// Whether plaintext path `rel` is stored (as a regular container file).
+    pub fn exists(&self, rel: &str) -> Result<bool> {
+        Ok(self.gate.kind(&container_rel(rel)?)? == Some(Kind::File))
+    }
+
+    /// Whether `rel` is a directory of the store (`""` is the root).
+    pub fn is_dir(&self, rel: &str) -> bool {
+        self.gate.is_dir(rel)
     }
 
     /// Every stored file, sorted by path.
     pub fn files(&self) -> Result<Vec<StoredFile>> {
         let mut out = Vec::new();
-        self.walk(&self.root, "", &mut out)?;
+        self.walk("", &mut out)?;
         out.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(out)
     }
 
-    fn walk(&self, dir: &Path, prefix: &str, out: &mut Vec<StoredFile>) -> Result<()> {
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if (prefix.is_empty() && name == META_DIR) || fsutil::is_temp_name(&name) {
+    fn walk(&self, dir: &str, out: &mut Vec<StoredFile>) -> Result<()> {
+        for entry in self.gate.list(dir)? {
+            let name = &entry.name;
+            if dir.is_empty() && name == META_DIR {
                 continue;
             }
-            let kind = entry.file_type().map_err(io_err(&entry.path()))?;
-            if kind.is_dir() {
-                self.walk(&entry.path(), &format!("{prefix}{name}/"), out)?;
-            } else if kind.is_file() {
-                if let Some(stem) = name.strip_suffix(&format!(".{CONTAINER_EXT}")) {
-                    let rel = format!("{prefix}{stem}");
-                    if validate_rel(&rel).is_ok() {
-                        out.push(StoredFile {
-                            rel,
-                            path: entry.path(),
-                        });
+            let rel = if dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{dir}/{name}")
+            };
+            match entry.kind {
+                Kind::Dir => self.walk(&rel, out)?,
+                Kind::File => {
+                    if let Some(stem) = rel.strip_suffix(&format!(".{CONTAINER_EXT}")) {
+                        if validate_rel(stem).is_ok() {
+                            out.push(StoredFile {
+                                rel: stem.to_string(),
+                            });
+                        }
                     }
                 }
+                Kind::Symlink | Kind::Other => {}
             }
         }
         Ok(())
     }
 
-    /// Maps and structurally checks the container of `rel` (no key needed).
-    pub fn open_container(&self, rel: &str) -> Result<Container<Mmap>> {
-        let path = self.container_path(rel)?;
-        open_container_at(&path).map_err(|e| match e {
-            StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                StoreError::NoSuchFile(rel.to_string())
+    /// What the mount shows in directory `rel`, sorted by name: subdirectories and files
+    /// (containers). One pass over the directory.
+    pub fn list_mount_dir(&self, rel: &str) -> Result<Vec<MountEntry>> {
+        let suffix = format!(".{CONTAINER_EXT}");
+        let mut out: Vec<MountEntry> = Vec::new();
+        for entry in self.gate.list(rel)? {
+            if rel.is_empty() && entry.name == META_DIR {
+                continue;
             }
-            e => e,
-        })
+            match entry.kind {
+                Kind::Dir => out.push(MountEntry {
+                    name: entry.name,
+                    is_dir: true,
+                }),
+                Kind::File => {
+                    if let Some(stem) = entry.name.strip_suffix(&suffix) {
+                        if !stem.is_empty() {
+                            out.push(MountEntry {
+                                name: stem.to_string(),
+                                is_dir: false,
+                            });
+                        }
+                    }
+                }
+                // Never shown: the mount has no links or special files (docs/SECURITY.md).
+                Kind::Symlink | Kind::Other => {}
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        // A directory `x` and a container `x.tvlt` side by side: the directory wins.
+        out.dedup_by(|later, earlier| later.name == earlier.name);
+        Ok(out)
+    }
+
+    /// Opens the container file of `rel` for reading (a regular file, never through a link).
+    pub fn open_container_file(&self, rel: &str) -> Result<File> {
+        match self.gate.open_file(&container_rel(rel)?) {
+            Err(e) if e.is_not_found() => Err(StoreError::NoSuchFile(rel.to_string())),
+            other => other,
+        }
+    }
+
+    /// Reads and structurally checks the container of `rel` (no key needed).
+    pub fn open_container(&self, rel: &str) -> Result<Container<File>> {
+        let file = self.open_container_file(rel)?;
+        let path = self.gate.display_path(&container_rel(rel)?);
+        Container::parse(file).map_err(container_err(&path))
     }
 
     /// Opens `rel` for reading with `user`'s private key: unwraps the data key from their slot
     /// and verifies the header MAC.
-    pub fn reader(&self, rel: &str, user: &str, private: &PrivateKey) -> Result<Reader<Mmap>> {
-        let path = self.container_path(rel)?;
+    pub fn reader(&self, rel: &str, user: &str, private: &PrivateKey) -> Result<Reader<File>> {
+        let path = self.gate.display_path(&container_rel(rel)?);
         let container = self.open_container(rel)?;
         let data_key = unwrap_for(&container, rel, user, private)?;
         container.open(&data_key).map_err(container_err(&path))
@@ -378,46 +500,40 @@ impl Store {
         replace: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        let target = self.container_path(rel)?;
-        if !replace && target.exists() {
+        let target = container_rel(rel)?;
+        let path = self.gate.display_path(&target);
+        if !replace && self.gate.kind(&target)?.is_some() {
             return Err(StoreError::FileExists(rel.to_string()));
         }
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            self.gate.create_dir_all(parent, DIR_MODE)?;
         }
         let mut input = File::open(source).map_err(io_err(source))?;
-        let data_key = SecretKey::generate().map_err(|e| container_err(&target)(e.into()))?;
+        let data_key = SecretKey::generate().map_err(|e| container_err(&path)(e.into()))?;
         let slots: Vec<_> = recipients
             .iter()
             .map(|k| (k.name.clone(), k.public_key))
             .collect();
-        write_atomic(
-            &target,
-            FILE_MODE,
-            |file| {
-                let out = BufWriter::with_capacity(IO_BUF, file);
-                let mut writer = Writer::new(out, &data_key, chunk_log2, &slots)
-                    .map_err(container_err(&target))?;
-                let mut buf = zeroize::Zeroizing::new(vec![0u8; IO_BUF]);
-                let mut done = 0u64;
-                loop {
-                    let n = match input.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(io_err(source)(e)),
-                    };
-                    writer
-                        .write_all(&buf[..n])
-                        .map_err(container_err(&target))?;
-                    done += n as u64;
-                    progress(done);
-                }
-                let mut out = writer.finish().map_err(container_err(&target))?;
-                out.flush().map_err(io_err(&target))
-            },
-            io_err(&target),
-        )
+        self.gate.write_atomic(&target, FILE_MODE, |file| {
+            let out = BufWriter::with_capacity(IO_BUF, file);
+            let mut writer =
+                Writer::new(out, &data_key, chunk_log2, &slots).map_err(container_err(&path))?;
+            let mut buf = zeroize::Zeroizing::new(vec![0u8; IO_BUF]);
+            let mut done = 0u64;
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err(source)(e)),
+                };
+                writer.write_all(&buf[..n]).map_err(container_err(&path))?;
+                done += n as u64;
+                progress(done);
+            }
+            let mut out = writer.finish().map_err(container_err(&path))?;
+            out.flush().map_err(io_err(&path))
+        })
     }
 
     /// `granter` (who can read `rel`) adds a key slot for `grantee`. Returns false if the
@@ -429,7 +545,8 @@ impl Store {
         private: &PrivateKey,
         grantee: &Keyring,
     ) -> Result<bool> {
-        let path = self.container_path(rel)?;
+        let target = container_rel(rel)?;
+        let path = self.gate.display_path(&target);
         let container = self.open_container(rel)?;
         if container.slot(&grantee.name).is_some() {
             return Ok(false);
@@ -445,7 +562,7 @@ impl Store {
             KeySlot::seal(&file_id, &grantee.name, &grantee.public_key, &data_key)
                 .map_err(container_err(&path))?,
         );
-        self.rewrite_slots(&path, &container, &slots)?;
+        self.rewrite_slots(&target, &container, &slots)?;
         Ok(true)
     }
 
@@ -453,7 +570,8 @@ impl Store {
     /// who kept the key can still decrypt the current ciphertext. With `rekey` (a remaining
     /// reader's name and key) the file is re-encrypted under a new data key for the others.
     pub fn revoke(&self, rel: &str, user: &str, rekey: Option<(&str, &PrivateKey)>) -> Result<()> {
-        let path = self.container_path(rel)?;
+        let target = container_rel(rel)?;
+        let path = self.gate.display_path(&target);
         let container = self.open_container(rel)?;
         if container.slot(user).is_none() {
             return Err(StoreError::NoAccess {
@@ -468,7 +586,7 @@ impl Store {
             .cloned()
             .collect();
         let Some((reader_name, private)) = rekey else {
-            return self.rewrite_slots(&path, &container, &remaining);
+            return self.rewrite_slots(&target, &container, &remaining);
         };
         let recipients = remaining
             .iter()
@@ -482,34 +600,49 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         let data_key = unwrap_for(&container, rel, reader_name, private)?;
         let reader = container.open(&data_key).map_err(container_err(&path))?;
-        self.reencrypt(&path, &reader, &recipients)
+        self.reencrypt(&target, &reader, &recipients)
     }
 
     /// The users a file created at `rel` through the mount is encrypted to: `writer` plus the
     /// names in the nearest `.tvault-recipients` in `rel`'s directory or above. Names that
     /// are not users of the store are skipped (with a warning): a policy typo must not
-    /// widen access, and it does not block the writer.
+    /// widen access, and it does not block the writer. A policy file that cannot be used (not
+    /// UTF-8 in places, too large, a link) is read as far as it is valid or, if it cannot be
+    /// read at all, counts as naming nobody: access is never widened by a broken policy.
     pub fn recipients_for_new(&self, rel: &str, writer: &Keyring) -> Result<Vec<Keyring>> {
         validate_rel(rel)?;
         let mut recipients = vec![writer.clone()];
         let mut dir = Path::new(rel).parent();
         while let Some(d) = dir {
-            let policy = self.root.join(d).join(RECIPIENTS_FILE);
-            match fs::read_to_string(&policy) {
-                Ok(text) => {
+            let d_str = d.to_str().unwrap_or_default();
+            let policy = if d_str.is_empty() {
+                RECIPIENTS_FILE.to_string()
+            } else {
+                format!("{d_str}/{RECIPIENTS_FILE}")
+            };
+            let shown = self.gate.display_path(&policy);
+            match self.gate.read_capped(&policy, MAX_POLICY_LEN) {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
                     for name in parse_policy(&text) {
                         match self.user(&name) {
                             Ok(k) if !recipients.iter().any(|r| r.name == k.name) => {
                                 recipients.push(k)
                             }
                             Ok(_) => {}
-                            Err(e) => log::warn!("{}: skipping {name:?}: {e}", policy.display()),
+                            Err(e) => log::warn!("{}: skipping {name:?}: {e}", shown.display()),
                         }
                     }
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => dir = d.parent(),
-                Err(e) => return Err(io_err(&policy)(e)),
+                Err(e) if e.is_not_found() => dir = d.parent(),
+                Err(e) => {
+                    log::warn!(
+                        "{}: ignored, new files get no extra recipients: {e}",
+                        shown.display()
+                    );
+                    break;
+                }
             }
         }
         Ok(recipients)
@@ -536,17 +669,12 @@ impl Store {
         data_key: &SecretKey,
         chunk_log2: u8,
         recipients: &[(String, PublicKey)],
-    ) -> Result<(PathBuf, Draft)> {
-        let target = self.container_path(rel)?;
-        let (temp, file) =
-            fsutil::create_temp_beside(&target, FILE_MODE).map_err(io_err(&target))?;
-        match Draft::create(file, data_key, chunk_log2, recipients) {
-            Ok(draft) => Ok((temp, draft)),
-            Err(e) => {
-                let _ = fs::remove_file(&temp);
-                Err(container_err(&target)(e))
-            }
-        }
+    ) -> Result<(TempFile, Draft)> {
+        let target = container_rel(rel)?;
+        let (temp, file) = self.gate.create_temp_beside(&target, FILE_MODE)?;
+        let draft = Draft::create(file, data_key, chunk_log2, recipients)
+            .map_err(container_err(&self.gate.display_path(&target)))?;
+        Ok((temp, draft))
     }
 
     /// Completes a draft and atomically replaces `rel` with it. On failure the draft's file
@@ -554,78 +682,114 @@ impl Store {
     pub fn commit_draft(
         &self,
         rel: &str,
-        temp: &Path,
+        temp: TempFile,
         draft: Draft,
         plaintext_len: u64,
     ) -> Result<()> {
-        let target = self.container_path(rel)?;
-        let result = draft
-            .finish(plaintext_len)
-            .map_err(container_err(&target))
-            .and_then(|file| fsutil::commit_temp(temp, &file, &target).map_err(io_err(&target)));
-        if result.is_err() {
-            let _ = fs::remove_file(temp);
+        let target = container_rel(rel)?;
+        let path = self.gate.display_path(&target);
+        let file = draft.finish(plaintext_len).map_err(container_err(&path))?;
+        temp.commit(&self.gate, &file, &target)
+    }
+
+    /// Creates directory `rel`, refusing a name a file already has.
+    pub fn mkdir(&self, rel: &str) -> Result<()> {
+        if self.exists(rel)? {
+            return Err(StoreError::FileExists(rel.to_string()));
         }
-        result
+        self.gate.mkdir(rel, DIR_MODE)
+    }
+
+    pub fn rmdir(&self, rel: &str) -> Result<()> {
+        validate_rel(rel)?;
+        self.gate.remove_dir(rel)
+    }
+
+    /// Removes the stored file `rel`.
+    pub fn remove(&self, rel: &str) -> Result<()> {
+        self.gate.remove_file(&container_rel(rel)?)
+    }
+
+    /// Renames stored file `from` to `to`, replacing a stored `to` unless `noreplace`.
+    pub fn rename_file(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
+        self.gate
+            .rename(&container_rel(from)?, &container_rel(to)?, noreplace)
+    }
+
+    /// Renames directory `from` to `to` (an empty directory `to` is replaced, as rename(2)
+    /// does, unless `noreplace`).
+    pub fn rename_dir(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
+        validate_rel(from)?;
+        validate_rel(to)?;
+        self.gate.rename(from, to, noreplace)
+    }
+
+    /// Sets the times of stored file `rel`, or of directory `rel` with `dir`.
+    pub fn set_times(
+        &self,
+        rel: &str,
+        dir: bool,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    ) -> Result<()> {
+        let target = if dir {
+            if !rel.is_empty() {
+                validate_rel(rel)?;
+            }
+            rel.to_string()
+        } else {
+            container_rel(rel)?
+        };
+        self.gate.set_times(&target, atime, mtime)
     }
 
     fn rewrite_slots(
         &self,
-        path: &Path,
-        container: &Container<Mmap>,
+        target: &str,
+        container: &Container<File>,
         slots: &[KeySlot],
     ) -> Result<()> {
-        write_atomic(
-            path,
-            FILE_MODE,
-            |file| {
-                let mut out = BufWriter::with_capacity(IO_BUF, file);
-                container
-                    .write_with_slots(slots, &mut out)
-                    .map_err(container_err(path))?;
-                out.flush().map_err(io_err(path))
-            },
-            io_err(path),
-        )
+        let path = self.gate.display_path(target);
+        self.gate.write_atomic(target, FILE_MODE, |file| {
+            let mut out = BufWriter::with_capacity(IO_BUF, file);
+            container
+                .write_with_slots(slots, &mut out)
+                .map_err(container_err(&path))?;
+            out.flush().map_err(io_err(&path))
+        })
     }
 
     /// Re-encrypts the plaintext of `reader` under a fresh data key and file id, chunk by chunk
     /// in memory, keeping its chunk size.
-    fn reencrypt(&self, path: &Path, reader: &Reader<Mmap>, recipients: &[Keyring]) -> Result<()> {
-        let data_key = SecretKey::generate().map_err(|e| container_err(path)(e.into()))?;
+    fn reencrypt(&self, target: &str, reader: &Reader<File>, recipients: &[Keyring]) -> Result<()> {
+        let path = self.gate.display_path(target);
+        let data_key = SecretKey::generate().map_err(|e| container_err(&path)(e.into()))?;
         let slots: Vec<_> = recipients
             .iter()
             .map(|k| (k.name.clone(), k.public_key))
             .collect();
-        write_atomic(
-            path,
-            FILE_MODE,
-            |file| {
-                let out = BufWriter::with_capacity(IO_BUF, file);
-                let mut writer = Writer::new(out, &data_key, reader.header().chunk_log2, &slots)
-                    .map_err(container_err(path))?;
-                let mut chunk = zeroize::Zeroizing::new(vec![0u8; reader.chunk_size() as usize]);
-                for index in 0..reader.chunk_count() {
-                    let n = reader
-                        .read_chunk(index, &mut chunk)
-                        .map_err(container_err(path))?;
-                    writer.write_all(&chunk[..n]).map_err(container_err(path))?;
-                }
-                let mut out = writer.finish().map_err(container_err(path))?;
-                out.flush().map_err(io_err(path))
-            },
-            io_err(path),
-        )
+        self.gate.write_atomic(target, FILE_MODE, |file| {
+            let out = BufWriter::with_capacity(IO_BUF, file);
+            let mut writer = Writer::new(out, &data_key, reader.header().chunk_log2, &slots)
+                .map_err(container_err(&path))?;
+            let mut chunk = zeroize::Zeroizing::new(vec![0u8; reader.chunk_size() as usize]);
+            let mut cipher = Vec::new();
+            for index in 0..reader.chunk_count() {
+                let n = reader
+                    .read_chunk_with(index, &mut chunk, &mut cipher)
+                    .map_err(container_err(&path))?;
+                writer
+                    .write_all(&chunk[..n])
+                    .map_err(container_err(&path))?;
+            }
+            let mut out = writer.finish().map_err(container_err(&path))?;
+            out.flush().map_err(io_err(&path))
+        })
     }
 }
 
-pub fn open_container_at(path: &Path) -> Result<Container<Mmap>> {
-    let file = File::open(path).map_err(io_err(path))?;
-    Container::map(&file).map_err(container_err(path))
-}
-
 fn unwrap_for(
-    container: &Container<Mmap>,
+    container: &Container<File>,
     rel: &str,
     user: &str,
     private: &PrivateKey,
@@ -670,6 +834,7 @@ pub fn rel_from_path(path: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use crate::crypto::KdfParams;
+    use std::fs;
 
     const FAST: KdfParams = KdfParams {
         m_kib: 64,
@@ -679,18 +844,16 @@ mod tests {
 
     #[test]
     fn rel_validation() {
-        for bad in [
-            "",
-            "/a",
-            "a//b",
-            "a/../b",
-            "./a",
-            ".tvault/x",
-            "a/.b.tmp-0123456789ab",
-        ] {
+        for bad in ["", "/a", "a//b", "a/../b", "./a", ".tvault/x"] {
             assert!(validate_rel(bad).is_err(), "{bad}");
         }
-        for good in ["a", "model/config.json", "x/.tvault", ".hidden"] {
+        for good in [
+            "a",
+            "model/config.json",
+            "x/.tvault",
+            ".hidden",
+            "a/.b.tmp-0123456789ab",
+        ] {
             validate_rel(good).unwrap();
         }
     }

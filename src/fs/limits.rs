@@ -1,0 +1,143 @@
+//! Bounds on what open files hold in the daemon, so that one uid cannot exhaust what the
+//! others need: open handles (each may hold a file descriptor) and per-file metadata (chunk
+//! tables, parsed safetensors headers). Each bound has a total and a smaller share per uid;
+//! going over a uid's share gives that uid `EMFILE`, over the total `ENFILE`.
+//!
+//! Lock order: each `Mutex` here is a leaf (nothing else is locked while it is held).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fuser::Errno;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Usage {
+    total: u64,
+    by_uid: HashMap<u32, u64>,
+}
+
+/// A quantity bounded in total and per uid.
+pub(crate) struct Limit {
+    total: u64,
+    per_uid: u64,
+    usage: Mutex<Usage>,
+}
+
+/// An amount taken from a [`Limit`]; given back when dropped.
+pub(crate) struct Charge {
+    limit: Arc<Limit>,
+    uid: u32,
+    amount: u64,
+}
+
+impl Limit {
+    pub(crate) fn new(total: u64, per_uid: u64) -> Arc<Limit> {
+        Arc::new(Limit {
+            total,
+            per_uid: per_uid.min(total),
+            usage: Mutex::new(Usage::default()),
+        })
+    }
+
+    /// Takes `amount` for `uid`: `EMFILE` beyond the uid's share, `ENFILE` beyond the total.
+    pub(crate) fn charge(self: &Arc<Self>, uid: u32, amount: u64) -> Result<Charge, Errno> {
+        let mut usage = lock(&self.usage);
+        let mine = usage.by_uid.get(&uid).copied().unwrap_or(0);
+        if mine.saturating_add(amount) > self.per_uid {
+            return Err(Errno::EMFILE);
+        }
+        if usage.total.saturating_add(amount) > self.total {
+            return Err(Errno::ENFILE);
+        }
+        usage.total += amount;
+        *usage.by_uid.entry(uid).or_insert(0) += amount;
+        Ok(Charge {
+            limit: self.clone(),
+            uid,
+            amount,
+        })
+    }
+
+    pub(crate) fn per_uid(&self) -> u64 {
+        self.per_uid
+    }
+
+    pub(crate) fn used(&self) -> u64 {
+        lock(&self.usage).total
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut usage = lock(&self.limit.usage);
+        usage.total = usage.total.saturating_sub(self.amount);
+        if let Some(mine) = usage.by_uid.get_mut(&self.uid) {
+            *mine = mine.saturating_sub(self.amount);
+            if *mine == 0 {
+                usage.by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// The daemon's bounds: open handles from the file-descriptor limit, metadata from the
+/// cache size.
+pub(crate) struct Limits {
+    pub handles: Arc<Limit>,
+    pub metadata: Arc<Limit>,
+}
+
+/// File descriptors kept free for the daemon itself (audit log, control socket, FUSE
+/// channels, the descriptors an open uses before it is charged).
+const RESERVED_FDS: u64 = 128;
+
+impl Limits {
+    /// `nofile`: the daemon's soft `RLIMIT_NOFILE`. Handles may use all but a reserve of it,
+    /// a quarter of that per uid. Metadata may take half the cache size (at least 64 MiB),
+    /// half of that per uid.
+    pub(crate) fn new(nofile: u64, cache_bytes: u64) -> Limits {
+        let handles = nofile.saturating_sub(RESERVED_FDS).max(64);
+        let metadata = (cache_bytes / 2).max(64 << 20);
+        Limits {
+            handles: Limit::new(handles, (handles / 4).max(16)),
+            metadata: Limit::new(metadata, metadata / 2),
+        }
+    }
+}
+
+/// The process's soft limit on open files.
+pub(crate) fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_and_totals() {
+        let limit = Limit::new(10, 4);
+        let a = limit.charge(1, 4).unwrap();
+        assert_eq!(limit.charge(1, 1).err(), Some(Errno::EMFILE));
+        let b = limit.charge(2, 4).unwrap();
+        let _c = limit.charge(3, 2).unwrap();
+        assert_eq!(limit.charge(4, 1).err(), Some(Errno::ENFILE));
+        drop(a);
+        assert_eq!(limit.used(), 6);
+        let _d = limit.charge(1, 4).unwrap();
+        drop(b);
+        assert_eq!(limit.used(), 6);
+    }
+}

@@ -1,0 +1,217 @@
+//! File versions as the mount serves them.
+//!
+//! A version is named by what was authenticated at open: the container's file id and header
+//! MAC ([`VersionKey`]). The MAC commits to the data key, the header and every chunk's tag, so
+//! two containers with one key hold the same plaintext, and no other container (same size,
+//! same mtime, same inode, whatever a store writer arranges) can have it. Decrypted chunks in
+//! the daemon's cache are filed under that name, and the kernel's page cache of an inode is
+//! kept across opens only while the same version is opened again.
+//!
+//! A version lives while a handle holds it (its reader holds the container's file
+//! descriptor); nothing is kept for versions nobody has open.
+//!
+//! Lock order: `live`, `ids` and `pages` are leaves, never held while another lock is taken.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use lru::LruCache;
+
+use super::limits::Charge;
+use crate::container::Reader;
+use crate::crypto::{FILE_ID_LEN, MAC_LEN};
+use crate::safetensors;
+
+/// File id and header MAC of an authenticated container.
+pub(crate) type VersionKey = ([u8; FILE_ID_LEN], [u8; MAC_LEN]);
+
+/// Version names remembered after their last handle closed, so that a file opened again
+/// finds its chunks still in the cache.
+const REMEMBERED_IDS: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One authenticated container version, shared by every handle (of every user) open on it.
+pub(crate) struct FileVersion {
+    /// Namespace of this version's chunks in the cache.
+    pub id: u64,
+    pub key: VersionKey,
+    pub reader: Reader<File>,
+    /// Parsed header of a `.safetensors` file, for tensor-aware prefetch.
+    pub tensors: Option<safetensors::Header>,
+    /// Read handles open on this version; prefetching for a version nobody has open any
+    /// more is skipped.
+    pub readers: AtomicUsize,
+    /// What this version's metadata takes from the mount's bound, given back when it drops.
+    pub charges: Vec<Charge>,
+}
+
+impl FileVersion {
+    pub(crate) fn new(id: u64, reader: Reader<File>) -> Self {
+        FileVersion {
+            id,
+            key: (reader.header().file_id, *reader.mac()),
+            reader,
+            tensors: None,
+            readers: AtomicUsize::new(0),
+            charges: Vec::new(),
+        }
+    }
+
+    pub(crate) fn has_readers(&self) -> bool {
+        self.readers.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// How the kernel may cache an open's pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PageCache {
+    /// The same version as the inode's cached pages: keep them (`FOPEN_KEEP_CACHE`).
+    Keep,
+    /// A new version, and no handle holds the old one: drop the pages and cache afresh.
+    Fresh,
+    /// Another version is open on the inode and its pages may be cached: bypass the page
+    /// cache for this handle (`FOPEN_DIRECT_IO`), so neither reads the other's plaintext.
+    Direct,
+}
+
+#[derive(Default)]
+struct InodePages {
+    key: Option<VersionKey>,
+    /// Open handles that may fill the inode's page cache with `key`'s plaintext.
+    open: usize,
+}
+
+/// Counts a cached open of an inode until dropped.
+pub(crate) struct PageRef {
+    pages: Arc<Mutex<HashMap<u64, InodePages>>>,
+    ino: u64,
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        if let Some(p) = lock(&self.pages).get_mut(&self.ino) {
+            p.open = p.open.saturating_sub(1);
+        }
+    }
+}
+
+pub(crate) struct Versions {
+    live: Mutex<HashMap<VersionKey, Weak<FileVersion>>>,
+    ids: Mutex<LruCache<VersionKey, u64>>,
+    next_id: AtomicU64,
+    pages: Arc<Mutex<HashMap<u64, InodePages>>>,
+}
+
+impl Versions {
+    pub(crate) fn new() -> Self {
+        Versions {
+            live: Mutex::new(HashMap::new()),
+            ids: Mutex::new(LruCache::new(
+                NonZeroUsize::new(REMEMBERED_IDS).unwrap_or(NonZeroUsize::MIN),
+            )),
+            next_id: AtomicU64::new(1),
+            pages: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A fresh id for a version that is not named (a draft being written).
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The cache namespace of version `key`: the same one it had when last open.
+    pub(crate) fn id_for(&self, key: &VersionKey) -> u64 {
+        let mut ids = lock(&self.ids);
+        if let Some(id) = ids.get(key) {
+            return *id;
+        }
+        let id = self.fresh_id();
+        ids.put(*key, id);
+        id
+    }
+
+    /// The version `key` if a handle holds it.
+    pub(crate) fn live(&self, key: &VersionKey) -> Option<Arc<FileVersion>> {
+        lock(&self.live).get(key).and_then(Weak::upgrade)
+    }
+
+    /// Registers a new version; if another open registered the same one meanwhile, that one
+    /// is returned instead.
+    pub(crate) fn insert(&self, version: Arc<FileVersion>) -> Arc<FileVersion> {
+        let mut live = lock(&self.live);
+        if let Some(existing) = live.get(&version.key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        live.retain(|_, v| v.strong_count() > 0);
+        live.insert(version.key, Arc::downgrade(&version));
+        version
+    }
+
+    /// Decides how an open of `key` on inode `ino` may use the page cache.
+    pub(crate) fn open_pages(&self, ino: u64, key: VersionKey) -> (PageCache, Option<PageRef>) {
+        let mut pages = lock(&self.pages);
+        let p = pages.entry(ino).or_default();
+        let mode = if p.key == Some(key) {
+            PageCache::Keep
+        } else if p.open == 0 {
+            p.key = Some(key);
+            PageCache::Fresh
+        } else {
+            return (PageCache::Direct, None);
+        };
+        p.open += 1;
+        let page_ref = PageRef {
+            pages: self.pages.clone(),
+            ino,
+        };
+        (mode, Some(page_ref))
+    }
+
+    /// The next open of `ino` must not reuse its pages (after a lock, unlink or rename).
+    pub(crate) fn forget_pages(&self, ino: u64) {
+        if let Some(p) = lock(&self.pages).get_mut(&ino) {
+            p.key = None;
+        }
+    }
+
+    /// Forgets every version name, so that no cached chunk is found again.
+    pub(crate) fn clear(&self) {
+        lock(&self.ids).clear();
+        for p in lock(&self.pages).values_mut() {
+            p.key = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_cache_follows_the_version() {
+        let v = Versions::new();
+        let a = ([1u8; FILE_ID_LEN], [1u8; MAC_LEN]);
+        let b = ([2u8; FILE_ID_LEN], [2u8; MAC_LEN]);
+        let (m1, r1) = v.open_pages(7, a);
+        assert_eq!(m1, PageCache::Fresh);
+        let (m2, _r2) = v.open_pages(7, a);
+        assert_eq!(m2, PageCache::Keep);
+        // Another version while `a` is open on the inode: bypass the page cache.
+        let (m3, r3) = v.open_pages(7, b);
+        assert_eq!((m3, r3.is_none()), (PageCache::Direct, true));
+        drop(r1);
+        drop(_r2);
+        // Nobody holds `a` any more: `b` starts a fresh page cache.
+        assert_eq!(v.open_pages(7, b).0, PageCache::Fresh);
+        v.forget_pages(7);
+        assert_ne!(v.open_pages(7, b).0, PageCache::Keep);
+        assert_eq!(v.id_for(&a), v.id_for(&a));
+        assert_ne!(v.id_for(&a), v.id_for(&b));
+    }
+}
