@@ -452,18 +452,21 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
             .detail(format!("store={}", store_path.display()))
     };
     audit.record(&mount_event(EventKind::Mount))?;
-    let daemon_file = store_path.join(crate::store::META_DIR).join(DAEMON_FILE);
     let daemon_info =
         json!({"pid": std::process::id(), "socket": socket, "mountpoint": mountpoint});
-    if let Err(e) = std::fs::write(&daemon_file, daemon_info.to_string()) {
-        log::info!("cannot write {}: {e}", daemon_file.display());
+    // Through the store gate: a link planted at daemon.json is replaced, never written through.
+    if let Err(e) = shared
+        .store
+        .write_meta(DAEMON_FILE, daemon_info.to_string().as_bytes(), 0o644)
+    {
+        log::info!("cannot write {DAEMON_FILE}: {e}");
     }
     on_ready();
     let result = session.run();
     shared.access.lock_all();
     shared.forget_plaintext();
     let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(&daemon_file);
+    let _ = shared.store.remove_meta(DAEMON_FILE);
     if let Err(e) = audit
         .record(&mount_event(EventKind::Unmount))
         .and_then(|()| audit.close())

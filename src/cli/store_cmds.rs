@@ -528,13 +528,10 @@ fn audit_store_change(
     user: Option<&str>,
     detail: Option<&str>,
 ) {
-    let daemon_file = store
-        .root()
-        .join(crate::store::META_DIR)
-        .join(crate::daemon::DAEMON_FILE);
-    let mountpoint = fs::read_to_string(&daemon_file)
+    let mountpoint = store
+        .read_meta(crate::daemon::DAEMON_FILE, 64 << 10)
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
         .and_then(|v| v["mountpoint"].as_str().map(PathBuf::from));
     if let Some(mnt) = mountpoint {
         let note = Request::AuditNote {
