@@ -235,6 +235,7 @@ impl Handler for DaemonControl {
                             UnlockError::NoKeyring(_) => "no-keyring",
                             UnlockError::WrongPassphrase(_) => "wrong-passphrase",
                             UnlockError::RateLimited { .. } => "rate-limited",
+                            UnlockError::KdfOverCap { .. } => "kdf-over-cap",
                             UnlockError::Store(_) => "store-error",
                         };
                         let _ = self
