@@ -42,6 +42,11 @@ pub enum DaemonError {
         "{0}: a dead FUSE mount of another kind ({1}) is in the way; unmount it (`umount -l`) first"
     )]
     DeadForeignMount(String, String),
+    #[error(
+        "{0}: transport endpoint is not connected, but no mount sits on it: it lies inside a \
+         dead FUSE mount; unmount that one (`tvault umount` or `umount -l`) first"
+    )]
+    InsideDeadMount(String),
     #[error("{path}: cannot detach the dead tvault mount there: {source}")]
     Detach {
         path: String,
@@ -157,15 +162,16 @@ fn recover_dead_mount(given: &Path) -> Result<(), DaemonError> {
     let display = given.display().to_string();
     let absolute =
         std::path::absolute(given).map_err(|_| DaemonError::NoMountpoint(display.clone()))?;
-    // The mountpoint itself cannot be resolved, but its parent can.
+    // The mountpoint itself cannot be resolved, but its parent can, unless the ENOTCONN came
+    // from a dead mount further up.
     let resolved = match (absolute.parent(), absolute.file_name()) {
         (Some(parent), Some(name)) => std::fs::canonicalize(parent)
-            .map_err(|_| DaemonError::NoMountpoint(display.clone()))?
+            .map_err(|_| DaemonError::InsideDeadMount(display.clone()))?
             .join(name),
         _ => absolute,
     };
     let Some(top) = mounts().into_iter().rev().find(|m| m.point == resolved) else {
-        return Err(DaemonError::NoMountpoint(display));
+        return Err(DaemonError::InsideDeadMount(display));
     };
     if top.fstype != "fuse.tvault" {
         return Err(DaemonError::DeadForeignMount(display, top.fstype));

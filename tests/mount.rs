@@ -1003,6 +1003,17 @@ fn mount_recovers_the_dead_mount_of_a_killed_daemon() {
         }
     }
     assert!(is_mounted(&fx.mnt));
+    // Below the dead mount there is nothing to recover; the error says where the problem is.
+    let err = fails(
+        &[
+            "mount",
+            s(&fx.store),
+            s(&fx.mnt.join("sub")),
+            "--foreground",
+        ],
+        "",
+    );
+    assert!(err.contains("inside a dead FUSE mount"), "{err}");
     // As an admin would: plain `tvault mount` (a background daemon; the fixture's cleanup
     // unmounts it with `tvault umount`).
     let mut cmd = Command::new(&fx.bin);
