@@ -4,13 +4,13 @@
 //! keyring's private key; data keys are then unwrapped from key slots on first use and kept in
 //! the session, in memory only, until the uid locks or the mount ends (all zeroized on drop).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::container::{Container, ContainerError};
-use crate::crypto::{PrivateKey, SecretKey, FILE_ID_LEN};
+use crate::crypto::{KdfParams, PrivateKey, SecretKey, FILE_ID_LEN};
 use crate::keyring::KeyringError;
 use crate::store::{Store, StoreError};
 
@@ -136,6 +136,11 @@ pub enum UnlockError {
     WrongPassphrase(String),
     #[error("too many failed attempts for uid {uid}; retry in {} s", retry_in.as_secs().max(1))]
     RateLimited { uid: u32, retry_in: Duration },
+    #[error("keyring of {name:?}: {source}")]
+    KdfOverCap {
+        name: String,
+        source: crate::crypto::CryptoError,
+    },
     #[error("{0}")]
     Store(String),
 }
@@ -155,11 +160,114 @@ fn backoff_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << (failures - 3).min(6)).min(Duration::from_secs(60))
 }
 
+/// Argon2id memory, in KiB, that unlocks of more than the default memory may hold together:
+/// one unlock at the cap at a time.
+const LARGE_POOL_KIB: u64 = KdfParams::CAP_M_KIB as u64;
+/// Held back for unlocks of at most `STANDARD_KIB`: four at the default at once, whatever the
+/// larger ones hold.
+const RESERVE_KIB: u64 = 256 * 1024;
+const STANDARD_KIB: u64 = KdfParams::DEFAULT.m_kib as u64;
+
+/// Bounds the memory of the Argon2id runs in flight (`LARGE_POOL_KIB + RESERVE_KIB` in all)
+/// and keeps costly unlocks from holding up cheap ones.
+///
+/// Fairness: a standard unlock (at most the default 64 MiB) takes the reserve, or the pool if
+/// no larger unlock is waiting for it, so it never waits for a larger unlock; it waits only
+/// while four or more other standard unlocks are in flight. Larger unlocks take the pool in
+/// arrival order (the first waiter blocks later ones even if they would fit, so a 1 GiB unlock
+/// is not starved by smaller ones), and standard unlocks stop taking pool memory while one
+/// waits.
+struct KdfBudget {
+    state: Mutex<BudgetState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    reserve_used: u64,
+    pool_used: u64,
+    /// Tickets of larger unlocks waiting for the pool, oldest first.
+    large_waiting: VecDeque<u64>,
+    next_ticket: u64,
+}
+
+/// Memory taken from the budget, given back on drop.
+struct KdfPermit<'a> {
+    budget: &'a KdfBudget,
+    reserve: u64,
+    pool: u64,
+}
+
+impl KdfBudget {
+    fn new() -> Self {
+        KdfBudget {
+            state: Mutex::new(BudgetState::default()),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `m_kib` (at most `KdfParams::CAP_M_KIB`) can be held.
+    fn acquire(&self, m_kib: u32) -> KdfPermit<'_> {
+        let need = u64::from(m_kib).min(LARGE_POOL_KIB);
+        let mut state = self.state();
+        let permit = |reserve, pool| KdfPermit {
+            budget: self,
+            reserve,
+            pool,
+        };
+        if need <= STANDARD_KIB {
+            loop {
+                if state.reserve_used + need <= RESERVE_KIB {
+                    state.reserve_used += need;
+                    return permit(need, 0);
+                }
+                if state.large_waiting.is_empty() && state.pool_used + need <= LARGE_POOL_KIB {
+                    state.pool_used += need;
+                    return permit(0, need);
+                }
+                state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.large_waiting.push_back(ticket);
+        loop {
+            if state.large_waiting.front() == Some(&ticket)
+                && state.pool_used + need <= LARGE_POOL_KIB
+            {
+                state.large_waiting.pop_front();
+                state.pool_used += need;
+                // The next waiter may fit beside this one, and standard unlocks may take
+                // pool memory again.
+                self.freed.notify_all();
+                return permit(0, need);
+            }
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for KdfPermit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.budget.state();
+        state.reserve_used -= self.reserve;
+        state.pool_used -= self.pool;
+        drop(state);
+        self.budget.freed.notify_all();
+    }
+}
+
 pub struct Access {
     sessions: RwLock<HashMap<u32, Arc<UserSession>>>,
     backoff: Mutex<HashMap<u32, Backoff>>,
-    /// Argon2id uses 64 MiB per unlock by default; one at a time bounds memory under abuse.
-    unlock_gate: Mutex<()>,
+    /// One unlock at a time per uid: its attempts queue behind each other, not other uids'.
+    /// Entries are made only for uids that have a keyring.
+    uid_gates: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
+    kdf_budget: KdfBudget,
 }
 
 impl Default for Access {
@@ -173,7 +281,8 @@ impl Access {
         Access {
             sessions: RwLock::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
-            unlock_gate: Mutex::new(()),
+            uid_gates: Mutex::new(HashMap::new()),
+            kdf_budget: KdfBudget::new(),
         }
     }
 
@@ -209,11 +318,31 @@ impl Access {
             Ok(None) => return Err(UnlockError::NoKeyring(uid)),
             Err(e) => return Err(UnlockError::Store(e.to_string())),
         };
-        // Backoff is checked and failures recorded under the gate, so concurrent attempts
-        // from one uid cannot all slip in before the first failure is counted.
+        // Refused before it waits or allocates anything: an over-cap keyring (sealed before the
+        // caps, or written by hand) must not cost the daemon its memory.
+        if let Some(params) = keyring.kdf_params() {
+            params
+                .check_cap()
+                .map_err(|source| UnlockError::KdfOverCap {
+                    name: keyring.name.clone(),
+                    source,
+                })?;
+        }
+        let gate = self
+            .uid_gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(uid)
+            .or_default()
+            .clone();
+        // Backoff is checked and failures recorded under the uid's gate, so concurrent
+        // attempts from one uid cannot all slip in before the first failure is counted.
         let private = {
-            let _gate = self.unlock_gate.lock().unwrap_or_else(|p| p.into_inner());
+            let _gate = gate.lock().unwrap_or_else(|p| p.into_inner());
             self.check_backoff(uid)?;
+            let _memory = keyring
+                .kdf_params()
+                .map(|params| self.kdf_budget.acquire(params.m_kib));
             match keyring.unlock(passphrase) {
                 Ok(private) => private,
                 Err(KeyringError::WrongPassphrase(name)) => {
@@ -340,5 +469,87 @@ mod tests {
         assert_eq!(backoff_delay(3), Duration::from_secs(1));
         assert_eq!(backoff_delay(4), Duration::from_secs(2));
         assert_eq!(backoff_delay(100), Duration::from_secs(60));
+    }
+
+    /// Runs `acquire(m_kib)` on a thread that holds the permit until told to let go; the
+    /// first receiver says when it got it.
+    fn hold(
+        budget: &Arc<KdfBudget>,
+        m_kib: u32,
+    ) -> (
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (got_tx, got) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let budget = budget.clone();
+        let thread = std::thread::spawn(move || {
+            let _permit = budget.acquire(m_kib);
+            got_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        (got, release, thread)
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+    const BLOCKED: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn a_large_unlock_does_not_hold_up_standard_ones() {
+        let budget = Arc::new(KdfBudget::new());
+        let cap = KdfParams::CAP_M_KIB;
+        let (got_big, release_big, big) = hold(&budget, cap);
+        got_big.recv_timeout(WAIT).unwrap();
+        // A second capped unlock waits for the first...
+        let (got_second, release_second, second) = hold(&budget, cap);
+        assert!(got_second.recv_timeout(BLOCKED).is_err());
+        // ...but four standard ones run beside it, from the reserve.
+        let standard: Vec<_> = (0..4).map(|_| hold(&budget, STANDARD_KIB as u32)).collect();
+        for (got, _, _) in &standard {
+            got.recv_timeout(WAIT).unwrap();
+        }
+        // A fifth waits: the pool is promised to the waiting capped unlock.
+        let (got_fifth, release_fifth, fifth) = hold(&budget, STANDARD_KIB as u32);
+        assert!(got_fifth.recv_timeout(BLOCKED).is_err());
+        release_big.send(()).unwrap();
+        big.join().unwrap();
+        got_second.recv_timeout(WAIT).unwrap();
+        {
+            let state = budget.state();
+            assert!(state.pool_used + state.reserve_used <= LARGE_POOL_KIB + RESERVE_KIB);
+        }
+        let (_, release, thread) = standard.into_iter().next().unwrap();
+        release.send(()).unwrap();
+        thread.join().unwrap();
+        got_fifth.recv_timeout(WAIT).unwrap();
+        for (release, thread) in [(release_second, second), (release_fifth, fifth)] {
+            release.send(()).unwrap();
+            thread.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn larger_unlocks_take_the_pool_in_arrival_order() {
+        let budget = Arc::new(KdfBudget::new());
+        let half = KdfParams::CAP_M_KIB / 2;
+        let (got_a, release_a, a) = hold(&budget, half + 1);
+        got_a.recv_timeout(WAIT).unwrap();
+        let (got_b, release_b, b) = hold(&budget, KdfParams::CAP_M_KIB);
+        assert!(got_b.recv_timeout(BLOCKED).is_err());
+        // Would fit beside `a`, but `b` came first.
+        let (got_c, release_c, c) = hold(&budget, half - 1);
+        assert!(got_c.recv_timeout(BLOCKED).is_err());
+        release_a.send(()).unwrap();
+        a.join().unwrap();
+        got_b.recv_timeout(WAIT).unwrap();
+        assert!(got_c.recv_timeout(BLOCKED).is_err());
+        release_b.send(()).unwrap();
+        b.join().unwrap();
+        got_c.recv_timeout(WAIT).unwrap();
+        release_c.send(()).unwrap();
+        c.join().unwrap();
+        let state = budget.state();
+        assert_eq!((state.pool_used, state.reserve_used), (0, 0));
     }
 }

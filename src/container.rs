@@ -56,6 +56,10 @@ pub enum ContainerError {
         "chunk table of {len} bytes exceeds this reader's {limit}-byte limit (a file this large needs a larger cache, or was crafted to exhaust memory)"
     )]
     TableTooLarge { len: u64, limit: u64 },
+    #[error(
+        "invalid chunk size {0} bytes: must be a power of two from 4096 (4 KiB) to 1048576 (1 MiB)"
+    )]
+    ChunkSizeBytes(u64),
     #[error("invalid key slot label {0:?}")]
     Label(String),
     #[error(transparent)]
@@ -74,10 +78,10 @@ pub fn chunk_count(plaintext_len: u64, chunk_log2: u8) -> u64 {
 }
 
 pub fn chunk_log2_from_size(size: u64) -> Result<u8> {
-    let log2 = size.trailing_zeros();
-    let log2 = u8::try_from(log2).unwrap_or(u8::MAX);
+    let log2 = u8::try_from(size.trailing_zeros()).unwrap_or(u8::MAX);
     if !size.is_power_of_two() || !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&log2) {
-        return Err(ContainerError::ChunkSize(log2));
+        // The size itself: its trailing zeros would call 3 or 65537 "2^0".
+        return Err(ContainerError::ChunkSizeBytes(size));
     }
     Ok(log2)
 }

@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,6 +24,8 @@ use zeroize::Zeroize;
 pub const MAX_REQUEST: u64 = 64 * 1024;
 const MAX_CONNECTIONS: usize = 256;
 const MAX_PER_UID: usize = 16;
+/// A request must arrive whole within this long of the connection being accepted, however
+/// it is paced; the reply gets as long again.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -190,20 +192,68 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> io::Result<()
     Ok(())
 }
 
+/// Reads the request line (up to and including the first newline, at most `MAX_REQUEST`
+/// bytes) by `deadline`. A per-read timeout alone would let a client that sends one byte every
+/// few seconds hold the connection, and its uid's share of them, forever.
+fn read_request(stream: &mut UnixStream, deadline: Instant, line: &mut Vec<u8>) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(io::ErrorKind::TimedOut.into());
+        }
+        if let Err(e) = stream.set_read_timeout(Some(left)) {
+            break Err(e);
+        }
+        let room = (MAX_REQUEST as usize - line.len()).min(buf.len());
+        match stream.read(&mut buf[..room]) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Some(end) = buf[..n].iter().position(|&b| b == b'\n') {
+                    line.extend_from_slice(&buf[..=end]);
+                    break Ok(());
+                }
+                line.extend_from_slice(&buf[..n]);
+                if line.len() as u64 >= MAX_REQUEST {
+                    break Ok(());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A read timeout is reported as WouldBlock on Unix.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                break Err(io::ErrorKind::TimedOut.into())
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    buf.zeroize();
+    result
+}
+
 fn handle_connection(stream: &mut UnixStream, peer: Peer, handler: &dyn Handler) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let deadline = Instant::now() + IO_TIMEOUT;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut line = Vec::new();
-    let n = BufReader::new(stream.try_clone()?.take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
-    let result = if n == 0 {
-        Err("empty request".to_string())
-    } else if !line.ends_with(b"\n") && n as u64 >= MAX_REQUEST {
-        Err(format!("request longer than {MAX_REQUEST} bytes"))
-    } else {
-        match serde_json::from_slice::<Request>(&line) {
+    // Sized for the largest request up front, so growing it leaves no stray copies of a
+    // passphrase behind.
+    let mut line = Vec::with_capacity(MAX_REQUEST as usize);
+    let read = read_request(stream, deadline, &mut line);
+    let result = match read {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(format!(
+            "request not complete within {} s",
+            IO_TIMEOUT.as_secs()
+        )),
+        Err(e) => {
+            line.zeroize();
+            return Err(e);
+        }
+        Ok(()) if line.is_empty() => Err("empty request".to_string()),
+        Ok(()) if !line.ends_with(b"\n") && line.len() as u64 >= MAX_REQUEST => {
+            Err(format!("request longer than {MAX_REQUEST} bytes"))
+        }
+        Ok(()) => match serde_json::from_slice::<Request>(&line) {
             Ok(request) => handler.handle(peer, &request),
             Err(e) => Err(format!("malformed request: {e}")),
-        }
+        },
     };
     line.zeroize();
     respond(stream, result)
@@ -234,6 +284,11 @@ pub enum ClientError {
     Io(#[from] io::Error),
     #[error("malformed response from the daemon: {0}")]
     Protocol(String),
+    #[error(
+        "the request is {0} bytes, over the daemon's limit of {MAX_REQUEST}: a passphrase this \
+         long cannot unlock a mount (`tvault user passwd` sets a shorter one)"
+    )]
+    TooLong(usize),
     #[error("{0}")]
     Refused(String),
 }
@@ -244,13 +299,27 @@ pub fn call(mountpoint: &Path, request: &Request, timeout: Duration) -> Result<V
         mountpoint: mountpoint.display().to_string(),
         source,
     };
-    let path = socket_path(mountpoint).map_err(no_daemon)?;
-    let mut stream = UnixStream::connect(&path).map_err(no_daemon)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
     let mut text =
         serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     text.push('\n');
+    if text.len() as u64 > MAX_REQUEST {
+        let len = text.len();
+        text.zeroize();
+        return Err(ClientError::TooLong(len));
+    }
+    let connected = socket_path(mountpoint).and_then(|path| {
+        let stream = UnixStream::connect(&path)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(stream)
+    });
+    let mut stream = match connected {
+        Ok(stream) => stream,
+        Err(e) => {
+            text.zeroize();
+            return Err(no_daemon(e));
+        }
+    };
     let written = stream.write_all(text.as_bytes());
     text.zeroize();
     written?;

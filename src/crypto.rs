@@ -32,6 +32,14 @@ pub enum CryptoError {
     Random(String),
     #[error("invalid key-derivation parameters: {0}")]
     KdfParams(String),
+    #[error(
+        "Argon2id m={m_kib} KiB, t={t} is over the cap of m={} KiB (1 GiB), t={} that tvault \
+         creates and a mount runs; choose a smaller --kdf-memory / --kdf-iterations (an existing \
+         keyring is re-sealed within the cap by `tvault user passwd`)",
+        KdfParams::CAP_M_KIB,
+        KdfParams::CAP_T
+    )]
+    KdfOverCap { m_kib: u32, t: u32 },
     #[error("the public key is a low-order point (no recipient can own it)")]
     WeakPublicKey,
 }
@@ -378,10 +386,17 @@ impl KdfParams {
         t: 3,
         p: 1,
     };
-    /// Upper bounds so a hostile keyring file cannot make unlock allocate unbounded memory.
+    /// What a keyring file may claim at all, so a hostile file cannot make a reader allocate
+    /// unbounded memory. Keyrings sealed before the caps below existed may lie between the
+    /// two: only the CLI, in its user's own process, still runs those (so that `user passwd`
+    /// can re-seal them within the caps).
     pub const MAX_M_KIB: u32 = 4 * 1024 * 1024;
     pub const MAX_T: u32 = 64;
     pub const MAX_P: u32 = 16;
+    /// What `user add` / `user passwd` seal with and the mount daemon runs: an unlock at the
+    /// cap holds 1 GiB for several seconds of one core, and the daemon serves many users.
+    pub const CAP_M_KIB: u32 = 1024 * 1024;
+    pub const CAP_T: u32 = 16;
 
     fn argon2(&self) -> Result<argon2::Argon2<'static>, CryptoError> {
         if self.m_kib > Self::MAX_M_KIB || self.t > Self::MAX_T || self.p > Self::MAX_P {
@@ -406,6 +421,17 @@ impl KdfParams {
 
     pub fn validate(&self) -> Result<(), CryptoError> {
         self.argon2().map(|_| ())
+    }
+
+    /// Refuses parameters above `CAP_M_KIB` / `CAP_T` (lanes are bounded by `validate`).
+    pub fn check_cap(&self) -> Result<(), CryptoError> {
+        if self.m_kib > Self::CAP_M_KIB || self.t > Self::CAP_T {
+            return Err(CryptoError::KdfOverCap {
+                m_kib: self.m_kib,
+                t: self.t,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -591,5 +617,23 @@ mod tests {
             p: 1,
         };
         assert!(passphrase_key(b"x", b"saltsaltsaltsalt", &huge).is_err());
+    }
+
+    #[test]
+    fn kdf_caps() {
+        let at = |m_kib, t| KdfParams { m_kib, t, p: 1 };
+        KdfParams::DEFAULT.check_cap().unwrap();
+        at(KdfParams::CAP_M_KIB, KdfParams::CAP_T)
+            .check_cap()
+            .unwrap();
+        for over in [
+            at(KdfParams::CAP_M_KIB + 1, 1),
+            at(64 * 1024, KdfParams::CAP_T + 1),
+        ] {
+            over.validate().unwrap();
+            let e = over.check_cap().unwrap_err();
+            assert!(matches!(e, CryptoError::KdfOverCap { .. }));
+            assert!(e.to_string().contains("--kdf-memory"), "{e}");
+        }
     }
 }

@@ -38,6 +38,30 @@ pub enum DaemonError {
     NotADirectory(String),
     #[error("{0}: already a mount point (unmount it first, or pick another directory)")]
     InUse(String),
+    #[error(
+        "{0}: a dead FUSE mount of another kind ({1}) is in the way; unmount it (`umount -l`) first"
+    )]
+    DeadForeignMount(String, String),
+    #[error(
+        "{0}: transport endpoint is not connected, but no mount sits on it: it lies inside a \
+         dead FUSE mount; unmount that one (`tvault umount` or `umount -l`) first"
+    )]
+    InsideDeadMount(String),
+    #[error("{path}: cannot detach the dead tvault mount there: {source}")]
+    Detach {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot mount store {store} at {mountpoint}: the mountpoint is the store or inside it, and \
+         the mount would serve its own backing files; choose a mountpoint outside the store"
+    )]
+    MountpointInStore { store: String, mountpoint: String },
+    #[error(
+        "cannot mount store {store} at {mountpoint}: the store is inside the mountpoint, so the \
+         mount would hide and serve its own backing files; choose a mountpoint outside the store"
+    )]
+    StoreInMountpoint { store: String, mountpoint: String },
     #[error("{path}: cannot mount: {source}")]
     Mount {
         path: String,
@@ -54,19 +78,34 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Mount points from /proc/self/mountinfo: (mount point, "major:minor").
-pub fn mounts() -> Vec<(PathBuf, String)> {
+/// One line of /proc/self/mountinfo.
+pub struct MountEntry {
+    pub point: PathBuf,
+    /// "major:minor".
+    pub dev: String,
+    /// e.g. "fuse.tvault", "ext4".
+    pub fstype: String,
+}
+
+/// Mounts from /proc/self/mountinfo, in mount order (the last one at a path is on top).
+pub fn mounts() -> Vec<MountEntry> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let dev = fields.nth(2)?.to_string();
-            let point = fields.nth(1)?;
-            Some((PathBuf::from(unescape_mountinfo(point)), dev))
-        })
-        .collect()
+    text.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+/// `id parent major:minor root point options [optional fields…] - fstype source super-options`
+fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let (front, back) = line.split_once(" - ")?;
+    let mut fields = front.split(' ');
+    let dev = fields.nth(2)?.to_string();
+    let point = fields.nth(1)?;
+    Some(MountEntry {
+        point: PathBuf::from(unescape_mountinfo(point)),
+        dev,
+        fstype: back.split(' ').next()?.to_string(),
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo octal.
@@ -93,7 +132,99 @@ fn unescape_mountinfo(field: &str) -> String {
 }
 
 pub fn is_mount_point(path: &Path) -> bool {
-    mounts().iter().any(|(p, _)| p == path)
+    mounts().iter().any(|m| m.point == path)
+}
+
+/// Detaches the mount at `mountpoint` lazily (`MNT_DETACH`, so open files do not keep it),
+/// with `fusermount3 -uz` when not root.
+pub fn detach(mountpoint: &Path) -> std::io::Result<()> {
+    let path = CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let umount_error = std::io::Error::last_os_error();
+    match std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mountpoint)
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(umount_error),
+    }
+}
+
+/// A mountpoint whose daemon died answers `stat` with ENOTCONN until the dead mount is
+/// removed. If it is a tvault mount, detach it (its daemon is gone, so nothing is served
+/// there) and say so; another filesystem's dead mount is not ours to remove.
+fn recover_dead_mount(given: &Path) -> Result<(), DaemonError> {
+    let display = given.display().to_string();
+    let absolute =
+        std::path::absolute(given).map_err(|_| DaemonError::NoMountpoint(display.clone()))?;
+    // The mountpoint itself cannot be resolved, but its parent can, unless the ENOTCONN came
+    // from a dead mount further up.
+    let resolved = match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map_err(|_| DaemonError::InsideDeadMount(display.clone()))?
+            .join(name),
+        _ => absolute,
+    };
+    let Some(top) = mounts().into_iter().rev().find(|m| m.point == resolved) else {
+        return Err(DaemonError::InsideDeadMount(display));
+    };
+    if top.fstype != "fuse.tvault" {
+        return Err(DaemonError::DeadForeignMount(display, top.fstype));
+    }
+    detach(&resolved).map_err(|source| DaemonError::Detach {
+        path: display,
+        source,
+    })?;
+    log::warn!(
+        "{}: the tvault mount there was dead (its daemon is gone; ENOTCONN): detached it",
+        resolved.display()
+    );
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: every open file of every user
+/// holds a descriptor of the daemon's (the container), besides its sockets and the
+/// /dev/fuse clones, and the usual soft limit of 1024 is soon reached on a shared host.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read a properly sized rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            log::warn!(
+                "cannot read the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                log::warn!(
+                    "cannot raise the open-file limit from {} to {}: {}",
+                    limit.rlim_cur,
+                    limit.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            limit = raised;
+        }
+    }
+    log::info!(
+        "open-file limit: {} (raise the hard limit, e.g. LimitNOFILE=, for more)",
+        limit.rlim_cur
+    );
 }
 
 /// Sets the kernel's readahead window for this mount (`--readahead`, 512 KiB by default,
@@ -103,10 +234,10 @@ pub fn is_mount_point(path: &Path) -> bool {
 /// `dd` 1.8 / 2.1 / 2.1 GB/s, `load_file` 1.16 / 1.03 / 1.08 s and one small tensor 2.0 /
 /// 2.9 / 4.0 ms (docs/PERFORMANCE.md).
 fn set_readahead(mountpoint: &Path, bytes: u64) {
-    let Some((_, dev)) = mounts().into_iter().rev().find(|(p, _)| p == mountpoint) else {
+    let Some(mount) = mounts().into_iter().rev().find(|m| m.point == mountpoint) else {
         return;
     };
-    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", mount.dev);
     if let Err(e) = std::fs::write(&knob, (bytes / 1024).to_string()) {
         log::info!("cannot set readahead ({knob}): {e}");
     }
@@ -236,6 +367,7 @@ impl Handler for DaemonControl {
                             UnlockError::NoKeyring(_) => "no-keyring",
                             UnlockError::WrongPassphrase(_) => "wrong-passphrase",
                             UnlockError::RateLimited { .. } => "rate-limited",
+                            UnlockError::KdfOverCap { .. } => "kdf-over-cap",
                             UnlockError::Store(_) => "store-error",
                         };
                         let _ = self
@@ -335,9 +467,16 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     // Before any thread exists, so that every thread inherits the mask and only the signal
     // thread below receives them.
     let signals = block_signals();
+    raise_fd_limit();
     let display = opts.mountpoint.display().to_string();
-    let meta = std::fs::metadata(&opts.mountpoint)
-        .map_err(|_| DaemonError::NoMountpoint(display.clone()))?;
+    let meta = match std::fs::metadata(&opts.mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            recover_dead_mount(&opts.mountpoint)?;
+            std::fs::metadata(&opts.mountpoint)
+        }
+        other => other,
+    }
+    .map_err(|_| DaemonError::NoMountpoint(display.clone()))?;
     if !meta.is_dir() {
         return Err(DaemonError::NotADirectory(display));
     }
@@ -349,6 +488,22 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     let store = Store::open(&opts.store)?;
     let store_path =
         std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+    // Serving the store's own directory through itself deadlocks the first lookup (and then
+    // SIGTERM too), whichever contains the other.
+    let names = || {
+        (
+            store_path.display().to_string(),
+            mountpoint.display().to_string(),
+        )
+    };
+    if mountpoint.starts_with(&store_path) {
+        let (store, mountpoint) = names();
+        return Err(DaemonError::MountpointInStore { store, mountpoint });
+    }
+    if store_path.starts_with(&mountpoint) {
+        let (store, mountpoint) = names();
+        return Err(DaemonError::StoreInMountpoint { store, mountpoint });
+    }
     let socket = control::socket_path(&mountpoint).map_err(|source| DaemonError::Socket {
         path: display.clone(),
         source,
@@ -482,6 +637,18 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let m = parse_mountinfo_line(
+            "36 35 0:52 / /mnt/a\\040b rw,nosuid shared:1 master:2 - fuse.tvault tvault:/s rw,user_id=0",
+        )
+        .unwrap();
+        assert_eq!(m.point, Path::new("/mnt/a b"));
+        assert_eq!(m.dev, "0:52");
+        assert_eq!(m.fstype, "fuse.tvault");
+        assert!(parse_mountinfo_line("garbage").is_none());
+    }
 
     #[test]
     fn mountinfo_unescape() {

@@ -11,6 +11,10 @@ const SEAL_AAD_PREFIX: &[u8] = b"tensorvault v1 keyring";
 const PUBLIC_KEY_PREFIX: &str = "tvault-x25519:";
 const SALT_LEN: usize = 16;
 pub const MAX_NAME_LEN: usize = 32;
+/// Longest passphrase `create` and `reseal` accept. An unlock sends the passphrase inside a
+/// JSON request that the mount reads up to 64 KiB; escaped at worst six bytes per byte
+/// (`\u0001`), 8 KiB always fits, so a passphrase accepted here can always unlock.
+pub const MAX_PASSPHRASE_LEN: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -30,6 +34,11 @@ pub enum KeyringError {
     Malformed(String),
     #[error("the passphrase is empty")]
     EmptyPassphrase,
+    #[error(
+        "the passphrase is {0} bytes; at most {MAX_PASSPHRASE_LEN} are allowed (an unlock must fit \
+         the mount's 64 KiB request limit): choose a shorter one"
+    )]
+    PassphraseTooLong(usize),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -131,6 +140,9 @@ fn seal(
     if passphrase.is_empty() {
         return Err(KeyringError::EmptyPassphrase);
     }
+    if passphrase.len() > MAX_PASSPHRASE_LEN {
+        return Err(KeyringError::PassphraseTooLong(passphrase.len()));
+    }
     let salt: [u8; SALT_LEN] = crypto::random_array()?;
     let key = crypto::passphrase_key(passphrase, &salt, &params)?;
     let aad = seal_aad(name, &private.public_key());
@@ -154,6 +166,7 @@ impl Keyring {
     ) -> Result<(Keyring, PrivateKey)> {
         validate_name(name)?;
         params.validate()?;
+        params.check_cap()?;
         let private = PrivateKey::generate()?;
         let sealed = seal(name, &private, passphrase, params)?;
         let keyring = Keyring {
@@ -212,6 +225,7 @@ impl Keyring {
         params: KdfParams,
     ) -> Result<()> {
         params.validate()?;
+        params.check_cap()?;
         if private.public_key() != self.public_key {
             return Err(KeyringError::Malformed(
                 "private key does not belong to this keyring".into(),
@@ -357,5 +371,37 @@ mod tests {
         ));
         assert!(Keyring::from_json(b"{}").is_err());
         assert!(Keyring::create("a", 1, b"", FAST).is_err());
+    }
+
+    #[test]
+    fn new_seals_stay_within_the_caps() {
+        let long = vec![b'x'; MAX_PASSPHRASE_LEN + 1];
+        assert!(matches!(
+            Keyring::create("a", 1, &long, FAST),
+            Err(KeyringError::PassphraseTooLong(n)) if n == long.len()
+        ));
+        let (mut k, private) = Keyring::create("a", 1, &long[..MAX_PASSPHRASE_LEN], FAST).unwrap();
+        assert!(matches!(
+            k.reseal(&private, &long, FAST),
+            Err(KeyringError::PassphraseTooLong(_))
+        ));
+        let over = KdfParams {
+            t: KdfParams::CAP_T + 1,
+            ..FAST
+        };
+        for result in [
+            Keyring::create("a", 1, b"pw", over).map(|_| ()),
+            k.reseal(&private, b"pw", over),
+        ] {
+            assert!(matches!(
+                result,
+                Err(KeyringError::Crypto(CryptoError::KdfOverCap { .. }))
+            ));
+        }
+        // A keyring sealed over the caps (before they existed) still parses, so that the CLI
+        // can re-seal it; the mount refuses to run it (access.rs).
+        let json = k.to_json().replace("\"t\": 1", "\"t\": 64");
+        let legacy = Keyring::from_json(json.as_bytes()).unwrap();
+        assert!(legacy.kdf_params().unwrap().check_cap().is_err());
     }
 }

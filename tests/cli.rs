@@ -504,3 +504,108 @@ fn existing_files_need_force_and_bad_input_is_named() {
     );
     assert!(err.contains("a.bin.tvlt"), "{err}");
 }
+
+/// Issue 11, finding 9: `user add` and `user passwd` refuse Argon2id parameters above the caps
+/// (1 GiB, 16 passes) with a named error, before asking for any passphrase.
+#[test]
+fn kdf_parameters_over_the_caps_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_with_users(tmp.path());
+    let over: [&[&str]; 2] = [
+        &["--kdf-memory", "1048577", "--kdf-iterations", "1"],
+        &["--kdf-memory", "1024", "--kdf-iterations", "17"],
+    ];
+    for kdf in over {
+        let mut args = vec!["user", "add", s(&store), "carol", "--uid", "1003"];
+        args.extend(kdf);
+        let err = fails(&args, "");
+        assert!(err.contains("over the cap of m=1048576 KiB"), "{err}");
+        assert!(!store.join(".tvault/users/carol.json").exists());
+        let before = fs::read(store.join(".tvault/users/alice.json")).unwrap();
+        let mut args = vec!["user", "passwd", s(&store), "alice"];
+        args.extend(kdf);
+        let err = fails(&args, "pw-alice\nnew-pass\n");
+        assert!(err.contains("over the cap"), "{err}");
+        assert_eq!(
+            fs::read(store.join(".tvault/users/alice.json")).unwrap(),
+            before
+        );
+    }
+    // At the caps is allowed (iterations only, to keep the test cheap).
+    let mut args = vec!["user", "add", s(&store), "carol", "--uid", "1003"];
+    args.extend(["--kdf-memory", "8", "--kdf-iterations", "16"]);
+    ok(&args, "pw\n");
+}
+
+/// Issue 11, finding 11: a passphrase longer than the mount's unlock request can carry is
+/// refused when it is set, not discovered at the first unlock.
+#[test]
+fn passphrases_too_long_to_unlock_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_with_users(tmp.path());
+    let long = tmp.path().join("long");
+    for len in [8193, 70_000] {
+        fs::write(&long, "x".repeat(len) + "\n").unwrap();
+        let mut args = vec!["user", "add", s(&store), "carol", "--uid", "1003"];
+        args.extend(FAST_KDF);
+        args.extend(["--passphrase-file", s(&long)]);
+        let err = fails(&args, "");
+        assert!(
+            err.contains(&format!("the passphrase is {len} bytes; at most 8192")),
+            "{err}"
+        );
+        assert!(!store.join(".tvault/users/carol.json").exists());
+        let mut args = vec!["user", "passwd", s(&store), "alice"];
+        args.extend(FAST_KDF);
+        args.extend(["--new-passphrase-file", s(&long)]);
+        let err = fails(&args, "pw-alice\n");
+        assert!(err.contains("at most 8192"), "{err}");
+    }
+    // alice's old passphrase still opens her keyring.
+    let src = tmp.path().join("a.bin");
+    fs::write(&src, b"data").unwrap();
+    ok(&["put", s(&store), s(&src), "--to", "alice"], "");
+    let out = ok(
+        &["get", s(&store), "a.bin", "-o", "-", "--user", "alice"],
+        "pw-alice\n",
+    );
+    assert_eq!(out, "data");
+}
+
+/// Issue 11, finding 11: a bad chunk size in `store.json` (or `init --chunk-size`) is named as
+/// given, not as "2^0".
+#[test]
+fn bad_chunk_sizes_are_reported_as_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_with_users(tmp.path());
+    let config_path = store.join(".tvault/store.json");
+    let config = fs::read_to_string(&config_path).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let original = value["chunk_size"].as_u64().unwrap();
+    for bad in [3u64, 65537, 0] {
+        let edited = config.replace(
+            &format!("\"chunk_size\": {original}"),
+            &format!("\"chunk_size\": {bad}"),
+        );
+        assert_ne!(edited, config, "store.json layout changed: {config}");
+        fs::write(&config_path, edited).unwrap();
+        let err = fails(&["user", "list", s(&store)], "");
+        assert!(
+            err.contains(&format!("invalid chunk size {bad} bytes")) && !err.contains("2^"),
+            "{err}"
+        );
+        let err = fails(
+            &[
+                "init",
+                s(&tmp.path().join(format!("s{bad}"))),
+                "--chunk-size",
+                &bad.to_string(),
+            ],
+            "",
+        );
+        assert!(
+            err.contains(&format!("invalid chunk size {bad} bytes")),
+            "{err}"
+        );
+    }
+}

@@ -266,10 +266,21 @@ print(n)
     let mut max_rss_kb = 0u64;
     let mut cycles = 0;
     while Instant::now() < deadline {
-        assert!(fx
-            .tvault_as(1003, &["lock", s(&fx.mnt)], "")
-            .status
-            .success());
+        // The kernel sends the release of carol's last `head` after it exits: until the
+        // daemon has it, `lock` says the file is still open.
+        let since = Instant::now();
+        loop {
+            let out = fx.tvault_as(1003, &["lock", s(&fx.mnt)], "");
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                stderr(&out).contains("still open") && since.elapsed() < Duration::from_secs(10),
+                "lock: {}",
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(!fx
             .as_uid(1003, "head", &["-c", "10", &shared_path], "")
             .status
@@ -514,4 +525,221 @@ fn backing_store_turning_read_only_or_vanishing_under_a_mount() {
     );
     fx.unmount();
     assert!(!fx.daemon_log().contains("panic"), "{}", fx.daemon_log());
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    rss_field(pid, "VmHWM:")
+}
+
+fn rss_field(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// Starts `tvault unlock` as `uid`; returns the process and when it started.
+fn start_unlock(fx: &MountFixture, uid: u32, passphrase: &str) -> (std::process::Child, Instant) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(&fx.bin)
+    .args(["unlock", s(&fx.mnt)])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        format!("{passphrase}\n").as_bytes(),
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    (child, start)
+}
+
+/// Waits for an unlock started by `start_unlock`, asserts it succeeded, returns how long it took.
+fn finish_unlock((child, start): (std::process::Child, Instant)) -> Duration {
+    let out = wait_with_timeout(child, "unlock");
+    let took = start.elapsed();
+    assert!(out.status.success(), "unlock: {}", stderr(&out));
+    took
+}
+
+/// Issue 11, finding 9: unlocks of different uids no longer queue behind one another. While
+/// carol's Argon2id (1 GiB, 4 passes: allowed, but seconds) runs, dave's default unlock
+/// (64 MiB, 3 passes) takes less than half of carol's time and finishes first; and two
+/// unlocks at the 1 GiB cap do not run at once (the daemon's peak memory stays below 2 GiB).
+#[test]
+fn a_slow_unlock_does_not_delay_other_users() {
+    let mut fx = MountFixture::new();
+    let users = [
+        (
+            "carol",
+            "1003",
+            &["--kdf-memory", "1048576", "--kdf-iterations", "4"][..],
+        ),
+        (
+            "erin",
+            "1005",
+            &["--kdf-memory", "1048576", "--kdf-iterations", "1"][..],
+        ),
+        ("dave", "1004", &[][..]),
+    ];
+    for (name, uid, kdf) in users {
+        let mut args = vec!["user", "add", s(&fx.store), name, "--uid", uid];
+        args.extend(kdf);
+        ok(&args, &format!("pw-{name}\n"));
+    }
+    let (carol, erin, dave) = (1003, 1005, 1004);
+    fx.mount(&[]);
+    let pid = fx.daemon_pid().unwrap();
+    let dave_alone = finish_unlock(start_unlock(&fx, dave, "pw-dave"));
+    let carol_alone = finish_unlock(start_unlock(&fx, carol, "pw-carol"));
+    // Carol again; once her Argon2id is filling its memory, dave unlocks.
+    let base = rss_field(pid, "VmRSS:");
+    let slow = start_unlock(&fx, carol, "pw-carol");
+    while rss_field(pid, "VmRSS:") < base + (256 << 20) {
+        assert!(
+            slow.1.elapsed() < Duration::from_secs(60),
+            "carol's KDF never ran"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dave_during = finish_unlock(start_unlock(&fx, dave, "pw-dave"));
+    let mut slow = slow;
+    let carol_running = slow.0.try_wait().unwrap().is_none();
+    let carol_during = finish_unlock(slow);
+    eprintln!(
+        "unlock times: dave alone {dave_alone:?}, dave during carol's {dave_during:?}; \
+         carol alone {carol_alone:?}, carol with dave {carol_during:?}"
+    );
+    assert!(
+        dave_during < carol_alone / 2,
+        "dave's unlock took {dave_during:?} beside carol's ({carol_alone:?} alone)"
+    );
+    assert!(
+        carol_running,
+        "carol's unlock ended before dave's ({dave_during:?}): no overlap was tested"
+    );
+    // Two unlocks at the memory cap at once: the second waits for the first's memory.
+    let both = [
+        start_unlock(&fx, carol, "pw-carol"),
+        start_unlock(&fx, erin, "pw-erin"),
+    ];
+    let both: Vec<Duration> = both.into_iter().map(finish_unlock).collect();
+    let peak = peak_rss(pid);
+    eprintln!(
+        "carol and erin (1 GiB each) together: {:?} and {:?}; daemon peak RSS {} MiB",
+        both[0],
+        both[1],
+        peak >> 20
+    );
+    assert!(
+        peak < (1u64 << 30) + (768 << 20),
+        "daemon peak RSS {} MiB: two 1 GiB unlocks ran at once",
+        peak >> 20
+    );
+}
+
+/// Issue 11, finding 10: a client that sends one byte a second never completes a request,
+/// yet used to keep its connection (and so all 16 of its uid's) forever. Every connection is
+/// now cut off at the 10 s request deadline, other uids are served meanwhile, and the
+/// trickling uid can connect again afterwards.
+#[test]
+fn trickling_control_clients_are_cut_off_at_the_deadline() {
+    let mut fx = MountFixture::new();
+    let src = fx.plain_file("f", b"still served");
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    let mut args = vec!["user", "add", s(&fx.store), "carol", "--uid", "1003"];
+    args.extend(FAST_KDF);
+    ok(&args, "pw-carol\n");
+    fx.mount(&[]);
+    let real = fs::canonicalize(&fx.mnt).unwrap();
+    let code = r#"
+import hashlib, json, select, socket, sys, time
+path = "/run/tvault/" + hashlib.sha256(sys.argv[1].encode()).hexdigest()[:32] + ".sock"
+start = time.time(); until = start + float(sys.argv[2])
+socks = []
+for _ in range(16):
+    s = socket.socket(socket.AF_UNIX); s.connect(path); s.sendall(b"{"); socks.append(s)
+# The uid's quota is full while the 16 are held: a 17th is turned away.
+extra = socket.socket(socket.AF_UNIX); extra.connect(path)
+extra.sendall(b'{"op":"status"}\n')
+print("BUSY", extra.recv(4096).decode().strip(), flush=True)
+closed = []
+while socks and time.time() < until:
+    for s in list(socks):
+        try:
+            if select.select([s], [], [], 0)[0]:
+                closed.append([time.time() - start, s.recv(4096).decode(errors="replace")])
+                socks.remove(s)
+            else:
+                s.sendall(b" ")
+        except OSError as e:
+            closed.append([time.time() - start, repr(e)]); socks.remove(s)
+    time.sleep(1)
+print("RESULT", json.dumps({"closed": closed, "still_open": len(socks)}), flush=True)
+"#;
+    let trickle = Command::new("setpriv")
+        .args(["--reuid=1003", "--regid=1003", "--clear-groups", "--"])
+        .arg(python())
+        .args(["-c", code, s(&real), "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Meanwhile another uid unlocks and reads.
+    let start = Instant::now();
+    fx.unlock(ALICE, "pw-alice");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "alice's unlock waited on the trickling clients"
+    );
+    assert_eq!(
+        stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "still served"
+    );
+    let out = wait_with_timeout(trickle, "trickling clients");
+    let text = stdout(&out);
+    assert!(
+        text.contains("BUSY") && text.contains("too many connections"),
+        "{text}{}",
+        stderr(&out)
+    );
+    let result: serde_json::Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("{text}{}", stderr(&out)));
+    assert_eq!(result["still_open"], 0, "{result}");
+    let closed = result["closed"].as_array().unwrap();
+    assert_eq!(closed.len(), 16, "{result}");
+    let times: Vec<f64> = closed.iter().map(|c| c[0].as_f64().unwrap()).collect();
+    let last = times.iter().cloned().fold(0.0, f64::max);
+    let first = times.iter().cloned().fold(f64::MAX, f64::min);
+    eprintln!("trickling connections cut off after {first:.1} s to {last:.1} s");
+    assert!(
+        first >= 9.0 && last < 20.0,
+        "cut off between {first:.1} s and {last:.1} s: {result}"
+    );
+    assert!(
+        closed.iter().any(|c| c[1]
+            .as_str()
+            .unwrap_or("")
+            .contains("request not complete within 10 s")),
+        "{result}"
+    );
+    // The uid's connections were given back.
+    fx.unlock(1003, "pw-carol");
 }

@@ -844,3 +844,290 @@ fn a_planted_slot_opens_nothing_even_while_the_file_is_cached() {
         "{audit}"
     );
 }
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+/// Re-seals the keyring at `path` with `t` Argon2id passes, as `user add` did before the KDF
+/// caps existed (it now refuses to).
+fn reseal_with_passes(path: &std::path::Path, passphrase: &str, t: u32) {
+    use tensorvault::{crypto, keyring::Keyring};
+    let json = fs::read(path).unwrap();
+    let keyring = Keyring::from_json(&json).unwrap();
+    let private = keyring.unlock(passphrase.as_bytes()).unwrap();
+    let params = crypto::KdfParams {
+        m_kib: 1024,
+        t,
+        p: 1,
+    };
+    let salt: [u8; 16] = crypto::random_array().unwrap();
+    let key = crypto::passphrase_key(passphrase.as_bytes(), &salt, &params).unwrap();
+    // FORMAT.md: "tensorvault v1 keyring" ‖ public key ‖ name.
+    let mut aad = b"tensorvault v1 keyring".to_vec();
+    aad.extend_from_slice(keyring.public_key.as_bytes());
+    aad.extend_from_slice(keyring.name.as_bytes());
+    let (nonce, sealed) = crypto::seal_secret(&key, &private.to_bytes(), &aad).unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let record = &mut value["sealed_private_key"];
+    record["kdf"]["t"] = t.into();
+    record["kdf"]["salt"] = hex::encode(salt).into();
+    record["nonce"] = hex::encode(nonce).into();
+    record["ciphertext"] = hex::encode(sealed).into();
+    fs::write(path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+}
+
+/// Issue 11, finding 9: the daemon runs no Argon2id over the caps. A keyring sealed over them
+/// (before they existed, or by hand) is refused with a named error before anything is
+/// allocated, without stopping other users; `user passwd` re-seals it within the caps.
+#[test]
+fn an_over_cap_keyring_is_refused_by_the_mount_until_passwd_reseals_it() {
+    let mut fx = MountFixture::new();
+    for (name, uid) in [("carol", "1003"), ("dave", "1004")] {
+        let mut args = vec!["user", "add", s(&fx.store), name, "--uid", uid];
+        args.extend(FAST_KDF);
+        ok(&args, &format!("pw-{name}\n"));
+    }
+    let users = fx.store.join(".tvault/users");
+    reseal_with_passes(&users.join("carol.json"), "pw-carol", 17);
+    // dave's keyring claims 4 GiB, the most a keyring file may (the passphrase no longer fits
+    // it, but the daemon must not get as far as finding out).
+    let dave = fs::read_to_string(users.join("dave.json")).unwrap();
+    let edited = dave.replace("\"m_kib\": 1024", "\"m_kib\": 4194304");
+    assert_ne!(edited, dave);
+    fs::write(users.join("dave.json"), edited).unwrap();
+    let src = fx.plain_file("f", b"for carol");
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice,carol"], "");
+    fx.mount(&[]);
+    let pid = fx.daemon_pid().unwrap();
+    let out = fx.tvault_as(NOBODY, &["unlock", s(&fx.mnt)], "pw-carol\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("keyring of \"carol\"") && err.contains("t=17 is over the cap"),
+        "{err}"
+    );
+    let start = std::time::Instant::now();
+    let out = fx.tvault_as(1004, &["unlock", s(&fx.mnt)], "pw-dave\n");
+    let took = start.elapsed();
+    assert!(
+        stderr(&out).contains("m=4194304 KiB, t=1 is over the cap"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "refusal took {took:?}"
+    );
+    let peak = peak_rss(pid);
+    assert!(
+        peak < 1 << 30,
+        "daemon peak RSS {peak} bytes: it ran the 4 GiB KDF"
+    );
+    // Other users unlock as before.
+    fx.unlock(ALICE, "pw-alice");
+    assert_eq!(
+        stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "for carol"
+    );
+    // The CLI (in carol's own process) still opens her keyring, to re-seal it within the caps.
+    let mut args = vec!["user", "passwd", s(&fx.store), "carol"];
+    args.extend(FAST_KDF);
+    ok(&args, "pw-carol\npw-carol-2\n");
+    fx.unlock(NOBODY, "pw-carol-2");
+    assert_eq!(
+        stdout(&fx.as_uid(NOBODY, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "for carol"
+    );
+}
+
+/// Issue 11, finding 11: a passphrase of the longest length `user add` accepts unlocks a mount
+/// even when every byte needs six in the JSON request; a longer one is refused by the client
+/// with a named error instead of being cut off by the daemon.
+#[test]
+fn the_longest_allowed_passphrase_unlocks_and_a_longer_one_is_named() {
+    let mut fx = MountFixture::new();
+    let longest = "\u{1}".repeat(8192);
+    let file = fx.path("longest");
+    fs::write(&file, format!("{longest}\n")).unwrap();
+    let mut args = vec!["user", "add", s(&fx.store), "carol", "--uid", "1003"];
+    args.extend(FAST_KDF);
+    args.extend(["--passphrase-file", s(&file)]);
+    ok(&args, "");
+    let src = fx.plain_file("f", b"long passphrase");
+    ok(&["put", s(&fx.store), s(&src), "--to", "carol"], "");
+    fx.mount(&[]);
+    fx.unlock(NOBODY, &longest);
+    assert_eq!(
+        stdout(&fx.as_uid(NOBODY, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "long passphrase"
+    );
+    let out = fx.tvault_as(ALICE, &["unlock", s(&fx.mnt)], &"x".repeat(70_000));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("over the daemon's limit of 65536"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Issue 11, finding 11: after the daemon is killed, `tvault mount` finds the dead mount
+/// (ENOTCONN, a fuse.tvault entry in mountinfo), detaches it, says so, and mounts.
+#[test]
+fn mount_recovers_the_dead_mount_of_a_killed_daemon() {
+    let mut fx = MountFixture::new();
+    let src = fx.plain_file("f", b"after a crash");
+    ok(&["put", s(&fx.store), s(&src), "--to", "alice"], "");
+    fx.mount(&[]);
+    let pid = fx.daemon_pid().unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let start = std::time::Instant::now();
+    loop {
+        match fs::metadata(&fx.mnt) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => break,
+            _ => {
+                assert!(start.elapsed().as_secs() < 10, "the mount did not die");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    assert!(is_mounted(&fx.mnt));
+    // Below the dead mount there is nothing to recover; the error says where the problem is.
+    let err = fails(
+        &[
+            "mount",
+            s(&fx.store),
+            s(&fx.mnt.join("sub")),
+            "--foreground",
+        ],
+        "",
+    );
+    assert!(err.contains("inside a dead FUSE mount"), "{err}");
+    // As an admin would: plain `tvault mount` (a background daemon; the fixture's cleanup
+    // unmounts it with `tvault umount`).
+    let mut cmd = Command::new(&fx.bin);
+    cmd.args(["mount", s(&fx.store), s(&fx.mnt)])
+        .env("RUST_LOG", "warn");
+    let out = run(cmd, "");
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the tvault mount there was dead") && said.contains("detached it"),
+        "{said}"
+    );
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let here = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(s(&fx.mnt)))
+        .count();
+    assert_eq!(here, 1, "the dead mount is still stacked there");
+    fx.unlock(ALICE, "pw-alice");
+    assert_eq!(
+        stdout(&fx.as_uid(ALICE, "cat", &[s(&fx.mnt.join("f"))], "")),
+        "after a crash"
+    );
+}
+
+/// Issue 11, finding 11: a mountpoint that is the store or inside it, or a store inside the
+/// mountpoint, used to deadlock (and ignore SIGTERM); it is refused with a named error,
+/// also through a symlink.
+#[test]
+fn mounting_a_store_at_or_inside_itself_is_refused() {
+    let fx = MountFixture::new();
+    let inside = fx.store.join("sub");
+    fs::create_dir(&inside).unwrap();
+    let link = fx.path("link-to-store");
+    std::os::unix::fs::symlink(&fx.store, &link).unwrap();
+    let in_store = "the mountpoint is the store or inside it";
+    let cases = [
+        (fx.store.clone(), in_store),
+        (inside, in_store),
+        (link, in_store),
+        (
+            fx.tmp.path().to_path_buf(),
+            "the store is inside the mountpoint",
+        ),
+    ];
+    for (mnt, why) in cases {
+        let mut cmd = Command::new(&fx.bin);
+        cmd.args(["mount", s(&fx.store), s(&mnt), "--foreground"]);
+        let out = run(cmd, "");
+        assert!(!out.status.success(), "{}", s(&mnt));
+        assert!(stderr(&out).contains(why), "{}: {}", s(&mnt), stderr(&out));
+        assert!(!is_mounted(&mnt));
+    }
+}
+
+/// Issue 11, finding 3: the daemon raises its soft open-file limit to the hard limit.
+#[test]
+fn the_daemon_raises_its_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let fx = MountFixture::new();
+    // Keep our hard limit (raising it needs CAP_SYS_RESOURCE, which a container may lack).
+    let mut ours = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes a properly sized rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
+        0
+    );
+    let hard = ours.rlim_max.min(65536);
+    assert!(hard > 1024, "the hard open-file limit is only {hard}");
+    let log = fx.path("nofile.log");
+    let mut cmd = Command::new(&fx.bin);
+    cmd.args(["mount", s(&fx.store), s(&fx.mnt), "--foreground"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let start = std::time::Instant::now();
+    while !is_mounted(&fx.mnt) {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "mount did not come up: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let limits = fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let hard = hard.to_string();
+    assert_eq!(fields[3..5], [hard.as_str(), hard.as_str()], "{line}");
+    let mut umount = Command::new(&fx.bin);
+    umount.args(["umount", s(&fx.mnt)]);
+    assert!(run(umount, "").status.success());
+    wait_with_timeout(child, "daemon");
+    let said = fs::read_to_string(&log).unwrap();
+    assert!(said.contains(&format!("open-file limit: {hard}")), "{said}");
+}

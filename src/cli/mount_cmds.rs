@@ -1,6 +1,5 @@
 //! Commands that work on a mount: mount, unlock, lock, status, umount.
 
-use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,11 @@ use crate::control::{self, ClientError, Request};
 use crate::daemon::{self, MountOptions};
 
 const UNLOCK_TIMEOUT: Duration = Duration::from_secs(120);
+// Any passphrase a keyring accepts fits an unlock request, even escaped at six bytes per byte.
+const _: () = assert!(
+    6 * crate::keyring::MAX_PASSPHRASE_LEN + 64 <= control::MAX_REQUEST as usize,
+    "MAX_PASSPHRASE_LEN does not fit the control request limit"
+);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct MountArgs {
@@ -293,32 +297,17 @@ pub fn umount(mountpoint: &Path) -> CliResult {
             if !daemon::is_mount_point(&canonical) {
                 return Err(e.into());
             }
-            detach(&canonical)?;
+            daemon::detach(&canonical).map_err(|e| {
+                format!(
+                    "{}: cannot unmount ({e}; not root, and fusermount3 failed)",
+                    mountpoint.display()
+                )
+            })?;
             println!(
                 "detached {} (its daemon was not answering)",
                 mountpoint.display()
             );
             Ok(())
         }
-    }
-}
-
-fn detach(mountpoint: &Path) -> CliResult {
-    let path = CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated path.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let status = Command::new("fusermount3")
-        .arg("-uz")
-        .arg(mountpoint)
-        .status();
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        _ => Err(format!(
-            "{}: cannot unmount (not root, and fusermount3 failed)",
-            mountpoint.display()
-        )
-        .into()),
     }
 }

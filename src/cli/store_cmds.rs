@@ -90,6 +90,7 @@ pub fn user_add(
     }
     let params = kdf_params(kdf);
     params.validate()?;
+    params.check_cap()?;
     let phrase = passphrase::read(
         &format!("New passphrase for {name}"),
         pass.passphrase_file.as_deref(),
@@ -150,8 +151,11 @@ pub fn user_passwd(
 ) -> CliResult {
     let store = Store::open(path)?;
     let mut keyring = store.user(name)?;
-    let private = unlock(&store, name, pass)?;
+    // Refused before any passphrase is asked for.
     let params = kdf_params(kdf);
+    params.validate()?;
+    params.check_cap()?;
+    let private = unlock(&store, name, pass)?;
     let phrase = passphrase::read(&format!("New passphrase for {name}"), new_file, true)?;
     keyring.reseal(&private, &phrase, params)?;
     store.save_user(&keyring)?;
