@@ -543,3 +543,56 @@ fn every_name_the_mount_accepts_can_be_committed() {
     let unique: std::collections::HashSet<_> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "duplicates in the listing");
 }
+
+#[test]
+fn writers_cannot_grow_the_daemon_without_bound() {
+    let mut fx = MountFixture::new();
+    fx.mount(&["--cache-size", "64M"]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let pid = fx.daemon_pid().unwrap();
+    let base = rss_kib(pid);
+    // One write a terabyte into a new file: its chunk table would not fit the writer's bound.
+    let code = r#"
+import errno, os, sys
+fd = os.open(sys.argv[1] + "/huge.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    os.pwrite(fd, b"x", 1 << 40)
+    print("wrote", flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+os.close(fd)
+files, err = [], None
+for i in range(5000):
+    try:
+        fd = os.open("%s/w%05d.bin" % (sys.argv[1], i), os.O_RDWR | os.O_CREAT, 0o600)
+        os.pwrite(fd, os.urandom(100), 0)
+        files.append(fd)
+    except OSError as e:
+        err = errno.errorcode[e.errno]
+        break
+print(len(files), err, flush=True)
+sys.stdin.readline()
+"#;
+    let (mut alice, mut out) = spawn_python_as(ALICE, code, &[s(&fx.mnt)]);
+    assert_eq!(line(&mut out), "EFBIG");
+    let got = line(&mut out);
+    let (count, err) = got.split_once(' ').unwrap();
+    assert!(
+        err == "EMFILE" && count.parse::<usize>().unwrap() >= 10,
+        "files open for writing: {got}"
+    );
+    let grown = rss_kib(pid).saturating_sub(base);
+    assert!(grown < (64 + 48) * 1024, "daemon grew by {grown} KiB");
+    // Another user still writes.
+    let src = fx.plain_file("src", b"bob's");
+    let out2 = fx.as_uid(BOB, "cp", &[s(&src), s(&fx.mnt.join("bob.bin"))], "");
+    assert!(out2.status.success(), "{}", stderr(&out2));
+    alice.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let _ = alice.wait();
+    assert_eq!(
+        fx.as_uid(BOB, "cat", &[s(&fx.mnt.join("bob.bin"))], "")
+            .stdout,
+        b"bob's"
+    );
+}

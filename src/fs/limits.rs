@@ -45,6 +45,15 @@ impl Limit {
 
     /// Takes `amount` for `uid`: `EMFILE` beyond the uid's share, `ENFILE` beyond the total.
     pub(crate) fn charge(self: &Arc<Self>, uid: u32, amount: u64) -> Result<Charge, Errno> {
+        self.take(uid, amount)?;
+        Ok(Charge {
+            limit: self.clone(),
+            uid,
+            amount,
+        })
+    }
+
+    fn take(&self, uid: u32, amount: u64) -> Result<(), Errno> {
         let mut usage = lock(&self.usage);
         let mine = usage.by_uid.get(&uid).copied().unwrap_or(0);
         if mine.saturating_add(amount) > self.per_uid {
@@ -55,11 +64,18 @@ impl Limit {
         }
         usage.total += amount;
         *usage.by_uid.entry(uid).or_insert(0) += amount;
-        Ok(Charge {
-            limit: self.clone(),
-            uid,
-            amount,
-        })
+        Ok(())
+    }
+
+    fn give_back(&self, uid: u32, amount: u64) {
+        let mut usage = lock(&self.usage);
+        usage.total = usage.total.saturating_sub(amount);
+        if let Some(mine) = usage.by_uid.get_mut(&uid) {
+            *mine = mine.saturating_sub(amount);
+            if *mine == 0 {
+                usage.by_uid.remove(&uid);
+            }
+        }
     }
 
     pub(crate) fn per_uid(&self) -> u64 {
@@ -71,25 +87,41 @@ impl Limit {
     }
 }
 
-impl Drop for Charge {
-    fn drop(&mut self) {
-        let mut usage = lock(&self.limit.usage);
-        usage.total = usage.total.saturating_sub(self.amount);
-        if let Some(mine) = usage.by_uid.get_mut(&self.uid) {
-            *mine = mine.saturating_sub(self.amount);
-            if *mine == 0 {
-                usage.by_uid.remove(&self.uid);
-            }
+impl Charge {
+    pub(crate) fn amount(&self) -> u64 {
+        self.amount
+    }
+
+    /// Grows or shrinks the charge to `amount`; growing past the bound fails as `charge`
+    /// does and leaves the charge as it was.
+    pub(crate) fn resize(&mut self, amount: u64) -> Result<(), Errno> {
+        if amount > self.amount {
+            self.limit.take(self.uid, amount - self.amount)?;
+        } else {
+            self.limit.give_back(self.uid, self.amount - amount);
         }
+        self.amount = amount;
+        Ok(())
     }
 }
 
-/// The daemon's bounds: open handles from the file-descriptor limit, metadata from the
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.limit.give_back(self.uid, self.amount);
+    }
+}
+
+/// The daemon's bounds: open handles from the file-descriptor limit; metadata of open files
+/// and the memory of files being written (dirty chunks, the draft's chunk table) from the
 /// cache size.
 pub(crate) struct Limits {
     pub handles: Arc<Limit>,
     pub metadata: Arc<Limit>,
+    pub writes: Arc<Limit>,
 }
+
+/// Most handles one uid may hold, however high the descriptor limit: each may hold memory.
+const MAX_HANDLES_PER_UID: u64 = 4096;
 
 /// File descriptors kept free for the daemon itself (audit log, control socket, FUSE
 /// channels, the descriptors an open uses before it is charged).
@@ -97,14 +129,15 @@ const RESERVED_FDS: u64 = 128;
 
 impl Limits {
     /// `nofile`: the daemon's soft `RLIMIT_NOFILE`. Handles may use all but a reserve of it,
-    /// a quarter of that per uid. Metadata may take half the cache size (at least 64 MiB),
-    /// half of that per uid.
+    /// a quarter of that per uid (at most 4096). Metadata may take half the cache size (at
+    /// least 64 MiB), half of that per uid; files being written as much again.
     pub(crate) fn new(nofile: u64, cache_bytes: u64) -> Limits {
         let handles = nofile.saturating_sub(RESERVED_FDS).max(64);
-        let metadata = (cache_bytes / 2).max(64 << 20);
+        let memory = (cache_bytes / 2).max(64 << 20);
         Limits {
-            handles: Limit::new(handles, (handles / 4).max(16)),
-            metadata: Limit::new(metadata, metadata / 2),
+            handles: Limit::new(handles, (handles / 4).clamp(16, MAX_HANDLES_PER_UID)),
+            metadata: Limit::new(memory, memory / 2),
+            writes: Limit::new(memory, memory / 2),
         }
     }
 }
@@ -138,6 +171,13 @@ mod tests {
         assert_eq!(limit.used(), 6);
         let _d = limit.charge(1, 4).unwrap();
         drop(b);
+        assert_eq!(limit.used(), 6);
+        let mut e = limit.charge(2, 1).unwrap();
+        assert_eq!(e.resize(5).err(), Some(Errno::EMFILE));
+        assert_eq!(e.amount(), 1);
+        e.resize(4).unwrap();
+        assert_eq!(limit.used(), 10);
+        e.resize(0).unwrap();
         assert_eq!(limit.used(), 6);
     }
 }

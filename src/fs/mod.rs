@@ -660,12 +660,15 @@ impl Shared {
         let ws = match sessions.get(&ino) {
             Some(ws) => ws.clone(),
             None => {
-                let recipients = self.recipients_of(&version);
                 let log2 = version.reader.header().chunk_log2;
+                let memory = write::reserve(&self.limits.writes, uid, log2, version.reader.len())
+                    .map_err(OpenError::Errno)?;
+                let recipients = self.recipients_of(&version);
                 let ws = Arc::new(Mutex::new(WriteSession::new(
                     recipients,
                     log2,
                     Some(version),
+                    memory,
                 )));
                 sessions.insert(ino, ws.clone());
                 ws
@@ -704,7 +707,9 @@ impl Shared {
             .into_iter()
             .map(|k| (k.name, k.public_key))
             .collect();
-        let mut ws = WriteSession::new(recipients, self.store.default_chunk_log2(), None);
+        let log2 = self.store.default_chunk_log2();
+        let memory = write::reserve(&self.limits.writes, user.uid, log2, 0)?;
+        let mut ws = WriteSession::new(recipients, log2, None, memory);
         ws.commit(&self.store, rel, self.versions.fresh_id())
             .map_err(|e| {
                 log::error!("{rel}: {e}");

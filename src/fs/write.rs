@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::limits::{Charge, Limit};
 use super::FileVersion;
 use crate::container::{self, Draft};
 use crate::crypto::{PublicKey, SecretKey};
@@ -20,6 +21,9 @@ use crate::store::{Store, StoreError, TempFile};
 /// Bound on plaintext of partly written chunks per session: a 10 GB save does not need
 /// 10 GB of memory.
 const MAX_DIRTY_BYTES: u64 = 16 << 20;
+/// Memory the draft's chunk table and the committed version's table take per chunk, charged
+/// as the file grows (a write at a 1 TB offset must not allocate gigabytes unaccounted).
+const TABLE_COST_PER_CHUNK: u64 = 96;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -66,6 +70,27 @@ pub struct WriteSession {
     modified: bool,
     pub writers: usize,
     pub unlinked: bool,
+    /// The writer's charge for this session's memory: `dirty_budget` plus a chunk for the
+    /// final one, plus the chunk table at the current size.
+    memory: Charge,
+    dirty_budget: u64,
+}
+
+/// Reserves the memory of a new session of `uid` on a file of `size` bytes: its chunk table,
+/// and room for 16 MiB of dirty chunks or, when the uid's share is short, for two (writes
+/// then seal sooner). `EMFILE`/`ENFILE` when not even that is left.
+pub fn reserve(
+    limit: &Arc<Limit>,
+    uid: u32,
+    chunk_log2: u8,
+    size: u64,
+) -> Result<(Charge, u64), fuser::Errno> {
+    let cs = 1u64 << chunk_log2;
+    let table = container::chunk_count(size, chunk_log2).saturating_mul(TABLE_COST_PER_CHUNK);
+    match limit.charge(uid, MAX_DIRTY_BYTES + cs + table) {
+        Ok(c) => Ok((c, MAX_DIRTY_BYTES)),
+        Err(_) => limit.charge(uid, 3 * cs + table).map(|c| (c, 2 * cs)),
+    }
 }
 
 impl WriteSession {
@@ -73,10 +98,13 @@ impl WriteSession {
         recipients: Vec<(String, PublicKey)>,
         chunk_log2: u8,
         base: Option<Arc<FileVersion>>,
+        (memory, dirty_budget): (Charge, u64),
     ) -> Self {
         let size = base.as_ref().map_or(0, |b| b.reader.len());
         let base_is_none = base.is_none();
         WriteSession {
+            memory,
+            dirty_budget,
             recipients,
             chunk_log2,
             base_valid: size,
@@ -94,6 +122,21 @@ impl WriteSession {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Charges the chunk table of a file of `size` bytes before the session grows to it:
+    /// `EFBIG` past the writer's bound.
+    fn grow_to(&mut self, size: u64) -> Result<(), WriteError> {
+        if size <= self.size {
+            return Ok(());
+        }
+        let table =
+            container::chunk_count(size, self.chunk_log2).saturating_mul(TABLE_COST_PER_CHUNK);
+        let want = self.dirty_budget + self.chunk_size() + table;
+        if want > self.memory.amount() {
+            self.memory.resize(want).map_err(|_| WriteError::TooLarge)?;
+        }
+        Ok(())
     }
 
     fn chunk_size(&self) -> u64 {
@@ -163,6 +206,7 @@ impl WriteSession {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(WriteError::TooLarge)?;
+        self.grow_to(end)?;
         self.ensure_draft(store, rel)?;
         self.modified = true;
         if end > self.size {
@@ -210,7 +254,7 @@ impl WriteSession {
     /// Seals the oldest complete dirty chunks once the dirty set exceeds its bound.
     fn bound_dirty(&mut self) -> Result<(), WriteError> {
         let cs = self.chunk_size();
-        while self.dirty.len() as u64 * cs > MAX_DIRTY_BYTES {
+        while self.dirty.len() as u64 * cs > self.dirty_budget {
             let final_index = self.size.saturating_sub(1) >> self.chunk_log2;
             let Some(&index) = self.dirty.keys().find(|&&i| i != final_index) else {
                 break;
@@ -221,6 +265,7 @@ impl WriteSession {
     }
 
     pub fn truncate(&mut self, store: &Store, rel: &str, new_size: u64) -> Result<(), WriteError> {
+        self.grow_to(new_size)?;
         self.ensure_draft(store, rel)?;
         self.modified = true;
         if new_size < self.size {
