@@ -207,8 +207,9 @@ fn malformed_keyring_is_an_error_with_its_path() {
 #[test]
 fn leftover_temp_file_is_a_warning_and_can_be_removed() {
     let f = fixture();
-    let temp = f.store.join("team/.weights.bin.tvlt.tmp-0123456789ab");
+    let temp = f.store.join("team/.tvault-tmp-0123456789abcdef01234567");
     fs::write(&temp, b"half a draft").unwrap();
+    // Named as earlier versions named them.
     let keyring_temp = f.store.join(".tvault/users/.alice.json.tmp-a1b2c3d4e5f6");
     fs::write(&keyring_temp, b"{").unwrap();
 
