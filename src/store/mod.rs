@@ -307,7 +307,8 @@ impl Store {
                 continue;
             };
             if entry.kind != Kind::File {
-                log::warn!(
+                // Debug only: this runs on every unlock and denied open; fsck reports it.
+                log::debug!(
                     "{}: skipped: {} is not a keyring",
                     self.gate
                         .display_path(&format!("{USERS_REL}/{}", entry.name))
@@ -459,8 +460,9 @@ impl Store {
                 Kind::Symlink | Kind::Other => {}
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        // A directory `x` and a container `x.tvlt` side by side: the directory wins.
+        // A directory `x` and a container `x.tvlt` side by side: the directory wins (sorted
+        // first, kept by dedup), as in lookups.
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(b.is_dir.cmp(&a.is_dir)));
         out.dedup_by(|later, earlier| later.name == earlier.name);
         Ok(out)
     }
@@ -891,6 +893,25 @@ mod tests {
             names(store.recipients_for_new("x", &alice).unwrap()),
             ["alice"]
         );
+    }
+
+    #[test]
+    fn mount_listing_hides_links_and_prefers_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), container::DEFAULT_CHUNK_LOG2).unwrap();
+        fs::create_dir(dir.path().join("x")).unwrap();
+        fs::write(dir.path().join("x.tvlt"), b"").unwrap();
+        fs::write(dir.path().join("y.tvlt"), b"").unwrap();
+        fs::write(dir.path().join("notes.txt"), b"").unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("z")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("w.tvlt")).unwrap();
+        let listed: Vec<_> = store
+            .list_mount_dir("")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.is_dir))
+            .collect();
+        assert_eq!(listed, [("x".to_string(), true), ("y".to_string(), false)]);
     }
 
     #[test]
