@@ -607,3 +607,37 @@ fn grant_and_revoke_without_a_mount_use_the_key_outside_the_store() {
         "{out}"
     );
 }
+
+#[test]
+fn a_redirected_log_directory_is_checked_against_the_same_key_and_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let meta = tmp.path().join("store/.tvault");
+    fs::create_dir_all(&meta).unwrap();
+    let log = meta.join("audit.jsonl");
+    let key = state_dir()
+        .join(audit::KEY_DIR)
+        .join(format!("{}.key", audit::log_id(&log)));
+    write_log(&log, &key);
+    ok(&["audit", s(&log), "--verify"], "");
+    // Whoever can write the store swaps .tvault for a link to a directory of their own.
+    let id = audit::log_id(&log);
+    fs::rename(&meta, tmp.path().join("store/.tvault-was")).unwrap();
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::symlink(&theirs, &meta).unwrap();
+    assert_eq!(audit::log_id(&log), id, "the log keeps its id");
+    // The next writer finds no log where the head record says there was one, and says so.
+    let audit = AuditLog::open(&log, &key, None).unwrap();
+    audit
+        .record(&Event::new(EventKind::Lock).uid(1001).user("alice"))
+        .unwrap();
+    audit.close().unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines(&theirs.join("audit.jsonl"))[0]).unwrap();
+    assert_eq!(first["reason"], "missing-log");
+    let err = fails(&["audit", s(&log), "--verify"], "");
+    assert!(
+        err.contains("the chain restarts at seq 7 (missing-log"),
+        "{err}"
+    );
+}

@@ -50,8 +50,8 @@ impl Limits {
         window: Duration::from_secs(10),
         burst: 60,
         refill: Duration::from_secs(5),
-        windows: 16_384,
-        windows_per_uid: 256,
+        windows: 4096,
+        windows_per_uid: 64,
     };
 }
 

@@ -50,20 +50,29 @@ pub fn state_dir() -> PathBuf {
     }
 }
 
-/// The log's absolute path with its directory canonicalized (the file itself may not exist
-/// yet), so that `/srv/./models` and a symlinked path name the same log.
+/// The path a log's id is made from: absolute, with symlinks resolved above the log's own
+/// directory, so that `/srv/./models` and a symlinked store path name the same log. The
+/// log's directory itself is taken by name: whoever can write the store can replace
+/// `STORE/.tvault` with a link to somewhere else, and the log found there must then be
+/// checked against this log's key and head record, not get a fresh key of its own.
 fn canonical_log(log: &Path) -> PathBuf {
     let abs = std::path::absolute(log).unwrap_or_else(|_| log.to_path_buf());
-    match (abs.parent(), abs.file_name()) {
-        (Some(dir), Some(name)) => fs::canonicalize(dir)
+    let (Some(dir), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return abs;
+    };
+    match (dir.parent(), dir.file_name()) {
+        (Some(above), Some(dir_name)) => fs::canonicalize(above)
+            .map(|a| a.join(dir_name).join(name))
+            .unwrap_or_else(|_| abs.clone()),
+        // The log's directory is `/` or ends in `..`: resolve it whole.
+        _ => fs::canonicalize(dir)
             .map(|d| d.join(name))
             .unwrap_or_else(|_| abs.clone()),
-        _ => abs,
     }
 }
 
-/// The id of a log (which names its default key): 32 hex digits of the SHA-256 of its
-/// canonical path. Moving the log (or the store holding it) changes the id.
+/// The id of a log (which names its default key): 32 hex digits of the SHA-256 of its path
+/// as [`canonical_log`] makes it. Moving the log (or the store holding it) changes the id.
 pub fn log_id(log: &Path) -> String {
     let digest = Sha256::digest(canonical_log(log).as_os_str().as_bytes());
     hex::encode(&digest[..16])
@@ -413,12 +422,17 @@ mod tests {
         assert_eq!(other, Path::new("/var/log/a.jsonl"));
         assert_ne!(other_key, key);
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("x.jsonl");
-        let spelt = dir.path().join(".").join("x.jsonl");
+        fs::create_dir(dir.path().join("meta")).unwrap();
+        let log = dir.path().join("meta/x.jsonl");
+        let spelt = dir.path().join(".").join("meta/../meta/x.jsonl");
         assert_eq!(log_id(&log), log_id(&spelt));
+        // Links above the log's directory are resolved...
         let link = dir.path().join("link");
         symlink(dir.path(), &link).unwrap();
-        assert_eq!(log_id(&log), log_id(&link.join("x.jsonl")));
+        assert_eq!(log_id(&log), log_id(&link.join("meta/x.jsonl")));
+        // ...but not the directory itself: a redirected one keeps the log's id.
+        symlink(dir.path().join("meta"), dir.path().join("redirect")).unwrap();
+        assert_ne!(log_id(&log), log_id(&dir.path().join("redirect/x.jsonl")));
         assert_eq!(
             legacy_key_paths(Path::new("/s/.tvault/audit.jsonl")),
             [

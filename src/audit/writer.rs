@@ -322,6 +322,13 @@ impl AuditLog {
         let (head_file, recorded) = key::open_head(&head_path)?;
         warn_about_legacy_keys(path, key_path);
         warn_if_space_is_short(path, limits.max_size);
+        if fs::symlink_metadata(log_dir(path)).is_ok_and(|m| m.file_type().is_symlink()) {
+            log::warn!(
+                "{}: the audit log's directory is a symbolic link; the log is written where it \
+                 points, and checked against the key and head record of this path",
+                log_dir(path).display()
+            );
+        }
         let mut st = State {
             file: None,
             seq: 0,
@@ -1515,6 +1522,65 @@ mod tests {
         let both = [rotated_name(&log, 1), log.clone()];
         let report = verify(&both, Some(&k), None, Some(&head_of(&key))).unwrap();
         assert_eq!(report.last_seq, Some(11));
+    }
+
+    /// A rotation on a full disk: the new file's rotate entry does not fit, so the event is
+    /// refused; once there is room, that entry is written first and the chain stays whole.
+    #[test]
+    fn a_rotation_on_a_full_disk_keeps_the_chain() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root to mount a tmpfs");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("fs");
+        fs::create_dir(&small).unwrap();
+        assert!(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&small)
+            .status()
+            .unwrap()
+            .success());
+        let _guard = Unmount(small.clone());
+        let log = small.join("audit.jsonl");
+        let key = dir.path().join("audit.key");
+        let limits = Limits {
+            max_size: 8192,
+            coalesce: coalesce::Limits::DEFAULT,
+        };
+        let audit = AuditLog::open_with(&log, &key, limits).unwrap();
+        // Into the file's second (and last) page: lines up to the bound need no new page.
+        while fs::metadata(&log).unwrap().len() <= 4096 {
+            audit.record(&open_event(1)).unwrap();
+        }
+        let mut fill = fs::File::create(small.join("fill")).unwrap();
+        while fill.write_all(&[0u8; 4096]).is_ok() {}
+        drop(fill);
+        let refused = (0..100).find(|_| audit.record(&open_event(1)).is_err());
+        assert!(refused.is_some(), "writes kept succeeding on a full disk");
+        assert!(
+            rotated_name(&log, 1).exists(),
+            "the error came from the rotation"
+        );
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
+        fs::remove_file(small.join("fill")).unwrap();
+        audit.record(&open_event(2)).unwrap();
+        audit.close().unwrap();
+        let fresh = entries(&log);
+        assert_eq!(fresh[0].event, EventKind::Rotate);
+        assert_eq!(fresh[0].reason.as_deref(), Some("max-size"));
+        assert_eq!(fresh[1].user.as_deref(), Some("user2"));
+        let both = [rotated_name(&log, 1), log.clone()];
+        verify(&both, Some(&key_of(&key)), None, Some(&head_of(&key))).unwrap();
     }
 
     #[test]
