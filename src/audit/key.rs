@@ -158,32 +158,48 @@ impl Trust {
 /// Checks the directory that holds a key and every directory above it: each must be owned by
 /// `euid` or root and not writable by group or others, except that directories above the
 /// key's own may be sticky (`/tmp`): there nobody else can rename or remove our entries.
+/// Both the path as written and its canonical form are walked, so that a symlink on the way
+/// cannot sit in a directory others could change.
 fn check_dirs(dir: &Path) -> Result<(), AuditError> {
     let canonical = fs::canonicalize(dir).map_err(io_err(dir))?;
+    let literal = std::path::absolute(dir).map_err(io_err(dir))?;
+    let walks = canonical
+        .ancestors()
+        .enumerate()
+        .chain(literal.ancestors().enumerate());
+    for (depth, d) in walks {
+        let meta = fs::symlink_metadata(d).map_err(io_err(d))?;
+        if meta.file_type().is_symlink() {
+            // Its target is on the canonical walk; the directory holding it is checked next.
+            continue;
+        }
+        check_dir(d, &meta, depth == 0)?;
+    }
+    Ok(())
+}
+
+fn check_dir(d: &Path, meta: &fs::Metadata, holds_the_key: bool) -> Result<(), AuditError> {
     let me = euid();
-    for (depth, d) in canonical.ancestors().enumerate() {
-        let meta = fs::metadata(d).map_err(io_err(d))?;
-        let mode = meta.permissions().mode();
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(AuditError::KeyDir {
-                path: d.to_path_buf(),
-                why: format!(
-                    "it is owned by uid {}, who could replace the key (chown it to uid {me} or root)",
-                    meta.uid()
-                ),
-            });
-        }
-        let sticky = mode & libc::S_ISVTX != 0;
-        if mode & 0o022 != 0 && (depth == 0 || !sticky) {
-            return Err(AuditError::KeyDir {
-                path: d.to_path_buf(),
-                why: format!(
-                    "group or others can write it (mode {:03o}), so they could replace the key \
-                     (chmod go-w)",
-                    mode & 0o777
-                ),
-            });
-        }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(AuditError::KeyDir {
+            path: d.to_path_buf(),
+            why: format!(
+                "it is owned by uid {}, who could replace the key (chown it to uid {me} or root)",
+                meta.uid()
+            ),
+        });
+    }
+    let mode = meta.permissions().mode();
+    let sticky = mode & libc::S_ISVTX != 0;
+    if mode & 0o022 != 0 && (holds_the_key || !sticky) {
+        return Err(AuditError::KeyDir {
+            path: d.to_path_buf(),
+            why: format!(
+                "group or others can write it (mode {:03o}), so they could replace the key \
+                 (chmod go-w)",
+                mode & 0o777
+            ),
+        });
     }
     Ok(())
 }
@@ -508,6 +524,16 @@ mod tests {
             "sticky is accepted only above the key's own directory"
         );
         fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).unwrap();
+        // A symlink to the key's directory that lies where others can write is refused too.
+        let open_dir = dir.path().join("open");
+        fs::create_dir(&open_dir).unwrap();
+        fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
+        symlink(parent, open_dir.join("keys")).unwrap();
+        let via_link = open_dir.join("keys/a.key");
+        assert!(
+            matches!(read_trusted(&via_link), Err(AuditError::KeyDir { path, .. }) if path == open_dir)
+        );
+        assert!(read_trusted(&key).unwrap().is_some());
         // Raw 32-byte keys are accepted; anything else is refused.
         fs::write(&key, [9u8; 32]).unwrap();
         assert_eq!(load_or_create(&key).unwrap().as_slice(), &[9u8; 32]);
