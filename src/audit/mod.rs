@@ -50,7 +50,6 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::CryptoError;
 
-pub use coalesce::{Limits as CoalesceLimits, SUPPRESSED_REASON};
 pub use key::{
     default_key_path, default_paths, head_path, legacy_key_paths, log_id, read_head,
     read_trusted as read_key, state_dir, HeadRecord, Key, DEFAULT_STATE_DIR, KEY_DIR,
