@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 export TVAULT_VENV="${TVAULT_VENV:-/var/tmp/tvault-venv}"
 bash scripts/setup.sh
 export TVAULT_PYTHON="$TVAULT_VENV/bin/python"
+# Audit keys made by tests go to a scratch state directory, never to /var/lib/tvault.
+export TVAULT_STATE_DIR="${TVAULT_STATE_DIR:-$(mktemp -d /tmp/tvault-test-state.XXXXXX)}"
 cargo test --release -- --test-threads=2 "$@"

@@ -331,8 +331,10 @@ impl DaemonControl {
             "audit": {
                 "path": s.audit.path().display().to_string(),
                 "entries_written": s.audit.entries_written(),
+                "events_coalesced": s.audit.events_coalesced(),
                 "last_entry_time": s.audit.last_entry_time().map(audit::format_time),
                 "last_hash": if privileged { Some(s.audit.last_hash()) } else { None },
+                "key": privileged.then(|| s.audit.key_path().display().to_string()),
             },
         })
     }
@@ -513,8 +515,15 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         source,
     })?;
 
+    // The key is kept outside the store (by default under /var/lib/tvault), never beside the
+    // log: whoever can write the store could have planted one there.
     let (audit_path, default_key) = audit::default_paths(store.root(), opts.audit_log.as_deref());
     let key_path = opts.audit_key.clone().unwrap_or(default_key);
+    log::info!(
+        "audit log {}, key {}",
+        audit_path.display(),
+        key_path.display()
+    );
     let audit = match AuditLog::open(&audit_path, &key_path, opts.audit_max_size) {
         Ok(log) => Arc::new(log),
         Err(e) => {
@@ -622,6 +631,10 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     shared.forget_plaintext();
     let _ = std::fs::remove_file(&socket);
     let _ = shared.store.remove_meta(DAEMON_FILE);
+    // Counted denials first, so that nothing follows the unmount entry.
+    if let Err(e) = audit.write_pending() {
+        log::error!("audit log at unmount: {e}");
+    }
     if let Err(e) = audit
         .record(&mount_event(EventKind::Unmount))
         .and_then(|()| audit.close())

@@ -77,19 +77,116 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
 fn verify_passes_on_an_untouched_log() {
     let (_tmp, log, key, last) = setup();
     let out = ok(&["audit", s(&log), "--verify", "--key", s(&key)], "");
+    let report: Vec<&str> = out.lines().collect();
     assert_eq!(
-        out.trim(),
+        report[0],
         format!(
-            "6 entries, chain intact; last hash {last} (keep it elsewhere to detect tail truncation)"
+            "6 entries (6 events) in 1 file: chain intact, every entry authenticated under {}",
+            key.display()
         )
     );
-    // LOG.key beside the log is found without --key.
-    fs::rename(&key, audit::default_paths(Path::new("/"), Some(&log)).1).unwrap();
-    ok(&["audit", s(&log), "--verify", "--expect-last", &last], "");
-    let out = ok(&["audit", s(&log), "--verify", "--json"], "");
+    assert_eq!(
+        report[1],
+        "start: the log's first entry (seq 1); nothing is missing before it"
+    );
+    assert_eq!(
+        report[2],
+        "end: reaches the daemon's head record (seq 6); nothing was cut off"
+    );
+    assert_eq!(
+        report[3],
+        format!("last hash {last} (keep it elsewhere to detect tail truncation)")
+    );
+    ok(
+        &[
+            "audit",
+            s(&log),
+            "--verify",
+            "--key",
+            s(&key),
+            "--expect-last",
+            &last,
+        ],
+        "",
+    );
+    let out = ok(
+        &["audit", s(&log), "--verify", "--key", s(&key), "--json"],
+        "",
+    );
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["intact"], true);
+    assert_eq!(report["authenticated"], true);
     assert_eq!(report["entries"], 6);
+    assert_eq!(report["start"]["kind"], "beginning");
+    assert_eq!(report["head"]["status"], "matched");
     assert_eq!(report["last_hash"], last.as_str());
+}
+
+#[test]
+fn verify_never_trusts_a_key_beside_the_log() {
+    // The log lies in a store's .tvault/ with its key beside it, as older versions kept
+    // them, and as anyone who can write the store can plant them.
+    let tmp = tempfile::tempdir().unwrap();
+    let meta = tmp.path().join("store/.tvault");
+    fs::create_dir_all(&meta).unwrap();
+    let log = meta.join("audit.jsonl");
+    let beside = meta.join("audit.key");
+    write_log(&log, &beside);
+    fs::copy(&beside, audit::legacy_key_paths(&log)[1].clone()).unwrap();
+    let out = tvault(&["audit", s(&log), "--verify"], "");
+    assert_eq!(out.status.code(), Some(2), "unauthenticated");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("NOT AUTHENTICATED"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let default_key = state_dir()
+        .join(audit::KEY_DIR)
+        .join(format!("{}.key", audit::log_id(&log)));
+    assert!(
+        err.contains("NOT authenticated") && err.contains(s(&default_key)) && err.contains("--key"),
+        "{err}"
+    );
+    // Without a key the hash chain is still checked.
+    let mut content = lines(&log);
+    content.remove(2);
+    put_lines(&log, &content);
+    let out = tvault(&["audit", s(&log), "--verify"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3: prev does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A key owned by someone else is refused even when named.
+    std::os::unix::fs::chown(&beside, Some(1004), Some(1004)).unwrap();
+    let err = fails(&["audit", s(&log), "--verify", "--key", s(&beside)], "");
+    assert!(err.contains("owned by uid 1004"), "{err}");
+}
+
+#[test]
+fn logs_of_older_versions_still_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/audit-legacy");
+    for name in ["audit.jsonl", "audit.jsonl.1", "legacy.key"] {
+        fs::copy(data.join(name), tmp.path().join(name)).unwrap();
+    }
+    let key = tmp.path().join("legacy.key");
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    let out = ok(
+        &["audit", s(&log), "--rotated", "--verify", "--key", s(&key)],
+        "",
+    );
+    assert!(
+        out.starts_with("8 entries (8 events) in 2 files: chain intact"),
+        "{out}"
+    );
+    assert!(out.contains("start: the log's first entry"), "{out}");
+    // The newest file alone starts at a rotate entry: the report says what is missing.
+    let out = ok(&["audit", s(&log), "--verify", "--key", s(&key)], "");
+    assert!(
+        out.contains("start: seq 6, a rotate entry: the 5 entries before it were rotated out"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -122,20 +219,34 @@ fn verify_names_the_broken_line() {
 
 #[test]
 fn cut_tail_is_caught_against_the_recorded_hash() {
-    let (_tmp, log, key, last) = setup();
+    let (tmp, log, key, last) = setup();
     let orig = lines(&log);
     put_lines(&log, &orig[..4]);
-    // On its own the shorter log is a valid chain...
-    let out = ok(&["audit", s(&log), "--verify", "--key", s(&key)], "");
-    assert!(out.starts_with("4 entries, chain intact"), "{out}");
-    // ...but the hash recorded earlier is gone.
+    // The head record beside the key knows where the chain ended...
+    let err = fails(&["audit", s(&log), "--verify", "--key", s(&key)], "");
+    assert!(
+        err.contains("ends at seq 4 but the writer's head record says it reached seq 6"),
+        "{err}"
+    );
+    // ...and so does a hash kept elsewhere, with a copy of the key that has no head record.
+    let copy = tmp.path().join("copy.key");
+    fs::copy(&key, &copy).unwrap();
+    let out = ok(&["audit", s(&log), "--verify", "--key", s(&copy)], "");
+    assert!(
+        out.starts_with("4 entries (4 events) in 1 file: chain intact"),
+        "{out}"
+    );
+    assert!(
+        out.contains("a cut tail is caught only with --expect-last"),
+        "{out}"
+    );
     let err = fails(
         &[
             "audit",
             s(&log),
             "--verify",
             "--key",
-            s(&key),
+            s(&copy),
             "--expect-last",
             &last,
         ],
@@ -148,7 +259,11 @@ fn cut_tail_is_caught_against_the_recorded_hash() {
 fn default_key_for_a_store_log_and_rotated_files() {
     let tmp = tempfile::tempdir().unwrap();
     let store = store_with_users(tmp.path());
-    let (log, key) = audit::default_paths(&store, None);
+    let (log, _) = audit::default_paths(&store, None);
+    // Where the CLI (run with the tests' state directory) looks for the key of this log.
+    let key = state_dir()
+        .join(audit::KEY_DIR)
+        .join(format!("{}.key", audit::log_id(&log)));
     let audit = AuditLog::open(&log, &key, Some(600)).unwrap();
     for i in 0..6 {
         audit
@@ -163,7 +278,18 @@ fn default_key_for_a_store_log_and_rotated_files() {
     drop(audit);
     assert!(log.with_file_name("audit.jsonl.1").exists());
     let out = ok(&["audit", s(&log), "--rotated", "--verify"], "");
-    assert!(out.contains("chain intact"), "{out}");
+    assert!(
+        out.contains("chain intact, every entry authenticated"),
+        "{out}"
+    );
+    assert!(out.contains("start: the log's first entry"), "{out}");
+    // Without the oldest file, the report says the start is missing.
+    let oldest = audit::with_rotated(&log)[0].clone();
+    let kept = tmp.path().join("oldest");
+    fs::rename(&oldest, &kept).unwrap();
+    let out = ok(&["audit", s(&log), "--rotated", "--verify"], "");
+    assert!(out.contains("before it were rotated out"), "{out}");
+    fs::rename(&kept, &oldest).unwrap();
     // All six opens are listed across the files, oldest first.
     let out = ok(
         &[
@@ -183,11 +309,12 @@ fn default_key_for_a_store_log_and_rotated_files() {
     assert_eq!(paths.len(), 6, "{out}");
     assert_eq!(paths[0], "\"f0\"");
     assert_eq!(paths[5], "\"f5\"");
-    // Without a key beside it, --verify asks for one.
+    // A copy elsewhere has no key of its own: --verify says it cannot authenticate it.
     let elsewhere = tmp.path().join("copy.jsonl");
     fs::copy(&log, &elsewhere).unwrap();
-    let err = fails(&["audit", s(&elsewhere), "--verify"], "");
-    assert!(err.contains("--key"), "{err}");
+    let out = tvault(&["audit", s(&elsewhere), "--verify"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--key"));
 }
 
 fn json_lines(out: &str) -> Vec<serde_json::Value> {
@@ -261,7 +388,7 @@ fn filters_and_json_output() {
     let rows: Vec<&str> = table.lines().collect();
     assert_eq!(rows.len(), 4, "{table}");
     for col in [
-        "TIME", "USER", "PROCESS", "PATH", "EVENT", "DECISION", "REASON",
+        "TIME", "USER", "PROCESS", "PATH", "EVENT", "DECISION", "COUNT", "REASON",
     ] {
         assert!(rows[0].contains(col), "{table}");
     }
@@ -373,4 +500,144 @@ fn access_matrix_follows_put_grant_revoke() {
     assert_eq!(ok(&["access", s(&store), "m"], "").lines().count(), 3);
     let err = fails(&["access", s(&store), "nope"], "");
     assert!(err.contains("not in the store"), "{err}");
+}
+
+#[test]
+fn counted_lines_in_filters_and_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    let key = tmp.path().join("audit.key");
+    let audit = AuditLog::open(&log, &key, None).unwrap();
+    let denied = Event::new(EventKind::Open)
+        .uid(1003)
+        .pid(4245)
+        .path("m/config.json")
+        .open_flags(0)
+        .deny("no-keyring");
+    for _ in 0..50 {
+        audit.record(&denied).unwrap();
+    }
+    audit
+        .record(
+            &Event::new(EventKind::Open)
+                .uid(1001)
+                .user("alice")
+                .path("m/config.json")
+                .allow(),
+        )
+        .unwrap();
+    // Closing writes the count of the repeats.
+    audit.close().unwrap();
+    let denials = json_lines(&ok(
+        &[
+            "audit",
+            s(&log),
+            "--json",
+            "--decision",
+            "deny",
+            "--user",
+            "1003",
+        ],
+        "",
+    ));
+    assert_eq!(denials.len(), 2, "{denials:?}");
+    assert!(denials[0].get("count").is_none());
+    assert_eq!(denials[1]["count"], 49);
+    assert!(denials[1]["first"].as_str().unwrap() <= denials[1]["last"].as_str().unwrap());
+    assert_eq!(denials[1]["path"], "m/config.json");
+    let table = ok(&["audit", s(&log), "--decision", "deny"], "");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // "uid 1003" is two words in the data rows.
+    assert_eq!(rows[0][6], "COUNT", "{table}");
+    assert_eq!(rows[1][7], "1", "{table}");
+    assert_eq!(rows[2][7], "49", "{table}");
+    let out = ok(&["audit", s(&log), "--verify", "--key", s(&key)], "");
+    assert!(out.starts_with("3 entries (51 events) in 1 file"), "{out}");
+}
+
+#[test]
+fn grant_and_revoke_without_a_mount_use_the_key_outside_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_with_users(tmp.path());
+    let plain = tmp.path().join("w.bin");
+    fs::write(&plain, b"weights").unwrap();
+    ok(
+        &[
+            "put",
+            s(&store),
+            s(&plain),
+            "--to",
+            "alice",
+            "--as",
+            "w.bin",
+        ],
+        "",
+    );
+    ok(
+        &["grant", s(&store), "w.bin", "bob", "--user", "alice"],
+        "pw-alice\n",
+    );
+    ok(&["revoke", s(&store), "w.bin", "bob"], "");
+    let (log, _) = audit::default_paths(&store, None);
+    let events: Vec<String> = lines(&log)
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+        .collect();
+    assert_eq!(events, ["\"grant\"", "\"revoke\""]);
+    // No key in the store; the key is in the state directory, root-only.
+    assert!(!store.join(".tvault/audit.key").exists());
+    let key = state_dir()
+        .join(audit::KEY_DIR)
+        .join(format!("{}.key", audit::log_id(&log)));
+    let mode = fs::metadata(&key).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let out = ok(&["audit", s(&log), "--verify"], "");
+    assert!(
+        out.starts_with("2 entries (2 events) in 1 file: chain intact, every entry authenticated"),
+        "{out}"
+    );
+    assert!(
+        out.contains("end: reaches the daemon's head record (seq 2)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_redirected_log_directory_is_checked_against_the_same_key_and_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let meta = tmp.path().join("store/.tvault");
+    fs::create_dir_all(&meta).unwrap();
+    let log = meta.join("audit.jsonl");
+    let key = state_dir()
+        .join(audit::KEY_DIR)
+        .join(format!("{}.key", audit::log_id(&log)));
+    write_log(&log, &key);
+    ok(&["audit", s(&log), "--verify"], "");
+    // Whoever can write the store swaps .tvault for a link to a directory of their own.
+    let id = audit::log_id(&log);
+    fs::rename(&meta, tmp.path().join("store/.tvault-was")).unwrap();
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::symlink(&theirs, &meta).unwrap();
+    assert_eq!(audit::log_id(&log), id, "the log keeps its id");
+    // The next writer finds no log where the head record says there was one, and says so.
+    let audit = AuditLog::open(&log, &key, None).unwrap();
+    audit
+        .record(&Event::new(EventKind::Lock).uid(1001).user("alice"))
+        .unwrap();
+    audit.close().unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines(&theirs.join("audit.jsonl"))[0]).unwrap();
+    assert_eq!(first["reason"], "missing-log");
+    let err = fails(&["audit", s(&log), "--verify"], "");
+    assert!(
+        err.contains("the chain restarts at seq 7 (missing-log"),
+        "{err}"
+    );
 }

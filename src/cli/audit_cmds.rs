@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::CliResult;
-use crate::audit::{self, Decision, Entry};
+use crate::audit::{self, AuditError, Decision, Entry, HeadCheck, Start, VerifyReport};
 use crate::store::{Store, StoreError};
 
 fn error(msg: impl Into<String>) -> Box<dyn std::error::Error> {
@@ -37,11 +37,13 @@ pub struct AuditArgs {
     /// Also read each LOG's rotated files (LOG.5 … LOG.1) before it
     #[arg(long)]
     rotated: bool,
-    /// Check the hash chain and every line's MAC; print the first broken line and fail, or
-    /// "N entries, chain intact" and the last hash
+    /// Check the hash chain, every line's MAC and the daemon's head record; print the first
+    /// broken line and exit 1, or a report (exit 0; exit 2 if no key could be read, so the
+    /// entries are not authenticated; exit 1 for a chain that restarts)
     #[arg(long, conflicts_with_all = ["user", "path", "since", "decision"])]
     verify: bool,
-    /// The audit key (default: audit.key beside a log in .tvault/, else LOG.key)
+    /// The audit key (default: the log's key in $TVAULT_STATE_DIR/audit-keys/, normally
+    /// /var/lib/tvault/audit-keys/; a key beside the log is never used)
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
     /// With --verify: a last hash printed by an earlier --verify; fails if it is no longer in
@@ -55,7 +57,8 @@ pub struct AuditArgs {
     /// one character)
     #[arg(long, value_name = "GLOB")]
     path: Option<String>,
-    /// Only entries at or after this time (RFC 3339, or YYYY-MM-DD for midnight UTC)
+    /// Only entries at or after this time (RFC 3339, or YYYY-MM-DD for midnight UTC); a
+    /// counted line matches when its last event does
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
     since: Option<SystemTime>,
     /// Only allowed or only denied decisions
@@ -126,7 +129,7 @@ impl Filter<'_> {
             }
         }
         if let Some(since) = self.since {
-            if e.parsed_time().is_none_or(|t| t < since) {
+            if e.latest_time().is_none_or(|t| t < since) {
                 return false;
             }
         }
@@ -157,7 +160,7 @@ fn printable(s: &str) -> String {
     }
 }
 
-fn table_row(e: &Entry) -> [String; 7] {
+fn table_row(e: &Entry) -> [String; 8] {
     let opt = |s: &Option<String>| s.as_deref().map(printable).unwrap_or_else(|| "-".into());
     let who = match (&e.user, e.uid) {
         (Some(u), Some(uid)) => format!("{}({uid})", printable(u)),
@@ -182,16 +185,17 @@ fn table_row(e: &Entry) -> [String; 7] {
         path,
         e.event.as_str().to_string(),
         e.decision.map_or("-", Decision::as_str).to_string(),
+        e.events().to_string(),
         opt(&e.reason),
     ]
 }
 
-fn print_table(rows: &[[String; 7]]) -> std::io::Result<()> {
-    const HEAD: [&str; 7] = [
-        "TIME", "USER", "PROCESS", "PATH", "EVENT", "DECISION", "REASON",
+fn print_table(rows: &[[String; 8]]) -> std::io::Result<()> {
+    const HEAD: [&str; 8] = [
+        "TIME", "USER", "PROCESS", "PATH", "EVENT", "DECISION", "COUNT", "REASON",
     ];
     const MAX_WIDTH: usize = 48;
-    let mut width: [usize; 7] = HEAD.map(str::len);
+    let mut width: [usize; 8] = HEAD.map(str::len);
     for row in rows {
         for (w, cell) in width.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count()).min(MAX_WIDTH.max(*w));
@@ -313,25 +317,73 @@ pub fn audit(args: &AuditArgs) -> CliResult {
     Ok(())
 }
 
-fn verify(args: &AuditArgs, files: &[PathBuf]) -> CliResult {
-    let key_path = match &args.key {
-        Some(k) => k.clone(),
-        None => files
-            .last()
-            .and_then(|l| audit::default_key_for(l))
-            .ok_or_else(|| {
-                error("no audit key found beside the log (audit.key in .tvault/, or LOG.key); pass --key FILE")
-            })?,
+/// `--verify` found the chain intact, but could not read a key: nothing is authenticated.
+const EXIT_UNAUTHENTICATED: i32 = 2;
+
+/// The key `--verify` uses: `--key FILE`, else the log's default key, never one beside the
+/// log. `Err(why)` when there is none to use, which makes the check unauthenticated.
+fn verify_key(
+    args: &AuditArgs,
+    base: &Path,
+) -> Result<(PathBuf, Result<audit::Key, String>), Box<dyn std::error::Error>> {
+    let path = args
+        .key
+        .clone()
+        .unwrap_or_else(|| audit::default_key_path(base));
+    let key = match audit::read_key(&path) {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) if args.key.is_some() => {
+            return Err(error(format!("{}: no such key file", path.display())))
+        }
+        Ok(None) => Err(format!(
+            "there is no audit key at {}, where this log's key is kept (pass --key FILE)",
+            path.display()
+        )),
+        Err(AuditError::Io { source, .. })
+            if args.key.is_none() && source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err(format!(
+                "cannot read {}: permission denied (run as root, or pass --key FILE)",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(e.into()),
     };
-    let key = audit::read_key(&key_path)?;
-    let report = audit::verify(files, &key, args.expect_last.as_deref())?;
+    Ok((path, key))
+}
+
+fn verify(args: &AuditArgs, files: &[PathBuf]) -> CliResult {
+    let newest = files.last().ok_or_else(|| error("no log files given"))?;
+    let base = audit::base_log(newest);
+    let (key_path, key) = verify_key(args, &base)?;
+    // The head record holds the log's newest entry: it applies when the newest file given is
+    // the log itself, not an older rotated file.
+    let head = match &key {
+        Ok(_) if *newest == base => audit::read_head(&audit::head_path(&key_path))?,
+        _ => None,
+    };
+    let report = audit::verify(
+        files,
+        key.as_ref().ok().map(|k| k.as_slice()),
+        args.expect_last.as_deref(),
+        head.as_ref(),
+    )?;
+    let unauthenticated = key.as_ref().err();
+    let restarted = matches!(report.start, Start::Restarted { .. });
     if args.json {
         println!(
             "{}",
             json!({
+                "intact": unauthenticated.is_none() && !restarted,
+                "authenticated": report.authenticated,
+                "unauthenticated_because": unauthenticated,
+                "key": key_path,
                 "entries": report.entries,
+                "events": report.events,
                 "files": files,
-                "intact": true,
+                "start": report.start,
+                "head": report.head,
+                "first_seq": report.first_seq,
                 "last_seq": report.last_seq,
                 "last_hash": report.last_hash,
                 "anchor": report.anchor,
@@ -339,15 +391,88 @@ fn verify(args: &AuditArgs, files: &[PathBuf]) -> CliResult {
             })
         );
     } else {
-        println!("{report}");
-        if let Some((file, line)) = &report.expected_at {
-            println!(
-                "the expected hash is the hash of {}, line {line}",
-                file.display()
-            );
-        }
+        print_report(&report, &key_path, unauthenticated, head.is_some());
+    }
+    let _ = std::io::stdout().flush();
+    if let Start::Restarted {
+        seq,
+        reason,
+        detail,
+    } = &report.start
+    {
+        return Err(error(format!(
+            "the chain restarts at seq {seq} ({reason}: {}): the writer found the log before \
+             it broken, so whatever came before is not vouched for; check the earlier files \
+             (--rotated) for where it breaks",
+            detail.as_deref().unwrap_or("no detail")
+        )));
+    }
+    if let Some(why) = unauthenticated {
+        eprintln!("tvault: the entries are NOT authenticated: {why}");
+        std::process::exit(EXIT_UNAUTHENTICATED);
     }
     Ok(())
+}
+
+fn print_report(
+    report: &VerifyReport,
+    key_path: &Path,
+    unauthenticated: Option<&String>,
+    had_head: bool,
+) {
+    let files = if report.files == 1 { "file" } else { "files" };
+    let check = match unauthenticated {
+        None => format!(
+            "chain intact, every entry authenticated under {}",
+            key_path.display()
+        ),
+        Some(why) => format!(
+            "hash chain intact, but NOT AUTHENTICATED ({why}): anyone who can write the log \
+             could have written these entries"
+        ),
+    };
+    println!(
+        "{} entries ({} events) in {} {files}: {check}",
+        report.entries, report.events, report.files
+    );
+    match &report.start {
+        Start::Empty => println!("start: the log is empty"),
+        Start::Beginning => {
+            println!("start: the log's first entry (seq 1); nothing is missing before it")
+        }
+        Start::Rotated { seq } => println!(
+            "start: seq {seq}, a rotate entry: the {} entries before it were rotated out, or are \
+             in files not given (--rotated)",
+            seq.saturating_sub(1)
+        ),
+        Start::Restarted { seq, reason, .. } => {
+            println!("start: seq {seq}, a restart ({reason}); see below")
+        }
+    }
+    if unauthenticated.is_none() {
+        match &report.head {
+            HeadCheck::Matched { seq } => {
+                println!("end: reaches the daemon's head record (seq {seq}); nothing was cut off")
+            }
+            HeadCheck::Earlier { seq } => println!(
+                "end: the daemon's head record (seq {seq}) is in an earlier file; not checked"
+            ),
+            HeadCheck::None if had_head => println!("end: the head record is empty"),
+            HeadCheck::None => println!(
+                "end: no head record beside the key, or the files given end before the log \
+                 does; a cut tail is caught only with --expect-last"
+            ),
+        }
+    }
+    if let Some(hash) = &report.last_hash {
+        println!("last hash {hash} (keep it elsewhere to detect tail truncation)");
+    }
+    if let Some((file, line)) = &report.expected_at {
+        println!(
+            "the expected hash is the hash of {}, line {line}",
+            file.display()
+        );
+    }
 }
 
 /// A store path names one file, or a directory whose files are all meant.

@@ -161,11 +161,14 @@ enum Command {
         /// Audit log (default STORE/.tvault/audit.jsonl)
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
-        /// Audit HMAC key, readable by the daemon's owner only (default: beside the log)
+        /// Audit HMAC key: owned by the daemon's user, mode 0600, in a directory only it or
+        /// root can write; created if missing (default: $TVAULT_STATE_DIR/audit-keys/ID.key,
+        /// normally /var/lib/tvault/audit-keys/, ID from the log's path; never beside the log)
         #[arg(long, value_name = "FILE")]
         audit_key: Option<PathBuf>,
-        /// Rotate the audit log when it would exceed this size (e.g. 100M); SIGHUP rotates too
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        /// Rotate the audit log when it would exceed this size; 5 rotated files are kept
+        /// (default 64M, or a 16th of the free space if that is less); SIGHUP rotates too
+        #[arg(long, value_name = "SIZE", value_parser = parse_audit_size)]
         audit_max_size: Option<u64>,
         #[arg(long, hide = true)]
         daemon_child: bool,
@@ -264,6 +267,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// An audit log file size bound: at least 64 KiB, so that any line fits.
+fn parse_audit_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < crate::audit::MIN_DEFAULT_MAX_SIZE {
+        return Err(format!(
+            "audit log size {text:?}: use at least 64K (the longest line must fit)"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A readahead window: a size from 4 KiB to 16 MiB in whole 4 KiB pages.

@@ -13,10 +13,18 @@ pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
 /// Cheap Argon2id settings so tests do not spend seconds per unlock.
 pub const FAST_KDF: [&str; 4] = ["--kdf-memory", "1024", "--kdf-iterations", "1"];
 
+/// The state directory (audit keys) of every tvault process the tests start, instead of
+/// /var/lib/tvault. One for all tests: a key is named after its log's path, which is unique
+/// to each test's temporary directory.
+pub fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("tvault-test-state")
+}
+
 pub fn tvault(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(TVAULT)
         .args(args)
         .env("RUST_LOG", "error")
+        .env(tensorvault::audit::STATE_DIR_ENV, state_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

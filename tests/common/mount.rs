@@ -145,6 +145,7 @@ impl MountFixture {
             .args(["mount", s(&self.store), s(&self.mnt), "--foreground"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .env(tensorvault::audit::STATE_DIR_ENV, super::state_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -164,6 +165,23 @@ impl MountFixture {
             std::thread::sleep(Duration::from_millis(20));
         }
         // The control socket is bound before the mount exists, so it answers now.
+    }
+
+    /// Runs `tvault mount --foreground` with `extra`, for a mount that must refuse to start,
+    /// and returns its output (a mount that does come up is unmounted when the fixture drops).
+    pub fn mount_refused(&self, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["mount", s(&self.store), s(&self.mnt), "--foreground"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .env(tensorvault::audit::STATE_DIR_ENV, super::state_dir());
+        let out = run(cmd, "");
+        assert!(
+            !out.status.success(),
+            "the mount started: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     pub fn daemon_log(&self) -> String {
@@ -268,4 +286,36 @@ pub fn stderr(out: &Output) -> String {
 
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tmpfs of `size` (e.g. "2m") mounted at `dir` for one test, unmounted on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn new(dir: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs at {}", dir.display());
+        Tmpfs(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
