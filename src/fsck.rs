@@ -190,28 +190,7 @@ fn open_gate(root: &Path) -> Result<Gate, StoreError> {
 /// The keyring of user `name` in the store at `root`, read like `Store::user` but without
 /// needing a valid store.json (so that a damaged store can still be checked with a key).
 pub fn read_keyring(root: &Path, name: &str) -> Result<Keyring, StoreError> {
-    keyring::validate_name(name)?;
-    let gate = open_gate(root)?;
-    let rel = format!("{META_DIR}/users/{name}.json");
-    let path = gate.display_path(&rel);
-    let bytes = match gate.read_capped(&rel, MAX_KEYRING_LEN) {
-        Err(e) if e.is_not_found() => return Err(StoreError::NoSuchUser(name.to_string())),
-        other => other?,
-    };
-    let keyring = Keyring::from_json(&bytes).map_err(|source| StoreError::Keyring {
-        path: path.clone(),
-        source,
-    })?;
-    if keyring.name != name {
-        return Err(StoreError::Keyring {
-            path,
-            source: keyring::KeyringError::Malformed(format!(
-                "file is named for {name:?} but holds {:?}",
-                keyring.name
-            )),
-        });
-    }
-    Ok(keyring)
+    store::read_keyring(&open_gate(root)?, name)
 }
 
 struct Fsck<'a> {

@@ -270,32 +270,8 @@ impl Store {
         self.chunk_log2
     }
 
-    fn user_rel(&self, name: &str) -> Result<String> {
-        keyring::validate_name(name)?;
-        Ok(format!("{USERS_REL}/{name}.json"))
-    }
-
     pub fn user(&self, name: &str) -> Result<Keyring> {
-        let rel = self.user_rel(name)?;
-        let path = self.gate.display_path(&rel);
-        let bytes = match self.gate.read_capped(&rel, MAX_KEYRING_LEN) {
-            Err(e) if e.is_not_found() => return Err(StoreError::NoSuchUser(name.to_string())),
-            other => other?,
-        };
-        let keyring = Keyring::from_json(&bytes).map_err(|source| StoreError::Keyring {
-            path: path.clone(),
-            source,
-        })?;
-        if keyring.name != name {
-            return Err(StoreError::Keyring {
-                path,
-                source: KeyringError::Malformed(format!(
-                    "file is named for {name:?} but holds {:?}",
-                    keyring.name
-                )),
-            });
-        }
-        Ok(keyring)
+        read_keyring(&self.gate, name)
     }
 
     /// Names of the keyring files in `.tvault/users/`. Links and special files are skipped
@@ -361,7 +337,7 @@ impl Store {
 
     /// Writes (or replaces) a keyring atomically.
     pub fn save_user(&self, keyring: &Keyring) -> Result<()> {
-        let rel = self.user_rel(&keyring.name)?;
+        let rel = user_rel(&keyring.name)?;
         let path = self.gate.display_path(&rel);
         let json = keyring.to_json();
         self.gate.write_atomic(&rel, FILE_MODE, |f| {
@@ -788,6 +764,36 @@ impl Store {
             out.flush().map_err(io_err(&path))
         })
     }
+}
+
+fn user_rel(name: &str) -> Result<String> {
+    keyring::validate_name(name)?;
+    Ok(format!("{USERS_REL}/{name}.json"))
+}
+
+/// The keyring of user `name` in the store behind `gate`, checked to be named for `name`.
+/// Needs no valid `store.json`, so that `fsck` can read it in a damaged store.
+pub fn read_keyring(gate: &Gate, name: &str) -> Result<Keyring> {
+    let rel = user_rel(name)?;
+    let path = gate.display_path(&rel);
+    let bytes = match gate.read_capped(&rel, MAX_KEYRING_LEN) {
+        Err(e) if e.is_not_found() => return Err(StoreError::NoSuchUser(name.to_string())),
+        other => other?,
+    };
+    let keyring = Keyring::from_json(&bytes).map_err(|source| StoreError::Keyring {
+        path: path.clone(),
+        source,
+    })?;
+    if keyring.name != name {
+        return Err(StoreError::Keyring {
+            path,
+            source: KeyringError::Malformed(format!(
+                "file is named for {name:?} but holds {:?}",
+                keyring.name
+            )),
+        });
+    }
+    Ok(keyring)
 }
 
 fn unwrap_for(
