@@ -543,3 +543,48 @@ fn every_name_the_mount_accepts_can_be_committed() {
     let unique: std::collections::HashSet<_> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "duplicates in the listing");
 }
+
+#[test]
+fn a_write_far_past_the_end_is_refused_before_anything_is_sealed() {
+    let mut fx = MountFixture::new();
+    put(&fx, "f.bin", b"small", "alice");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    let pid = fx.daemon_pid().unwrap();
+    let base = rss_kib(pid);
+    let f_mnt = fx.mnt.join("f.bin");
+    // One 64 KiB write at 1 TiB, one truncate(2) to 1 TiB: each would make a commit seal
+    // 16 million chunks (and the draft index them all at once).
+    let out = fx.python_as(
+        ALICE,
+        r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+for what in ("pwrite", "ftruncate"):
+    try:
+        if what == "pwrite":
+            os.pwrite(fd, b"x" * 65536, 1 << 40)
+        else:
+            os.ftruncate(fd, 1 << 40)
+        print(what, "ok")
+    except OSError as e:
+        print(what, e.errno)
+os.pwrite(fd, b"still writable", 0)
+os.close(fd)
+"#,
+        &[s(&f_mnt)],
+    );
+    assert_eq!(
+        stdout(&out),
+        "pwrite 27\nftruncate 27\n",
+        "{}",
+        stderr(&out)
+    );
+    let grown = rss_kib(pid).saturating_sub(base);
+    assert!(grown < 64 * 1024, "the daemon grew by {grown} KiB");
+    assert_eq!(
+        fx.as_uid(ALICE, "cat", &[s(&f_mnt)], "").stdout,
+        b"still writable"
+    );
+    assert!(fx.status()["pid"].is_u64(), "the daemon lives");
+}

@@ -663,6 +663,7 @@ impl Shared {
                 let recipients = self.recipients_of(&version);
                 let log2 = version.reader.header().chunk_log2;
                 let ws = Arc::new(Mutex::new(WriteSession::new(
+                    self.max_file_size(log2),
                     recipients,
                     log2,
                     Some(version),
@@ -704,7 +705,8 @@ impl Shared {
             .into_iter()
             .map(|k| (k.name, k.public_key))
             .collect();
-        let mut ws = WriteSession::new(recipients, self.store.default_chunk_log2(), None);
+        let log2 = self.store.default_chunk_log2();
+        let mut ws = WriteSession::new(self.max_file_size(log2), recipients, log2, None);
         ws.commit(&self.store, rel, self.versions.fresh_id())
             .map_err(|e| {
                 log::error!("{rel}: {e}");
@@ -729,6 +731,19 @@ impl Shared {
             log::error!("{rel}: commit failed, previous version kept: {e}");
             e.errno()
         })
+    }
+
+    /// The largest file a write through the mount may make with chunks of `2^log2` bytes:
+    /// one whose chunk table (and MAC) fits in what one uid may hold for an open file, so
+    /// that it can be read back; and a sparse write far past the end cannot make a commit
+    /// seal (and the draft index) an unbounded number of chunks.
+    fn max_file_size(&self, log2: u8) -> u64 {
+        let table = self
+            .limits
+            .metadata
+            .per_uid()
+            .saturating_sub(crate::crypto::MAC_LEN as u64);
+        (table / crate::container::TABLE_ENTRY_LEN as u64).saturating_mul(1 << log2)
     }
 
     /// The data key check for changing an existing file: `uid` must hold a slot for it.

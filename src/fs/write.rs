@@ -51,6 +51,9 @@ impl WriteError {
 }
 
 pub struct WriteSession {
+    /// The largest size the file may reach: one whose chunk table a reader of the mount can
+    /// hold. Beyond it writes and truncations fail with `EFBIG`, before anything is sealed.
+    max_size: u64,
     recipients: Vec<(String, PublicKey)>,
     chunk_log2: u8,
     /// The committed version this session started from (None: starts empty).
@@ -70,6 +73,7 @@ pub struct WriteSession {
 
 impl WriteSession {
     pub fn new(
+        max_size: u64,
         recipients: Vec<(String, PublicKey)>,
         chunk_log2: u8,
         base: Option<Arc<FileVersion>>,
@@ -77,6 +81,7 @@ impl WriteSession {
         let size = base.as_ref().map_or(0, |b| b.reader.len());
         let base_is_none = base.is_none();
         WriteSession {
+            max_size,
             recipients,
             chunk_log2,
             base_valid: size,
@@ -162,6 +167,7 @@ impl WriteSession {
     ) -> Result<(), WriteError> {
         let end = offset
             .checked_add(data.len() as u64)
+            .filter(|&end| end <= self.max_size.max(self.size))
             .ok_or(WriteError::TooLarge)?;
         self.ensure_draft(store, rel)?;
         self.modified = true;
@@ -221,6 +227,9 @@ impl WriteSession {
     }
 
     pub fn truncate(&mut self, store: &Store, rel: &str, new_size: u64) -> Result<(), WriteError> {
+        if new_size > self.max_size.max(self.size) {
+            return Err(WriteError::TooLarge);
+        }
         self.ensure_draft(store, rel)?;
         self.modified = true;
         if new_size < self.size {
