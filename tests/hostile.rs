@@ -588,3 +588,120 @@ os.close(fd)
     );
     assert!(fx.status()["pid"].is_u64(), "the daemon lives");
 }
+
+/// What a helper process printed after its "ready" line, once it is told to go on.
+fn finish(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Vec<u8> {
+    use std::io::Read;
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let _ = child.wait();
+    rest
+}
+
+/// A reader that holds `argv[1]` open (read once, checked against `argv[2]`), and on a line
+/// from stdin reads it again and writes what it got to stdout.
+const HOLDING_READER: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+want = open(sys.argv[2], "rb").read()
+print("ready" if os.pread(fd, 1 << 21, 0) == want else "wrong", flush=True)
+sys.stdin.readline()
+sys.stdout.buffer.write(os.pread(fd, 1 << 21, 0)); sys.stdout.flush()
+"#;
+
+#[test]
+fn no_two_versions_share_a_page_cache_not_even_through_a_private_mapping() {
+    let mut fx = MountFixture::new();
+    let a_plain = pseudo_random(299_998, 11);
+    let b_plain = pseudo_random(300_000, 12);
+    put(&fx, "a.bin", &a_plain, "alice");
+    put(&fx, "b.bin", &b_plain, "bob");
+    let a_path = fx.store.join("a.bin.tvlt");
+    let b_bytes = fs::read(fx.store.join("b.bin.tvlt")).unwrap();
+    assert_eq!(fs::metadata(&a_path).unwrap().len(), b_bytes.len() as u64);
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let a_mnt = fx.mnt.join("a.bin");
+    let plain_a = fx.plain_file("plain-a", &a_plain);
+    // Alice (a store writer too) holds her version open; its pages are cached.
+    let (alice, mut alice_out) = spawn_python_as(ALICE, HOLDING_READER, &[s(&a_mnt), s(&plain_a)]);
+    assert_eq!(line(&mut alice_out), "ready");
+    // She puts bob's container in its place, in place, and waits for bob to load it.
+    let mut f = fs::OpenOptions::new().write(true).open(&a_path).unwrap();
+    f.write_all(&b_bytes).unwrap();
+    f.sync_all().unwrap();
+    // Bob maps it privately, as safetensors does (FOPEN_DIRECT_IO does not prevent that:
+    // the faults go through the inode's page cache), and reads it.
+    let mapped = fx.python_as(
+        BOB,
+        "import mmap,sys; f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_PRIVATE,prot=mmap.PROT_READ); sys.stdout.buffer.write(m[:])",
+        &[s(&a_mnt)],
+    );
+    assert!(
+        mapped.stdout == b_plain,
+        "bob's mapping: {}",
+        stderr(&mapped)
+    );
+    // Alice's open file still reads her version, not one page of bob's.
+    let got = finish(alice, alice_out);
+    assert!(
+        !contains_run(&got, &b_plain, 4096),
+        "alice's open file shows bob's plaintext"
+    );
+    assert!(got == a_plain, "alice keeps the version she opened");
+    assert!(fx.as_uid(BOB, "cat", &[s(&a_mnt)], "").stdout == b_plain);
+}
+
+#[test]
+fn a_revoked_reader_never_sees_what_is_written_after_the_revoke() {
+    let mut fx = MountFixture::new();
+    let old = pseudo_random(200_000, 21);
+    let new = pseudo_random(200_000, 22);
+    put(&fx, "f.bin", &old, "alice,bob");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let f_mnt = fx.mnt.join("f.bin");
+    let plain_old = fx.plain_file("plain-old", &old);
+    let plain_new = fx.plain_file("plain-new", &new);
+    // Alice keeps the file open across her revocation (allowed: she keeps what she had).
+    let (alice, mut alice_out) =
+        spawn_python_as(ALICE, HOLDING_READER, &[s(&f_mnt), s(&plain_old)]);
+    assert_eq!(line(&mut alice_out), "ready");
+    ok(
+        &[
+            "revoke",
+            s(&fx.store),
+            "f.bin",
+            "alice",
+            "--rekey",
+            "--user",
+            "bob",
+        ],
+        "pw-bob\n",
+    );
+    assert!(!fx.as_uid(ALICE, "cat", &[s(&f_mnt)], "").status.success());
+    // Bob then rewrites the file in place through the mount.
+    let out = fx.as_uid(
+        BOB,
+        "dd",
+        &[
+            &format!("if={}", s(&plain_new)),
+            &format!("of={}", s(&f_mnt)),
+            "bs=64k",
+            "status=none",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // What bob wrote after the revoke never reaches alice's old descriptor.
+    let got = finish(alice, alice_out);
+    assert!(
+        !contains_run(&got, &new, 4096),
+        "the revoked reader sees data written after the revoke"
+    );
+    assert!(got == old, "alice's descriptor keeps the version it opened");
+    assert!(fx.as_uid(BOB, "cat", &[s(&f_mnt)], "").stdout == new);
+}

@@ -36,7 +36,7 @@ pub use cache::ChunkCache;
 use inodes::{child_path, Inodes};
 use limits::{Charge, Limits};
 pub(crate) use versions::FileVersion;
-use versions::{PageCache, PageRef, VersionKey, Versions};
+use versions::{Conflict, Content, PageCache, PageRef, VersionKey, Versions};
 use write::WriteSession;
 
 /// Attributes and entries are cached by the kernel this long; opens always reach us, so
@@ -620,6 +620,23 @@ impl Shared {
         fh
     }
 
+    /// Forgets a detached inode once no handle is open on it: nothing can reach it then.
+    fn release_inode(&self, ino: u64) {
+        if !lock(&self.inodes).is_detached(ino) {
+            return;
+        }
+        let held = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| h.ino == ino);
+        if !held {
+            lock(&self.inodes).forget_detached(ino);
+            self.versions.forget_inode(ino);
+        }
+    }
+
     /// The unlocked session of `uid`, required for every change to the mount.
     fn writer(
         &self,
@@ -663,6 +680,7 @@ impl Shared {
                 let recipients = self.recipients_of(&version);
                 let log2 = version.reader.header().chunk_log2;
                 let ws = Arc::new(Mutex::new(WriteSession::new(
+                    self.versions.fresh_id(),
                     self.max_file_size(log2),
                     recipients,
                     log2,
@@ -706,7 +724,13 @@ impl Shared {
             .map(|k| (k.name, k.public_key))
             .collect();
         let log2 = self.store.default_chunk_log2();
-        let mut ws = WriteSession::new(self.max_file_size(log2), recipients, log2, None);
+        let mut ws = WriteSession::new(
+            self.versions.fresh_id(),
+            self.max_file_size(log2),
+            recipients,
+            log2,
+            None,
+        );
         ws.commit(&self.store, rel, self.versions.fresh_id())
             .map_err(|e| {
                 log::error!("{rel}: {e}");
@@ -744,6 +768,24 @@ impl Shared {
             .per_uid()
             .saturating_sub(crate::crypto::MAC_LEN as u64);
         (table / crate::container::TABLE_ENTRY_LEN as u64).saturating_mul(1 << log2)
+    }
+
+    /// Page-cache rules for a new handle of `ino` reading `content`. On a conflict (other
+    /// content open on the inode) the path moves to a new inode and the caller answers
+    /// `ESTALE`: the kernel then looks the path up again (`LOOKUP_REVAL`), gets the new
+    /// inode and retries the open there, with a page cache of its own.
+    fn open_pages(&self, ino: u64, content: Content) -> Result<(PageCache, PageRef), Errno> {
+        self.versions.open_pages(ino, content).map_err(|Conflict| {
+            lock(&self.inodes).detach(ino);
+            Errno::ESTALE
+        })
+    }
+
+    /// Gives up a write session joined by an open that is then refused.
+    fn abandon_writer(&self, ino: u64, ws: &Arc<Mutex<WriteSession>>) {
+        if self.drop_writer(ino, ws) {
+            lock(ws).discard();
+        }
     }
 
     /// The data key check for changing an existing file: `uid` must hold a slot for it.
@@ -1059,11 +1101,15 @@ impl Filesystem for TvaultFs {
                 let truncate = flags.0 & libc::O_TRUNC != 0;
                 shared
                     .open_for_write(uid, ino.0, &rel, truncate)
-                    .map(|(ws, user)| (None, Some(ws), user))
+                    .map(|(ws, user)| {
+                        let content = Content::Session(lock(&ws).id);
+                        (None, Some(ws), user, content)
+                    })
             } else {
-                shared
-                    .open_file(uid, &rel)
-                    .map(|(file, user)| (Some(file), None, user))
+                shared.open_file(uid, &rel).map(|(file, user)| {
+                    let content = Content::Version(file.key);
+                    (Some(file), None, user, content)
+                })
             };
             let kind = if writing {
                 EventKind::WriteOpen
@@ -1077,33 +1123,32 @@ impl Filesystem for TvaultFs {
                     .open_flags(flags.0)
             };
             match opened {
-                Ok((file, write, user)) => {
+                Ok((file, write, user, content)) => {
+                    // The kernel may keep the inode's pages only for the very content this
+                    // handle reads, and no two contents share an inode while open.
+                    let (mode, pages) = match shared.open_pages(ino.0, content) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            if let Some(ws) = &write {
+                                shared.abandon_writer(ino.0, ws);
+                            }
+                            return reply.error(e);
+                        }
+                    };
                     if !shared.audit(event().user(&user.name).allow()) {
                         if let Some(ws) = &write {
-                            if shared.drop_writer(ino.0, ws) {
-                                lock(ws).discard();
-                            }
+                            shared.abandon_writer(ino.0, ws);
                         }
                         shared.stats.opens_denied.fetch_add(1, Ordering::Relaxed);
                         return reply.error(Errno::EACCES);
                     }
                     shared.stats.opens_allowed.fetch_add(1, Ordering::Relaxed);
-                    // The kernel may keep the inode's pages only for the very version this
-                    // open authenticated, and no handle may read through pages of another.
-                    let (mode, pages) = match &file {
-                        Some(f) => shared.versions.open_pages(ino.0, f.key),
-                        None => {
-                            shared.versions.forget_pages(ino.0);
-                            (PageCache::Fresh, None)
-                        }
-                    };
                     let flags = match mode {
                         PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
                         PageCache::Fresh => FopenFlags::empty(),
-                        PageCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
                     };
                     let mut handle = Handle::new(file, write, user, ino.0, rel, slot);
-                    handle._pages = pages;
+                    handle._pages = Some(pages);
                     let fh = shared.add_handle(handle);
                     reply.opened(FileHandle(fh), flags);
                 }
@@ -1183,6 +1228,14 @@ impl Filesystem for TvaultFs {
                     Err(e) => return reply.error(e),
                 }
             };
+            let content = Content::Session(lock(&ws).id);
+            let pages = match shared.open_pages(ino, content) {
+                Ok((_, pages)) => pages,
+                Err(e) => {
+                    shared.abandon_writer(ino, &ws);
+                    return reply.error(e);
+                }
+            };
             let recorded = shared.audit(
                 Event::from_pid(EventKind::Create, pid)
                     .uid(uid)
@@ -1192,13 +1245,12 @@ impl Filesystem for TvaultFs {
                     .allow(),
             );
             if !recorded {
-                if shared.drop_writer(ino, &ws) {
-                    lock(&ws).discard();
-                }
+                shared.abandon_writer(ino, &ws);
                 return reply.error(Errno::EACCES);
             }
-            shared.versions.forget_pages(ino);
-            let fh = shared.add_handle(Handle::new(None, Some(ws), user, ino, rel.clone(), slot));
+            let mut handle = Handle::new(None, Some(ws), user, ino, rel.clone(), slot);
+            handle._pages = Some(pages);
+            let fh = shared.add_handle(handle);
             match shared.attr_of(ino, &rel) {
                 Ok(Some(attr)) => reply.created(
                     &TTL,
@@ -1345,6 +1397,7 @@ impl Filesystem for TvaultFs {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&fh.0);
             if let Some(handle) = handle {
+                let ino = handle.ino;
                 if let Some(ws) = &handle.write {
                     let last = {
                         let mut sessions = lock(&shared.sessions);
@@ -1364,6 +1417,8 @@ impl Filesystem for TvaultFs {
                         let _ = shared.commit(&handle);
                     }
                 }
+                drop(handle);
+                shared.release_inode(ino);
             }
             reply.ok();
         });
@@ -1544,12 +1599,20 @@ impl Filesystem for TvaultFs {
             if let Err(e) = shared.store.remove(&rel) {
                 return reply.error(store_errno(&e));
             }
-            let ino = lock(&shared.inodes).get_or_insert(&rel);
-            shared.versions.forget_pages(ino);
-            if let Some(ws) = lock(&shared.sessions).get(&ino) {
-                lock(ws).unlinked = true;
+            let inos = {
+                let mut inodes = lock(&shared.inodes);
+                let mut inos = inodes.detached_at(&rel);
+                inos.push(inodes.get_or_insert(&rel));
+                inodes.remove(&rel);
+                inos
+            };
+            let sessions = lock(&shared.sessions);
+            for ino in inos {
+                shared.versions.forget_pages(ino);
+                if let Some(ws) = sessions.get(&ino) {
+                    lock(ws).unlinked = true;
+                }
             }
-            lock(&shared.inodes).remove(&rel);
             reply.ok();
         });
     }

@@ -51,6 +51,8 @@ impl WriteError {
 }
 
 pub struct WriteSession {
+    /// Names this session's content for the page-cache rules (`versions::Content`).
+    pub id: u64,
     /// The largest size the file may reach: one whose chunk table a reader of the mount can
     /// hold. Beyond it writes and truncations fail with `EFBIG`, before anything is sealed.
     max_size: u64,
@@ -73,6 +75,7 @@ pub struct WriteSession {
 
 impl WriteSession {
     pub fn new(
+        id: u64,
         max_size: u64,
         recipients: Vec<(String, PublicKey)>,
         chunk_log2: u8,
@@ -81,6 +84,7 @@ impl WriteSession {
         let size = base.as_ref().map_or(0, |b| b.reader.len());
         let base_is_none = base.is_none();
         WriteSession {
+            id,
             max_size,
             recipients,
             chunk_log2,
