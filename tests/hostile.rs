@@ -705,3 +705,47 @@ fn a_revoked_reader_never_sees_what_is_written_after_the_revoke() {
     assert!(got == old, "alice's descriptor keeps the version it opened");
     assert!(fx.as_uid(BOB, "cat", &[s(&f_mnt)], "").stdout == new);
 }
+
+#[test]
+fn a_write_session_is_joined_only_by_openers_of_the_version_it_builds_on() {
+    let mut fx = MountFixture::new();
+    let secret = b"BOB-SECRET-".repeat(20_000);
+    let own = b"alice-own--".repeat(20_000);
+    put(&fx, "f.bin", &secret, "bob");
+    put(&fx, "a.bin", &own, "alice");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let f_mnt = fx.mnt.join("f.bin");
+    // Bob has his file open for writing (a long save, say).
+    let code = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"bob-uncommitted", 0)
+print("ready", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"#;
+    let (bob, mut out) = spawn_python_as(BOB, code, &[s(&f_mnt)]);
+    assert_eq!(line(&mut out), "ready");
+    // Alice, a store writer, puts a container of her own at bob's path, and opens it.
+    fs::copy(fx.store.join("a.bin.tvlt"), fx.store.join("staged")).unwrap();
+    fs::rename(fx.store.join("staged"), fx.store.join("f.bin.tvlt")).unwrap();
+    let read = fx.python_as(
+        ALICE,
+        "import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); sys.stdout.buffer.write(os.pread(fd, 1 << 20, 0))",
+        &[s(&f_mnt)],
+    );
+    assert!(
+        !contains_run(&read.stdout, &secret, 64)
+            && !contains_run(&read.stdout, b"bob-uncommitted", 15),
+        "alice read bob's session: {:?}",
+        String::from_utf8_lossy(&read.stdout[..read.stdout.len().min(64)])
+    );
+    assert!(
+        read.stdout == own,
+        "alice reads what she was authorized for: {}",
+        stderr(&read)
+    );
+    finish(bob, out);
+}

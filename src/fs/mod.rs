@@ -675,6 +675,15 @@ impl Shared {
         let (version, user) = self.open_file(uid, rel)?;
         let mut sessions = lock(&self.sessions);
         let ws = match sessions.get(&ino) {
+            // A session reads and writes the version it builds on: only an opener who was
+            // just authorized for that very version may join it. The container may have been
+            // replaced since (a store writer, `revoke --rekey`): then this open reads what it
+            // authenticated, in a session of its own on a new inode.
+            Some(ws) if lock(ws).base_key() != Some(version.key) => {
+                drop(sessions);
+                lock(&self.inodes).detach(ino);
+                return Err(OpenError::Errno(Errno::ESTALE));
+            }
             Some(ws) => ws.clone(),
             None => {
                 let recipients = self.recipients_of(&version);

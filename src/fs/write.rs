@@ -105,6 +105,12 @@ impl WriteSession {
         self.size
     }
 
+    /// The committed version this session builds on (the last one it committed, or the one
+    /// it started from).
+    pub fn base_key(&self) -> Option<super::VersionKey> {
+        self.base.as_ref().map(|b| b.key)
+    }
+
     fn chunk_size(&self) -> u64 {
         1 << self.chunk_log2
     }
