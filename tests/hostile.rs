@@ -749,3 +749,57 @@ os.close(fd)
     );
     finish(bob, out);
 }
+
+/// Who holds a key slot for `rel`, from `tvault access --json`.
+fn readers(fx: &MountFixture, rel: &str) -> Vec<String> {
+    let out = ok(&["access", s(&fx.store), "--json"], "");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let file = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == rel)
+        .unwrap_or_else(|| panic!("{rel} not in {out}"));
+    let mut names: Vec<String> = file["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_writer_whose_file_was_renamed_over_never_overwrites_the_replacement() {
+    let mut fx = MountFixture::new();
+    put(&fx, "a", b"shared by alice and bob", "alice,bob");
+    put(&fx, "p", b"bob's private file", "bob");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let code = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.write(fd, b"ALICE WAS HERE")
+print("ready", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"#;
+    let (alice, mut out) = spawn_python_as(ALICE, code, &[s(&fx.mnt.join("a"))]);
+    assert_eq!(line(&mut out), "ready");
+    // Bob (who holds slots for both) moves his private file over the shared one.
+    let mv = fx.as_uid(BOB, "mv", &[s(&fx.mnt.join("p")), s(&fx.mnt.join("a"))], "");
+    assert!(mv.status.success(), "{}", stderr(&mv));
+    // Alice closes: what she wrote went to the replaced file, not over bob's.
+    finish(alice, out);
+    assert_eq!(
+        fx.as_uid(BOB, "cat", &[s(&fx.mnt.join("a"))], "").stdout,
+        b"bob's private file"
+    );
+    assert_eq!(
+        readers(&fx, "a"),
+        ["bob"],
+        "the replacement keeps its recipients"
+    );
+}

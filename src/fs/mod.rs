@@ -756,9 +756,14 @@ impl Shared {
         let Some(ws) = &handle.write else {
             return Ok(());
         };
-        let rel = self
-            .path_of(handle.ino)
-            .unwrap_or_else(|| handle.rel.clone());
+        // The inode lost its path: another file was renamed over it. As on any POSIX
+        // filesystem, what was written to the replaced file goes with it; committing it at
+        // the old name would overwrite the file now there, which this writer may hold no
+        // key slot for.
+        let Some(rel) = self.path_of(handle.ino) else {
+            lock(ws).discard();
+            return Ok(());
+        };
         let result = lock(ws).commit(&self.store, &rel, self.versions.fresh_id());
         result.map(|_| ()).map_err(|e| {
             log::error!("{rel}: commit failed, previous version kept: {e}");
