@@ -803,3 +803,53 @@ os.close(fd)
         "the replacement keeps its recipients"
     );
 }
+
+#[test]
+fn directory_listings_held_open_are_bounded_per_uid() {
+    let mut fx = MountFixture::new();
+    put(&fx, "b.bin", b"bob's", "bob");
+    for i in 0..5000 {
+        fs::create_dir(
+            fx.store
+                .join(format!("a-directory-with-a-longish-name-{i:05}")),
+        )
+        .unwrap();
+    }
+    fx.mount(&[]);
+    fx.unlock(BOB, "pw-bob");
+    let pid = fx.daemon_pid().unwrap();
+    let base = rss_kib(pid);
+    // A uid without a keyring opens the large directory again and again.
+    let code = r#"
+import os, sys
+fds, err = [], None
+for _ in range(900):
+    try:
+        fds.append(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY))
+    except OSError as e:
+        err = e.errno
+        break
+print(len(fds), err, flush=True)
+sys.stdin.readline()
+"#;
+    let (nobody, mut out) = spawn_python_as(NOBODY, code, &[s(&fx.mnt)]);
+    let got = line(&mut out);
+    let (count, err) = got.split_once(' ').unwrap();
+    let count: usize = count.parse().unwrap();
+    assert_eq!(err, "24", "EMFILE for the uid's listings ({got})");
+    assert!(count < 500, "{count} listings held");
+    let grown = rss_kib(pid).saturating_sub(base);
+    assert!(grown < 96 * 1024, "the daemon grew by {grown} KiB");
+    // Others still list and read.
+    let ls = fx.as_uid(BOB, "ls", &[s(&fx.mnt)], "");
+    assert!(stdout(&ls).contains("b.bin"), "{}", stderr(&ls));
+    assert_eq!(
+        fx.as_uid(BOB, "cat", &[s(&fx.mnt.join("b.bin"))], "")
+            .stdout,
+        b"bob's"
+    );
+    finish(nobody, out);
+    // Released listings are given back.
+    let ls = fx.as_uid(NOBODY, "ls", &[s(&fx.mnt)], "");
+    assert!(ls.status.success(), "{}", stderr(&ls));
+}

@@ -89,6 +89,10 @@ impl Drop for Charge {
 pub(crate) struct Limits {
     pub handles: Arc<Limit>,
     pub metadata: Arc<Limit>,
+    /// Listings of open directories (taken at `opendir`, held until `releasedir`). Anyone
+    /// may list, keyring or not, so these have a bound of their own: a uid opening a large
+    /// directory many times gets `EMFILE`, and file opens are not affected.
+    pub listings: Arc<Limit>,
 }
 
 /// File descriptors kept free for the daemon itself (audit log, control socket, FUSE
@@ -98,13 +102,15 @@ const RESERVED_FDS: u64 = 128;
 impl Limits {
     /// `nofile`: the daemon's soft `RLIMIT_NOFILE`. Handles may use all but a reserve of it,
     /// a quarter of that per uid. Metadata may take half the cache size (at least 64 MiB),
-    /// half of that per uid.
+    /// half of that per uid. Directory listings may take as much as metadata, a quarter of
+    /// it per uid.
     pub(crate) fn new(nofile: u64, cache_bytes: u64) -> Limits {
         let handles = nofile.saturating_sub(RESERVED_FDS).max(64);
         let metadata = (cache_bytes / 2).max(64 << 20);
         Limits {
             handles: Limit::new(handles, (handles / 4).max(16)),
             metadata: Limit::new(metadata, metadata / 2),
+            listings: Limit::new(metadata, metadata / 4),
         }
     }
 }

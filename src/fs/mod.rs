@@ -121,6 +121,8 @@ impl Drop for Handle {
 
 /// An open directory's entries: (inode, kind, name), `.` and `..` first.
 type Listing = Vec<(u64, FileType, String)>;
+/// What one listing entry takes besides its name's bytes (the tuple, the map slot).
+const LISTING_ENTRY: usize = std::mem::size_of::<(u64, FileType, String)>() + 16;
 
 /// State shared between the FUSE handlers and the daemon's control socket.
 pub struct Shared {
@@ -132,8 +134,8 @@ pub struct Shared {
     inodes: Mutex<Inodes>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     /// Listings of open directories, taken at opendir, so that a long directory is read in
-    /// one pass however many readdir calls it takes.
-    dirs: RwLock<HashMap<u64, Arc<Listing>>>,
+    /// one pass however many readdir calls it takes; each charged to its opener.
+    dirs: RwLock<HashMap<u64, (Arc<Listing>, Charge)>>,
     next_fh: AtomicU64,
     versions: Versions,
     limits: Limits,
@@ -1010,7 +1012,7 @@ impl Filesystem for TvaultFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guarded("opendir", || {
             let shared = &self.shared;
             let Some(rel) = shared.path_of(ino.0) else {
@@ -1041,12 +1043,22 @@ impl Filesystem for TvaultFs {
                     entries.push((child, kind, e.name));
                 }
             }
+            // What the listing holds, charged to the uid that opened it.
+            let bytes = entries
+                .iter()
+                .map(|e| LISTING_ENTRY + e.2.len())
+                .sum::<usize>()
+                + LISTING_ENTRY;
+            let charge = match shared.limits.listings.charge(req.uid(), bytes as u64) {
+                Ok(c) => c,
+                Err(e) => return reply.error(e),
+            };
             let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
             shared
                 .dirs
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(entries));
+                .insert(fh, (Arc::new(entries), charge));
             reply.opened(FileHandle(fh), FopenFlags::empty());
         });
     }
@@ -1066,7 +1078,7 @@ impl Filesystem for TvaultFs {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&fh.0)
-                .cloned();
+                .map(|(listing, _)| listing.clone());
             let Some(entries) = entries else {
                 return reply.error(Errno::EBADF);
             };
