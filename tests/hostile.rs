@@ -853,3 +853,49 @@ sys.stdin.readline()
     let ls = fx.as_uid(NOBODY, "ls", &[s(&fx.mnt)], "");
     assert!(ls.status.success(), "{}", stderr(&ls));
 }
+
+#[test]
+fn an_overlong_path_does_not_stop_others_from_moving_directories() {
+    let mut fx = MountFixture::new();
+    put(&fx, "d1/x", b"bob's", "bob");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    // Alice builds a directory path longer than PATH_MAX: a chain as deep as the daemon can
+    // create, and another moved to its bottom.
+    let out = fx.python_as(
+        ALICE,
+        r#"
+import os, sys
+top = os.open(sys.argv[1], os.O_RDONLY)
+os.mkdir("b" * 200, dir_fd=top)
+os.mkdir("b" * 200 + "/" + "c" * 200, dir_fd=top)
+d = top
+for i in range(16):
+    n = ("a%02d" % i) + "a" * 240
+    os.mkdir(n, dir_fd=d)
+    d = os.open(n, os.O_RDONLY, dir_fd=d)
+os.rename("b" * 200, "moved", src_dir_fd=top, dst_dir_fd=d)
+print("deep")
+"#,
+        &[s(&fx.mnt)],
+    );
+    assert_eq!(stdout(&out), "deep\n", "{}", stderr(&out));
+    let mv = fx.as_uid(
+        BOB,
+        "mv",
+        &[s(&fx.mnt.join("d1")), s(&fx.mnt.join("d2"))],
+        "",
+    );
+    assert!(mv.status.success(), "bob's rename: {}", stderr(&mv));
+    assert_eq!(
+        fx.as_uid(BOB, "cat", &[s(&fx.mnt.join("d2/x"))], "").stdout,
+        b"bob's"
+    );
+    fx.unmount();
+    // The CLI's directory targets are not disturbed either.
+    ok(
+        &["grant", s(&fx.store), "d2", "alice", "--user", "bob"],
+        "pw-bob\n",
+    );
+}

@@ -1708,15 +1708,14 @@ impl Filesystem for TvaultFs {
                 }
                 // Moving a directory moves every file in it: it needs a slot for each, or a
                 // user could move someone's model away and put their own in its place.
-                let prefix = format!("{from}/");
-                let files = match shared.store.files() {
+                let files = match shared.store.files_under(&from) {
                     Ok(f) => f,
                     Err(e) => {
                         log::error!("{from}: {e}");
                         return reply.error(Errno::EIO);
                     }
                 };
-                for f in files.iter().filter(|f| f.rel.starts_with(&prefix)) {
+                for f in &files {
                     if let Err(e) = shared.authorize_change(uid, &f.rel) {
                         shared.audit(event().deny("no-key-slot").detail(f.rel.as_str()));
                         return reply.error(e);
