@@ -899,3 +899,41 @@ print("deep")
         "pw-bob\n",
     );
 }
+
+#[test]
+fn a_directory_named_like_the_policy_cannot_stand_in_for_it() {
+    let mut fx = MountFixture::new();
+    put(&fx, "team/models/a.bin", b"x", "alice");
+    fs::write(fx.store.join("team/.tvault-recipients"), "bob\n").unwrap();
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    let shadow = fx.mnt.join("team/models/.tvault-recipients");
+    assert!(!fx
+        .as_uid(ALICE, "mkdir", &[s(&shadow)], "")
+        .status
+        .success());
+    let moved = fx.as_uid(ALICE, "mkdir", &[s(&fx.mnt.join("team/models/d"))], "");
+    assert!(moved.status.success());
+    assert!(!fx
+        .as_uid(
+            ALICE,
+            "mv",
+            &[s(&fx.mnt.join("team/models/d")), s(&shadow)],
+            ""
+        )
+        .status
+        .success());
+    let out = fx.as_uid(
+        ALICE,
+        "cp",
+        &[s(&fx.bin), s(&fx.mnt.join("team/models/new.bin"))],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    fx.unmount();
+    assert_eq!(
+        readers(&fx, "team/models/new.bin"),
+        ["alice", "bob"],
+        "the team policy still applies"
+    );
+}

@@ -29,7 +29,7 @@ use crate::access::{Access, Denial, UserSession};
 use crate::audit::{AuditLog, Event, EventKind};
 use crate::container::{Container, ContainerError, FixedHeader, FIXED_HEADER_LEN};
 use crate::safetensors;
-use crate::store::{SetTime, Store, StoreError, MAX_NAME_LEN, META_DIR};
+use crate::store::{SetTime, Store, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
 
 use buffers::{BufferPool, Plain};
 pub use cache::ChunkCache;
@@ -911,13 +911,17 @@ fn store_errno(e: &StoreError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-/// Names the mount never shows: the store's metadata directory. (Temporary and policy files
-/// in the store never show anyway: only `*.tvlt` containers and directories are listed.)
+/// Names the mount never shows: the store's metadata directory, and the policy file's name.
+/// (Temporary and policy files in the store never show anyway: only `*.tvlt` containers and
+/// directories are listed. But a directory named like the policy, made through the mount,
+/// would stand in for the policy of its parents: files created beside it would be
+/// encrypted to nobody else.)
 fn hidden(parent: &str, name: &str) -> bool {
     name.is_empty()
         || name == "."
         || name == ".."
         || name.contains('/')
+        || name == RECIPIENTS_FILE
         || (parent.is_empty() && name == META_DIR)
 }
 
