@@ -786,7 +786,9 @@ pub struct Draft {
     keys: FileKeys,
     header: FixedHeader,
     data_offset: u64,
-    table: Vec<Option<DraftEntry>>,
+    /// Sealed chunks by index: only those, so that one chunk written far past the end (a
+    /// sparse write) costs one entry, not a table up to its index.
+    table: std::collections::BTreeMap<u64, DraftEntry>,
 }
 
 impl Draft {
@@ -807,7 +809,7 @@ impl Draft {
             keys: FileKeys::derive(data_key, &header.file_id),
             data_offset: (FIXED_HEADER_LEN + encoded.len()) as u64,
             header,
-            table: Vec::new(),
+            table: std::collections::BTreeMap::new(),
         })
     }
 
@@ -842,32 +844,31 @@ impl Draft {
             scratch,
             self.data_offset + (index << self.header.chunk_log2),
         )?;
-        let slot = usize::try_from(index)
-            .map_err(|_| ContainerError::Malformed("chunk index too large".into()))?;
-        if self.table.len() <= slot {
-            self.table.resize(slot + 1, None);
-        }
-        self.table[slot] = Some(DraftEntry {
-            nonce,
-            tag,
-            len: plaintext.len() as u32,
-            last,
-        });
+        self.table.insert(
+            index,
+            DraftEntry {
+                nonce,
+                tag,
+                len: plaintext.len() as u32,
+                last,
+            },
+        );
         Ok(())
     }
 
     /// (length, last flag) of chunk `index` if it has been sealed.
     pub fn sealed(&self, index: u64) -> Option<(usize, bool)> {
-        let entry = self.table.get(usize::try_from(index).ok()?)?.as_ref()?;
+        let entry = self.table.get(&index)?;
         Some((entry.len as usize, entry.last))
     }
 
     /// Decrypts sealed chunk `index` into the front of `out`; returns its length.
     pub fn open(&self, index: u64, out: &mut [u8]) -> Result<usize> {
         use std::os::unix::fs::FileExt;
-        let entry = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.table.get(i).copied().flatten())
+        let entry = self
+            .table
+            .get(&index)
+            .copied()
             .ok_or_else(|| ContainerError::Malformed(format!("chunk {index} is not sealed")))?;
         let n = entry.len as usize;
         let have = out.len();
@@ -887,8 +888,7 @@ impl Draft {
 
     /// Forgets chunks from `count` on (after a truncation).
     pub fn forget_from(&mut self, count: u64) {
-        self.table
-            .truncate(usize::try_from(count).unwrap_or(usize::MAX));
+        drop(self.table.split_off(&count));
     }
 
     /// Completes the container for a plaintext of `plaintext_len` bytes: every chunk must be
@@ -898,11 +898,13 @@ impl Draft {
         use std::os::unix::fs::FileExt;
         self.header.plaintext_len = plaintext_len;
         let count = self.header.chunk_count();
-        let mut table = Vec::with_capacity(count as usize * TABLE_ENTRY_LEN);
+        // Sized by what was sealed: a header claiming more chunks fails below, unallocated.
+        let sealed = count.min(self.table.len() as u64) as usize;
+        let mut table = Vec::with_capacity(sealed * TABLE_ENTRY_LEN);
         for index in 0..count {
             let (start, end) = self.header.chunk_range(index);
             let last = index + 1 == count;
-            match self.table.get(index as usize).copied().flatten() {
+            match self.table.get(&index).copied() {
                 Some(e) if u64::from(e.len) == end - start && e.last == last => {
                     table.extend_from_slice(&e.nonce);
                     table.extend_from_slice(&e.tag);

@@ -596,3 +596,397 @@ sys.stdin.readline()
         b"bob's"
     );
 }
+
+#[test]
+fn a_write_far_past_the_end_is_refused_before_anything_is_sealed() {
+    let mut fx = MountFixture::new();
+    put(&fx, "f.bin", b"small", "alice");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    let pid = fx.daemon_pid().unwrap();
+    let base = rss_kib(pid);
+    let f_mnt = fx.mnt.join("f.bin");
+    // One 64 KiB write at 1 TiB, one truncate(2) to 1 TiB: each would make a commit seal
+    // 16 million chunks (and the draft index them all at once).
+    let out = fx.python_as(
+        ALICE,
+        r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+for what in ("pwrite", "ftruncate"):
+    try:
+        if what == "pwrite":
+            os.pwrite(fd, b"x" * 65536, 1 << 40)
+        else:
+            os.ftruncate(fd, 1 << 40)
+        print(what, "ok")
+    except OSError as e:
+        print(what, e.errno)
+os.pwrite(fd, b"still writable", 0)
+os.close(fd)
+"#,
+        &[s(&f_mnt)],
+    );
+    assert_eq!(
+        stdout(&out),
+        "pwrite 27\nftruncate 27\n",
+        "{}",
+        stderr(&out)
+    );
+    let grown = rss_kib(pid).saturating_sub(base);
+    assert!(grown < 64 * 1024, "the daemon grew by {grown} KiB");
+    assert_eq!(
+        fx.as_uid(ALICE, "cat", &[s(&f_mnt)], "").stdout,
+        b"still writable"
+    );
+    assert!(fx.status()["pid"].is_u64(), "the daemon lives");
+}
+
+/// What a helper process printed after its "ready" line, once it is told to go on.
+fn finish(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Vec<u8> {
+    use std::io::Read;
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let _ = child.wait();
+    rest
+}
+
+/// A reader that holds `argv[1]` open (read once, checked against `argv[2]`), and on a line
+/// from stdin reads it again and writes what it got to stdout.
+const HOLDING_READER: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+want = open(sys.argv[2], "rb").read()
+print("ready" if os.pread(fd, 1 << 21, 0) == want else "wrong", flush=True)
+sys.stdin.readline()
+sys.stdout.buffer.write(os.pread(fd, 1 << 21, 0)); sys.stdout.flush()
+"#;
+
+#[test]
+fn no_two_versions_share_a_page_cache_not_even_through_a_private_mapping() {
+    let mut fx = MountFixture::new();
+    let a_plain = pseudo_random(299_998, 11);
+    let b_plain = pseudo_random(300_000, 12);
+    put(&fx, "a.bin", &a_plain, "alice");
+    put(&fx, "b.bin", &b_plain, "bob");
+    let a_path = fx.store.join("a.bin.tvlt");
+    let b_bytes = fs::read(fx.store.join("b.bin.tvlt")).unwrap();
+    assert_eq!(fs::metadata(&a_path).unwrap().len(), b_bytes.len() as u64);
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let a_mnt = fx.mnt.join("a.bin");
+    let plain_a = fx.plain_file("plain-a", &a_plain);
+    // Alice (a store writer too) holds her version open; its pages are cached.
+    let (alice, mut alice_out) = spawn_python_as(ALICE, HOLDING_READER, &[s(&a_mnt), s(&plain_a)]);
+    assert_eq!(line(&mut alice_out), "ready");
+    // She puts bob's container in its place, in place, and waits for bob to load it.
+    let mut f = fs::OpenOptions::new().write(true).open(&a_path).unwrap();
+    f.write_all(&b_bytes).unwrap();
+    f.sync_all().unwrap();
+    // Bob maps it privately, as safetensors does (FOPEN_DIRECT_IO does not prevent that:
+    // the faults go through the inode's page cache), and reads it.
+    let mapped = fx.python_as(
+        BOB,
+        "import mmap,sys; f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_PRIVATE,prot=mmap.PROT_READ); sys.stdout.buffer.write(m[:])",
+        &[s(&a_mnt)],
+    );
+    assert!(
+        mapped.stdout == b_plain,
+        "bob's mapping: {}",
+        stderr(&mapped)
+    );
+    // Alice's open file still reads her version, not one page of bob's.
+    let got = finish(alice, alice_out);
+    assert!(
+        !contains_run(&got, &b_plain, 4096),
+        "alice's open file shows bob's plaintext"
+    );
+    assert!(got == a_plain, "alice keeps the version she opened");
+    assert!(fx.as_uid(BOB, "cat", &[s(&a_mnt)], "").stdout == b_plain);
+}
+
+#[test]
+fn a_revoked_reader_never_sees_what_is_written_after_the_revoke() {
+    let mut fx = MountFixture::new();
+    let old = pseudo_random(200_000, 21);
+    let new = pseudo_random(200_000, 22);
+    put(&fx, "f.bin", &old, "alice,bob");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let f_mnt = fx.mnt.join("f.bin");
+    let plain_old = fx.plain_file("plain-old", &old);
+    let plain_new = fx.plain_file("plain-new", &new);
+    // Alice keeps the file open across her revocation (allowed: she keeps what she had).
+    let (alice, mut alice_out) =
+        spawn_python_as(ALICE, HOLDING_READER, &[s(&f_mnt), s(&plain_old)]);
+    assert_eq!(line(&mut alice_out), "ready");
+    ok(
+        &[
+            "revoke",
+            s(&fx.store),
+            "f.bin",
+            "alice",
+            "--rekey",
+            "--user",
+            "bob",
+        ],
+        "pw-bob\n",
+    );
+    assert!(!fx.as_uid(ALICE, "cat", &[s(&f_mnt)], "").status.success());
+    // Bob then rewrites the file in place through the mount.
+    let out = fx.as_uid(
+        BOB,
+        "dd",
+        &[
+            &format!("if={}", s(&plain_new)),
+            &format!("of={}", s(&f_mnt)),
+            "bs=64k",
+            "status=none",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // What bob wrote after the revoke never reaches alice's old descriptor.
+    let got = finish(alice, alice_out);
+    assert!(
+        !contains_run(&got, &new, 4096),
+        "the revoked reader sees data written after the revoke"
+    );
+    assert!(got == old, "alice's descriptor keeps the version it opened");
+    assert!(fx.as_uid(BOB, "cat", &[s(&f_mnt)], "").stdout == new);
+}
+
+#[test]
+fn a_write_session_is_joined_only_by_openers_of_the_version_it_builds_on() {
+    let mut fx = MountFixture::new();
+    let secret = b"BOB-SECRET-".repeat(20_000);
+    let own = b"alice-own--".repeat(20_000);
+    put(&fx, "f.bin", &secret, "bob");
+    put(&fx, "a.bin", &own, "alice");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let f_mnt = fx.mnt.join("f.bin");
+    // Bob has his file open for writing (a long save, say).
+    let code = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"bob-uncommitted", 0)
+print("ready", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"#;
+    let (bob, mut out) = spawn_python_as(BOB, code, &[s(&f_mnt)]);
+    assert_eq!(line(&mut out), "ready");
+    // Alice, a store writer, puts a container of her own at bob's path, and opens it.
+    fs::copy(fx.store.join("a.bin.tvlt"), fx.store.join("staged")).unwrap();
+    fs::rename(fx.store.join("staged"), fx.store.join("f.bin.tvlt")).unwrap();
+    let read = fx.python_as(
+        ALICE,
+        "import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); sys.stdout.buffer.write(os.pread(fd, 1 << 20, 0))",
+        &[s(&f_mnt)],
+    );
+    assert!(
+        !contains_run(&read.stdout, &secret, 64)
+            && !contains_run(&read.stdout, b"bob-uncommitted", 15),
+        "alice read bob's session: {:?}",
+        String::from_utf8_lossy(&read.stdout[..read.stdout.len().min(64)])
+    );
+    assert!(
+        read.stdout == own,
+        "alice reads what she was authorized for: {}",
+        stderr(&read)
+    );
+    finish(bob, out);
+}
+
+/// Who holds a key slot for `rel`, from `tvault access --json`.
+fn readers(fx: &MountFixture, rel: &str) -> Vec<String> {
+    let out = ok(&["access", s(&fx.store), "--json"], "");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let file = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == rel)
+        .unwrap_or_else(|| panic!("{rel} not in {out}"));
+    let mut names: Vec<String> = file["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_writer_whose_file_was_renamed_over_never_overwrites_the_replacement() {
+    let mut fx = MountFixture::new();
+    put(&fx, "a", b"shared by alice and bob", "alice,bob");
+    put(&fx, "p", b"bob's private file", "bob");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    let code = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.write(fd, b"ALICE WAS HERE")
+print("ready", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"#;
+    let (alice, mut out) = spawn_python_as(ALICE, code, &[s(&fx.mnt.join("a"))]);
+    assert_eq!(line(&mut out), "ready");
+    // Bob (who holds slots for both) moves his private file over the shared one.
+    let mv = fx.as_uid(BOB, "mv", &[s(&fx.mnt.join("p")), s(&fx.mnt.join("a"))], "");
+    assert!(mv.status.success(), "{}", stderr(&mv));
+    // Alice closes: what she wrote went to the replaced file, not over bob's.
+    finish(alice, out);
+    assert_eq!(
+        fx.as_uid(BOB, "cat", &[s(&fx.mnt.join("a"))], "").stdout,
+        b"bob's private file"
+    );
+    assert_eq!(
+        readers(&fx, "a"),
+        ["bob"],
+        "the replacement keeps its recipients"
+    );
+}
+
+#[test]
+fn directory_listings_held_open_are_bounded_per_uid() {
+    let mut fx = MountFixture::new();
+    put(&fx, "b.bin", b"bob's", "bob");
+    for i in 0..5000 {
+        fs::create_dir(
+            fx.store
+                .join(format!("a-directory-with-a-longish-name-{i:05}")),
+        )
+        .unwrap();
+    }
+    fx.mount(&[]);
+    fx.unlock(BOB, "pw-bob");
+    let pid = fx.daemon_pid().unwrap();
+    let base = rss_kib(pid);
+    // A uid without a keyring opens the large directory again and again.
+    let code = r#"
+import os, sys
+fds, err = [], None
+for _ in range(900):
+    try:
+        fds.append(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY))
+    except OSError as e:
+        err = e.errno
+        break
+print(len(fds), err, flush=True)
+sys.stdin.readline()
+"#;
+    let (nobody, mut out) = spawn_python_as(NOBODY, code, &[s(&fx.mnt)]);
+    let got = line(&mut out);
+    let (count, err) = got.split_once(' ').unwrap();
+    let count: usize = count.parse().unwrap();
+    assert_eq!(err, "24", "EMFILE for the uid's listings ({got})");
+    assert!(count < 500, "{count} listings held");
+    let grown = rss_kib(pid).saturating_sub(base);
+    assert!(grown < 96 * 1024, "the daemon grew by {grown} KiB");
+    // Others still list and read.
+    let ls = fx.as_uid(BOB, "ls", &[s(&fx.mnt)], "");
+    assert!(stdout(&ls).contains("b.bin"), "{}", stderr(&ls));
+    assert_eq!(
+        fx.as_uid(BOB, "cat", &[s(&fx.mnt.join("b.bin"))], "")
+            .stdout,
+        b"bob's"
+    );
+    finish(nobody, out);
+    // Released listings are given back.
+    let ls = fx.as_uid(NOBODY, "ls", &[s(&fx.mnt)], "");
+    assert!(ls.status.success(), "{}", stderr(&ls));
+}
+
+#[test]
+fn an_overlong_path_does_not_stop_others_from_moving_directories() {
+    let mut fx = MountFixture::new();
+    put(&fx, "d1/x", b"bob's", "bob");
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    fx.unlock(BOB, "pw-bob");
+    // Alice builds a directory path longer than PATH_MAX: a chain as deep as the daemon can
+    // create, and another moved to its bottom.
+    let out = fx.python_as(
+        ALICE,
+        r#"
+import os, sys
+top = os.open(sys.argv[1], os.O_RDONLY)
+os.mkdir("b" * 200, dir_fd=top)
+os.mkdir("b" * 200 + "/" + "c" * 200, dir_fd=top)
+d = top
+for i in range(16):
+    n = ("a%02d" % i) + "a" * 240
+    os.mkdir(n, dir_fd=d)
+    d = os.open(n, os.O_RDONLY, dir_fd=d)
+os.rename("b" * 200, "moved", src_dir_fd=top, dst_dir_fd=d)
+print("deep")
+"#,
+        &[s(&fx.mnt)],
+    );
+    assert_eq!(stdout(&out), "deep\n", "{}", stderr(&out));
+    let mv = fx.as_uid(
+        BOB,
+        "mv",
+        &[s(&fx.mnt.join("d1")), s(&fx.mnt.join("d2"))],
+        "",
+    );
+    assert!(mv.status.success(), "bob's rename: {}", stderr(&mv));
+    assert_eq!(
+        fx.as_uid(BOB, "cat", &[s(&fx.mnt.join("d2/x"))], "").stdout,
+        b"bob's"
+    );
+    fx.unmount();
+    // The CLI's directory targets are not disturbed either.
+    ok(
+        &["grant", s(&fx.store), "d2", "alice", "--user", "bob"],
+        "pw-bob\n",
+    );
+}
+
+#[test]
+fn a_directory_named_like_the_policy_cannot_stand_in_for_it() {
+    let mut fx = MountFixture::new();
+    put(&fx, "team/models/a.bin", b"x", "alice");
+    fs::write(fx.store.join("team/.tvault-recipients"), "bob\n").unwrap();
+    fx.mount(&[]);
+    fx.unlock(ALICE, "pw-alice");
+    let shadow = fx.mnt.join("team/models/.tvault-recipients");
+    assert!(!fx
+        .as_uid(ALICE, "mkdir", &[s(&shadow)], "")
+        .status
+        .success());
+    let moved = fx.as_uid(ALICE, "mkdir", &[s(&fx.mnt.join("team/models/d"))], "");
+    assert!(moved.status.success());
+    assert!(!fx
+        .as_uid(
+            ALICE,
+            "mv",
+            &[s(&fx.mnt.join("team/models/d")), s(&shadow)],
+            ""
+        )
+        .status
+        .success());
+    let out = fx.as_uid(
+        ALICE,
+        "cp",
+        &[s(&fx.bin), s(&fx.mnt.join("team/models/new.bin"))],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    fx.unmount();
+    assert_eq!(
+        readers(&fx, "team/models/new.bin"),
+        ["alice", "bob"],
+        "the team policy still applies"
+    );
+}

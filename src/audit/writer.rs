@@ -936,7 +936,11 @@ mod tests {
         audit.rotate().unwrap();
         audit.record(&open_event(2)).unwrap();
         audit.close().unwrap();
-        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "rotation followed the link");
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "rotation followed the link"
+        );
         let moved = top.path().join("moved");
         assert!(moved.join("audit.jsonl.1").exists() && moved.join("audit.jsonl").exists());
     }

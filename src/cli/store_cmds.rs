@@ -580,13 +580,10 @@ fn expand_targets(store: &Store, rel: &str) -> Result<Vec<String>, Box<dyn std::
     if store.exists(rel)? {
         return Ok(vec![rel.to_string()]);
     }
-    let prefix = format!("{rel}/");
-    let files: Vec<_> = store
-        .files()?
-        .into_iter()
-        .filter(|f| f.rel.starts_with(&prefix))
-        .map(|f| f.rel)
-        .collect();
+    if !store.is_dir(rel) {
+        return Err(StoreError::NoSuchFile(rel.to_string()).into());
+    }
+    let files: Vec<_> = store.files_under(rel)?.into_iter().map(|f| f.rel).collect();
     if files.is_empty() {
         return Err(StoreError::NoSuchFile(rel.to_string()).into());
     }

@@ -10,6 +10,9 @@ pub const ROOT: u64 = 1;
 pub struct Inodes {
     by_path: HashMap<String, u64>,
     paths: HashMap<u64, String>,
+    /// Inodes moved off their path while handles were open on them (see [`Inodes::detach`]):
+    /// they keep the path for those handles, but lookups of it get a new inode.
+    detached: HashMap<u64, String>,
     next: u64,
 }
 
@@ -18,6 +21,7 @@ impl Inodes {
         let mut table = Inodes {
             by_path: HashMap::new(),
             paths: HashMap::new(),
+            detached: HashMap::new(),
             next: ROOT + 1,
         };
         table.by_path.insert(String::new(), ROOT);
@@ -27,7 +31,10 @@ impl Inodes {
 
     /// The store path ("" for the root) of inode `ino`.
     pub fn path(&self, ino: u64) -> Option<&str> {
-        self.paths.get(&ino).map(String::as_str)
+        self.paths
+            .get(&ino)
+            .or_else(|| self.detached.get(&ino))
+            .map(String::as_str)
     }
 
     pub fn get_or_insert(&mut self, rel: &str) -> u64 {
@@ -43,6 +50,37 @@ impl Inodes {
 }
 
 impl Inodes {
+    /// Gives the path of `ino` a new inode number for later lookups, while `ino` keeps the
+    /// path for the handles already open on it (their reads, writes and commits). The kernel
+    /// then caches the two apart: each inode has its own page cache.
+    pub fn detach(&mut self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        if let Some(rel) = self.paths.remove(&ino) {
+            self.by_path.remove(&rel);
+            self.detached.insert(ino, rel);
+        }
+    }
+
+    pub fn is_detached(&self, ino: u64) -> bool {
+        self.detached.contains_key(&ino)
+    }
+
+    /// Detached inodes at `rel`.
+    pub fn detached_at(&self, rel: &str) -> Vec<u64> {
+        self.detached
+            .iter()
+            .filter(|(_, p)| p.as_str() == rel)
+            .map(|(&i, _)| i)
+            .collect()
+    }
+
+    /// Forgets a detached inode once nothing holds it.
+    pub fn forget_detached(&mut self, ino: u64) {
+        self.detached.remove(&ino);
+    }
+
     /// Moves `from` (and, for a directory, everything under it) to `to`, keeping inode
     /// numbers. Whatever `to` named before loses its path.
     pub fn rename(&mut self, from: &str, to: &str) {
@@ -56,6 +94,12 @@ impl Inodes {
         for path in replaced {
             if let Some(ino) = self.by_path.remove(&path) {
                 self.paths.remove(&ino);
+            }
+        }
+        self.detached.retain(|_, p| !under(p, to));
+        for p in self.detached.values_mut() {
+            if under(p, from) {
+                *p = format!("{to}{}", &p[from.len()..]);
             }
         }
         let moving: Vec<(String, u64)> = self
@@ -77,6 +121,7 @@ impl Inodes {
         if let Some(ino) = self.by_path.remove(rel) {
             self.paths.remove(&ino);
         }
+        self.detached.retain(|_, p| p != rel);
     }
 }
 
@@ -112,5 +157,21 @@ mod tests {
         t.remove("c/b");
         assert_eq!(t.path(b), None);
         assert_eq!(child_path("a", "x"), "a/x");
+        // A detached inode keeps its path (and follows renames); lookups get a new one.
+        let f = t.get_or_insert("d/f");
+        t.detach(f);
+        assert!(t.is_detached(f));
+        let g = t.get_or_insert("d/f");
+        assert_ne!(f, g);
+        assert_eq!(t.path(f), Some("d/f"));
+        assert_eq!(t.detached_at("d/f"), vec![f]);
+        t.rename("d", "e");
+        assert_eq!((t.path(f), t.path(g)), (Some("e/f"), Some("e/f")));
+        t.rename("x", "e/f");
+        assert_eq!(t.path(f), None, "a replaced target loses its path");
+        let h = t.get_or_insert("e/h");
+        t.detach(h);
+        t.remove("e/h");
+        assert_eq!(t.path(h), None);
     }
 }

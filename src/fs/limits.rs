@@ -118,6 +118,10 @@ pub(crate) struct Limits {
     pub handles: Arc<Limit>,
     pub metadata: Arc<Limit>,
     pub writes: Arc<Limit>,
+    /// Listings of open directories (taken at `opendir`, held until `releasedir`). Anyone
+    /// may list, keyring or not, so these have a bound of their own: a uid opening a large
+    /// directory many times gets `EMFILE`, and file opens are not affected.
+    pub listings: Arc<Limit>,
 }
 
 /// Most handles one uid may hold, however high the descriptor limit: each may hold memory.
@@ -130,7 +134,8 @@ const RESERVED_FDS: u64 = 128;
 impl Limits {
     /// `nofile`: the daemon's soft `RLIMIT_NOFILE`. Handles may use all but a reserve of it,
     /// a quarter of that per uid (at most 4096). Metadata may take half the cache size (at
-    /// least 64 MiB), half of that per uid; files being written as much again.
+    /// least 64 MiB), half of that per uid; files being written as much again. Directory
+    /// listings may take as much as metadata, a quarter of it per uid.
     pub(crate) fn new(nofile: u64, cache_bytes: u64) -> Limits {
         let handles = nofile.saturating_sub(RESERVED_FDS).max(64);
         let memory = (cache_bytes / 2).max(64 << 20);
@@ -138,6 +143,7 @@ impl Limits {
             handles: Limit::new(handles, (handles / 4).clamp(16, MAX_HANDLES_PER_UID)),
             metadata: Limit::new(memory, memory / 2),
             writes: Limit::new(memory, memory / 2),
+            listings: Limit::new(memory, memory / 4),
         }
     }
 }

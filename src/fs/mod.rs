@@ -29,14 +29,14 @@ use crate::access::{Access, Denial, UserSession};
 use crate::audit::{AuditLog, Event, EventKind};
 use crate::container::{Container, ContainerError, FixedHeader, FIXED_HEADER_LEN};
 use crate::safetensors;
-use crate::store::{SetTime, Store, StoreError, MAX_NAME_LEN, META_DIR};
+use crate::store::{SetTime, Store, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
 
 use buffers::{BufferPool, Plain};
 pub use cache::ChunkCache;
 use inodes::{child_path, Inodes};
 use limits::{Charge, Limits};
 pub(crate) use versions::FileVersion;
-use versions::{PageCache, PageRef, VersionKey, Versions};
+use versions::{Conflict, Content, PageCache, PageRef, VersionKey, Versions};
 use write::WriteSession;
 
 /// Attributes and entries are cached by the kernel this long; opens always reach us, so
@@ -121,6 +121,8 @@ impl Drop for Handle {
 
 /// An open directory's entries: (inode, kind, name), `.` and `..` first.
 type Listing = Vec<(u64, FileType, String)>;
+/// What one listing entry takes besides its name's bytes (the tuple, the map slot).
+const LISTING_ENTRY: usize = std::mem::size_of::<(u64, FileType, String)>() + 16;
 
 /// State shared between the FUSE handlers and the daemon's control socket.
 pub struct Shared {
@@ -132,8 +134,8 @@ pub struct Shared {
     inodes: Mutex<Inodes>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     /// Listings of open directories, taken at opendir, so that a long directory is read in
-    /// one pass however many readdir calls it takes.
-    dirs: RwLock<HashMap<u64, Arc<Listing>>>,
+    /// one pass however many readdir calls it takes; each charged to its opener.
+    dirs: RwLock<HashMap<u64, (Arc<Listing>, Charge)>>,
     next_fh: AtomicU64,
     versions: Versions,
     limits: Limits,
@@ -620,6 +622,23 @@ impl Shared {
         fh
     }
 
+    /// Forgets a detached inode once no handle is open on it: nothing can reach it then.
+    fn release_inode(&self, ino: u64) {
+        if !lock(&self.inodes).is_detached(ino) {
+            return;
+        }
+        let held = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| h.ino == ino);
+        if !held {
+            lock(&self.inodes).forget_detached(ino);
+            self.versions.forget_inode(ino);
+        }
+    }
+
     /// The unlocked session of `uid`, required for every change to the mount.
     fn writer(
         &self,
@@ -658,6 +677,15 @@ impl Shared {
         let (version, user) = self.open_file(uid, rel)?;
         let mut sessions = lock(&self.sessions);
         let ws = match sessions.get(&ino) {
+            // A session reads and writes the version it builds on: only an opener who was
+            // just authorized for that very version may join it. The container may have been
+            // replaced since (a store writer, `revoke --rekey`): then this open reads what it
+            // authenticated, in a session of its own on a new inode.
+            Some(ws) if lock(ws).base_key() != Some(version.key) => {
+                drop(sessions);
+                lock(&self.inodes).detach(ino);
+                return Err(OpenError::Errno(Errno::ESTALE));
+            }
             Some(ws) => ws.clone(),
             None => {
                 let log2 = version.reader.header().chunk_log2;
@@ -665,6 +693,8 @@ impl Shared {
                     .map_err(OpenError::Errno)?;
                 let recipients = self.recipients_of(&version);
                 let ws = Arc::new(Mutex::new(WriteSession::new(
+                    self.versions.fresh_id(),
+                    self.max_file_size(log2),
                     recipients,
                     log2,
                     Some(version),
@@ -709,7 +739,14 @@ impl Shared {
             .collect();
         let log2 = self.store.default_chunk_log2();
         let memory = write::reserve(&self.limits.writes, user.uid, log2, 0)?;
-        let mut ws = WriteSession::new(recipients, log2, None, memory);
+        let mut ws = WriteSession::new(
+            self.versions.fresh_id(),
+            self.max_file_size(log2),
+            recipients,
+            log2,
+            None,
+            memory,
+        );
         ws.commit(&self.store, rel, self.versions.fresh_id())
             .map_err(|e| {
                 log::error!("{rel}: {e}");
@@ -726,14 +763,50 @@ impl Shared {
         let Some(ws) = &handle.write else {
             return Ok(());
         };
-        let rel = self
-            .path_of(handle.ino)
-            .unwrap_or_else(|| handle.rel.clone());
+        // The inode lost its path: another file was renamed over it. As on any POSIX
+        // filesystem, what was written to the replaced file goes with it; committing it at
+        // the old name would overwrite the file now there, which this writer may hold no
+        // key slot for.
+        let Some(rel) = self.path_of(handle.ino) else {
+            lock(ws).discard();
+            return Ok(());
+        };
         let result = lock(ws).commit(&self.store, &rel, self.versions.fresh_id());
         result.map(|_| ()).map_err(|e| {
             log::error!("{rel}: commit failed, previous version kept: {e}");
             e.errno()
         })
+    }
+
+    /// The largest file a write through the mount may make with chunks of `2^log2` bytes:
+    /// one whose chunk table (and MAC) fits in what one uid may hold for an open file, so
+    /// that it can be read back; and a sparse write far past the end cannot make a commit
+    /// seal (and the draft index) an unbounded number of chunks.
+    fn max_file_size(&self, log2: u8) -> u64 {
+        let table = self
+            .limits
+            .metadata
+            .per_uid()
+            .saturating_sub(crate::crypto::MAC_LEN as u64);
+        (table / crate::container::TABLE_ENTRY_LEN as u64).saturating_mul(1 << log2)
+    }
+
+    /// Page-cache rules for a new handle of `ino` reading `content`. On a conflict (other
+    /// content open on the inode) the path moves to a new inode and the caller answers
+    /// `ESTALE`: the kernel then looks the path up again (`LOOKUP_REVAL`), gets the new
+    /// inode and retries the open there, with a page cache of its own.
+    fn open_pages(&self, ino: u64, content: Content) -> Result<(PageCache, PageRef), Errno> {
+        self.versions.open_pages(ino, content).map_err(|Conflict| {
+            lock(&self.inodes).detach(ino);
+            Errno::ESTALE
+        })
+    }
+
+    /// Gives up a write session joined by an open that is then refused.
+    fn abandon_writer(&self, ino: u64, ws: &Arc<Mutex<WriteSession>>) {
+        if self.drop_writer(ino, ws) {
+            lock(ws).discard();
+        }
     }
 
     /// The data key check for changing an existing file: `uid` must hold a slot for it.
@@ -843,13 +916,17 @@ fn store_errno(e: &StoreError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-/// Names the mount never shows: the store's metadata directory. (Temporary and policy files
-/// in the store never show anyway: only `*.tvlt` containers and directories are listed.)
+/// Names the mount never shows: the store's metadata directory, and the policy file's name.
+/// (Temporary and policy files in the store never show anyway: only `*.tvlt` containers and
+/// directories are listed. But a directory named like the policy, made through the mount,
+/// would stand in for the policy of its parents: files created beside it would be
+/// encrypted to nobody else.)
 fn hidden(parent: &str, name: &str) -> bool {
     name.is_empty()
         || name == "."
         || name == ".."
         || name.contains('/')
+        || name == RECIPIENTS_FILE
         || (parent.is_empty() && name == META_DIR)
 }
 
@@ -944,7 +1021,7 @@ impl Filesystem for TvaultFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guarded("opendir", || {
             let shared = &self.shared;
             let Some(rel) = shared.path_of(ino.0) else {
@@ -975,12 +1052,22 @@ impl Filesystem for TvaultFs {
                     entries.push((child, kind, e.name));
                 }
             }
+            // What the listing holds, charged to the uid that opened it.
+            let bytes = entries
+                .iter()
+                .map(|e| LISTING_ENTRY + e.2.len())
+                .sum::<usize>()
+                + LISTING_ENTRY;
+            let charge = match shared.limits.listings.charge(req.uid(), bytes as u64) {
+                Ok(c) => c,
+                Err(e) => return reply.error(e),
+            };
             let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
             shared
                 .dirs
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(entries));
+                .insert(fh, (Arc::new(entries), charge));
             reply.opened(FileHandle(fh), FopenFlags::empty());
         });
     }
@@ -1000,7 +1087,7 @@ impl Filesystem for TvaultFs {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&fh.0)
-                .cloned();
+                .map(|(listing, _)| listing.clone());
             let Some(entries) = entries else {
                 return reply.error(Errno::EBADF);
             };
@@ -1049,11 +1136,15 @@ impl Filesystem for TvaultFs {
                 let truncate = flags.0 & libc::O_TRUNC != 0;
                 shared
                     .open_for_write(uid, ino.0, &rel, truncate)
-                    .map(|(ws, user)| (None, Some(ws), user))
+                    .map(|(ws, user)| {
+                        let content = Content::Session(lock(&ws).id);
+                        (None, Some(ws), user, content)
+                    })
             } else {
-                shared
-                    .open_file(uid, &rel)
-                    .map(|(file, user)| (Some(file), None, user))
+                shared.open_file(uid, &rel).map(|(file, user)| {
+                    let content = Content::Version(file.key);
+                    (Some(file), None, user, content)
+                })
             };
             let kind = if writing {
                 EventKind::WriteOpen
@@ -1067,33 +1158,32 @@ impl Filesystem for TvaultFs {
                     .open_flags(flags.0)
             };
             match opened {
-                Ok((file, write, user)) => {
+                Ok((file, write, user, content)) => {
+                    // The kernel may keep the inode's pages only for the very content this
+                    // handle reads, and no two contents share an inode while open.
+                    let (mode, pages) = match shared.open_pages(ino.0, content) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            if let Some(ws) = &write {
+                                shared.abandon_writer(ino.0, ws);
+                            }
+                            return reply.error(e);
+                        }
+                    };
                     if !shared.audit(event().user(&user.name).allow()) {
                         if let Some(ws) = &write {
-                            if shared.drop_writer(ino.0, ws) {
-                                lock(ws).discard();
-                            }
+                            shared.abandon_writer(ino.0, ws);
                         }
                         shared.stats.opens_denied.fetch_add(1, Ordering::Relaxed);
                         return reply.error(Errno::EACCES);
                     }
                     shared.stats.opens_allowed.fetch_add(1, Ordering::Relaxed);
-                    // The kernel may keep the inode's pages only for the very version this
-                    // open authenticated, and no handle may read through pages of another.
-                    let (mode, pages) = match &file {
-                        Some(f) => shared.versions.open_pages(ino.0, f.key),
-                        None => {
-                            shared.versions.forget_pages(ino.0);
-                            (PageCache::Fresh, None)
-                        }
-                    };
                     let flags = match mode {
                         PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
                         PageCache::Fresh => FopenFlags::empty(),
-                        PageCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
                     };
                     let mut handle = Handle::new(file, write, user, ino.0, rel, slot);
-                    handle._pages = pages;
+                    handle._pages = Some(pages);
                     let fh = shared.add_handle(handle);
                     reply.opened(FileHandle(fh), flags);
                 }
@@ -1173,6 +1263,14 @@ impl Filesystem for TvaultFs {
                     Err(e) => return reply.error(e),
                 }
             };
+            let content = Content::Session(lock(&ws).id);
+            let pages = match shared.open_pages(ino, content) {
+                Ok((_, pages)) => pages,
+                Err(e) => {
+                    shared.abandon_writer(ino, &ws);
+                    return reply.error(e);
+                }
+            };
             let recorded = shared.audit(
                 Event::from_pid(EventKind::Create, pid)
                     .uid(uid)
@@ -1182,13 +1280,12 @@ impl Filesystem for TvaultFs {
                     .allow(),
             );
             if !recorded {
-                if shared.drop_writer(ino, &ws) {
-                    lock(&ws).discard();
-                }
+                shared.abandon_writer(ino, &ws);
                 return reply.error(Errno::EACCES);
             }
-            shared.versions.forget_pages(ino);
-            let fh = shared.add_handle(Handle::new(None, Some(ws), user, ino, rel.clone(), slot));
+            let mut handle = Handle::new(None, Some(ws), user, ino, rel.clone(), slot);
+            handle._pages = Some(pages);
+            let fh = shared.add_handle(handle);
             match shared.attr_of(ino, &rel) {
                 Ok(Some(attr)) => reply.created(
                     &TTL,
@@ -1335,6 +1432,7 @@ impl Filesystem for TvaultFs {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&fh.0);
             if let Some(handle) = handle {
+                let ino = handle.ino;
                 if let Some(ws) = &handle.write {
                     let last = {
                         let mut sessions = lock(&shared.sessions);
@@ -1354,6 +1452,8 @@ impl Filesystem for TvaultFs {
                         let _ = shared.commit(&handle);
                     }
                 }
+                drop(handle);
+                shared.release_inode(ino);
             }
             reply.ok();
         });
@@ -1534,12 +1634,20 @@ impl Filesystem for TvaultFs {
             if let Err(e) = shared.store.remove(&rel) {
                 return reply.error(store_errno(&e));
             }
-            let ino = lock(&shared.inodes).get_or_insert(&rel);
-            shared.versions.forget_pages(ino);
-            if let Some(ws) = lock(&shared.sessions).get(&ino) {
-                lock(ws).unlinked = true;
+            let inos = {
+                let mut inodes = lock(&shared.inodes);
+                let mut inos = inodes.detached_at(&rel);
+                inos.push(inodes.get_or_insert(&rel));
+                inodes.remove(&rel);
+                inos
+            };
+            let sessions = lock(&shared.sessions);
+            for ino in inos {
+                shared.versions.forget_pages(ino);
+                if let Some(ws) = sessions.get(&ino) {
+                    lock(ws).unlinked = true;
+                }
             }
-            lock(&shared.inodes).remove(&rel);
             reply.ok();
         });
     }
@@ -1609,15 +1717,14 @@ impl Filesystem for TvaultFs {
                 }
                 // Moving a directory moves every file in it: it needs a slot for each, or a
                 // user could move someone's model away and put their own in its place.
-                let prefix = format!("{from}/");
-                let files = match shared.store.files() {
+                let files = match shared.store.files_under(&from) {
                     Ok(f) => f,
                     Err(e) => {
                         log::error!("{from}: {e}");
                         return reply.error(Errno::EIO);
                     }
                 };
-                for f in files.iter().filter(|f| f.rel.starts_with(&prefix)) {
+                for f in &files {
                     if let Err(e) = shared.authorize_change(uid, &f.rel) {
                         shared.audit(event().deny("no-key-slot").detail(f.rel.as_str()));
                         return reply.error(e);

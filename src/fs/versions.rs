@@ -68,26 +68,39 @@ impl FileVersion {
     }
 }
 
+/// What an open handle reads, and so what it may put into the kernel's page cache of its
+/// inode: an authenticated committed version, or the content of a write session (writes go
+/// through the page cache, and reads of a writable handle return the session's content).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Content {
+    Version(VersionKey),
+    Session(u64),
+}
+
 /// How the kernel may cache an open's pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PageCache {
-    /// The same version as the inode's cached pages: keep them (`FOPEN_KEEP_CACHE`).
+    /// The same content as the inode's cached pages: keep them (`FOPEN_KEEP_CACHE`).
     Keep,
-    /// A new version, and no handle holds the old one: drop the pages and cache afresh.
+    /// Other content, and no handle is open on the inode: drop the pages and cache afresh.
     Fresh,
-    /// Another version is open on the inode and its pages may be cached: bypass the page
-    /// cache for this handle (`FOPEN_DIRECT_IO`), so neither reads the other's plaintext.
-    Direct,
 }
+
+/// Another content is open on the inode. No open flag keeps the two apart: a handle opened
+/// with `FOPEN_DIRECT_IO` can still be mapped `MAP_PRIVATE` (safetensors does), and its faults
+/// fill the inode's page cache, which every cached handle of the inode then reads. So the
+/// open must be served on an inode of its own.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Conflict;
 
 #[derive(Default)]
 struct InodePages {
-    key: Option<VersionKey>,
-    /// Open handles that may fill the inode's page cache with `key`'s plaintext.
+    content: Option<Content>,
+    /// Open handles of the inode; each may fill its page cache with `content`.
     open: usize,
 }
 
-/// Counts a cached open of an inode until dropped.
+/// Counts an open handle of an inode until dropped.
 pub(crate) struct PageRef {
     pages: Arc<Mutex<HashMap<u64, InodePages>>>,
     ino: u64,
@@ -153,30 +166,48 @@ impl Versions {
         version
     }
 
-    /// Decides how an open of `key` on inode `ino` may use the page cache.
-    pub(crate) fn open_pages(&self, ino: u64, key: VersionKey) -> (PageCache, Option<PageRef>) {
+    /// Decides how an open reading `content` on inode `ino` may use the page cache. While
+    /// handles of other content are open on the inode, the open is refused ([`Conflict`]):
+    /// the inode's pages may hold their plaintext, and this handle's would mix with it.
+    pub(crate) fn open_pages(
+        &self,
+        ino: u64,
+        content: Content,
+    ) -> Result<(PageCache, PageRef), Conflict> {
         let mut pages = lock(&self.pages);
         let p = pages.entry(ino).or_default();
-        let mode = if p.key == Some(key) {
+        let mode = if p.content == Some(content) {
             PageCache::Keep
         } else if p.open == 0 {
-            p.key = Some(key);
+            p.content = Some(content);
             PageCache::Fresh
         } else {
-            return (PageCache::Direct, None);
+            return Err(Conflict);
         };
         p.open += 1;
         let page_ref = PageRef {
             pages: self.pages.clone(),
             ino,
         };
-        (mode, Some(page_ref))
+        Ok((mode, page_ref))
     }
 
-    /// The next open of `ino` must not reuse its pages (after a lock, unlink or rename).
+    /// The next open of `ino` must not reuse its pages (after a lock, unlink or rename),
+    /// unless handles are open on it: their pages hold their own content, which the next
+    /// open either shares or conflicts with.
     pub(crate) fn forget_pages(&self, ino: u64) {
         if let Some(p) = lock(&self.pages).get_mut(&ino) {
-            p.key = None;
+            if p.open == 0 {
+                p.content = None;
+            }
+        }
+    }
+
+    /// Drops what is known about inode `ino` (no longer reachable).
+    pub(crate) fn forget_inode(&self, ino: u64) {
+        let mut pages = lock(&self.pages);
+        if pages.get(&ino).is_some_and(|p| p.open == 0) {
+            pages.remove(&ino);
         }
     }
 
@@ -184,7 +215,7 @@ impl Versions {
     pub(crate) fn clear(&self) {
         lock(&self.ids).clear();
         for p in lock(&self.pages).values_mut() {
-            p.key = None;
+            p.content = None;
         }
     }
 }
@@ -196,22 +227,32 @@ mod tests {
     #[test]
     fn page_cache_follows_the_version() {
         let v = Versions::new();
-        let a = ([1u8; FILE_ID_LEN], [1u8; MAC_LEN]);
-        let b = ([2u8; FILE_ID_LEN], [2u8; MAC_LEN]);
-        let (m1, r1) = v.open_pages(7, a);
+        let a = Content::Version(([1u8; FILE_ID_LEN], [1u8; MAC_LEN]));
+        let b = Content::Version(([2u8; FILE_ID_LEN], [2u8; MAC_LEN]));
+        let (m1, r1) = v.open_pages(7, a).unwrap();
         assert_eq!(m1, PageCache::Fresh);
-        let (m2, _r2) = v.open_pages(7, a);
+        let (m2, r2) = v.open_pages(7, a).unwrap();
         assert_eq!(m2, PageCache::Keep);
-        // Another version while `a` is open on the inode: bypass the page cache.
-        let (m3, r3) = v.open_pages(7, b);
-        assert_eq!((m3, r3.is_none()), (PageCache::Direct, true));
-        drop(r1);
-        drop(_r2);
-        // Nobody holds `a` any more: `b` starts a fresh page cache.
-        assert_eq!(v.open_pages(7, b).0, PageCache::Fresh);
+        // Another version, or a write session, while `a` is open on the inode: refused.
+        assert_eq!(v.open_pages(7, b).err(), Some(Conflict));
+        assert_eq!(v.open_pages(7, Content::Session(3)).err(), Some(Conflict));
+        // Other inodes are not concerned.
+        assert_eq!(v.open_pages(8, b).unwrap().0, PageCache::Fresh);
+        // Forgetting while `a` is open keeps what its handles may have cached.
         v.forget_pages(7);
-        assert_ne!(v.open_pages(7, b).0, PageCache::Keep);
-        assert_eq!(v.id_for(&a), v.id_for(&a));
-        assert_ne!(v.id_for(&a), v.id_for(&b));
+        assert_eq!(v.open_pages(7, b).err(), Some(Conflict));
+        drop((r1, r2));
+        // Nobody holds `a` any more: `b` starts a fresh page cache.
+        let (m3, r3) = v.open_pages(7, b).unwrap();
+        assert_eq!(m3, PageCache::Fresh);
+        drop(r3);
+        v.forget_pages(7);
+        assert_eq!(v.open_pages(7, b).unwrap().0, PageCache::Fresh);
+        let (ka, kb) = (
+            ([1u8; FILE_ID_LEN], [1u8; MAC_LEN]),
+            ([2u8; FILE_ID_LEN], [2u8; MAC_LEN]),
+        );
+        assert_eq!(v.id_for(&ka), v.id_for(&ka));
+        assert_ne!(v.id_for(&ka), v.id_for(&kb));
     }
 }

@@ -55,6 +55,11 @@ impl WriteError {
 }
 
 pub struct WriteSession {
+    /// Names this session's content for the page-cache rules (`versions::Content`).
+    pub id: u64,
+    /// The largest size the file may reach: one whose chunk table a reader of the mount can
+    /// hold. Beyond it writes and truncations fail with `EFBIG`, before anything is sealed.
+    max_size: u64,
     recipients: Vec<(String, PublicKey)>,
     chunk_log2: u8,
     /// The committed version this session started from (None: starts empty).
@@ -95,6 +100,8 @@ pub fn reserve(
 
 impl WriteSession {
     pub fn new(
+        id: u64,
+        max_size: u64,
         recipients: Vec<(String, PublicKey)>,
         chunk_log2: u8,
         base: Option<Arc<FileVersion>>,
@@ -105,6 +112,8 @@ impl WriteSession {
         WriteSession {
             memory,
             dirty_budget,
+            id,
+            max_size,
             recipients,
             chunk_log2,
             base_valid: size,
@@ -137,6 +146,12 @@ impl WriteSession {
             self.memory.resize(want).map_err(|_| WriteError::TooLarge)?;
         }
         Ok(())
+    }
+
+    /// The committed version this session builds on (the last one it committed, or the one
+    /// it started from).
+    pub fn base_key(&self) -> Option<super::VersionKey> {
+        self.base.as_ref().map(|b| b.key)
     }
 
     fn chunk_size(&self) -> u64 {
@@ -205,6 +220,7 @@ impl WriteSession {
     ) -> Result<(), WriteError> {
         let end = offset
             .checked_add(data.len() as u64)
+            .filter(|&end| end <= self.max_size.max(self.size))
             .ok_or(WriteError::TooLarge)?;
         self.grow_to(end)?;
         self.ensure_draft(store, rel)?;
@@ -265,6 +281,9 @@ impl WriteSession {
     }
 
     pub fn truncate(&mut self, store: &Store, rel: &str, new_size: u64) -> Result<(), WriteError> {
+        if new_size > self.max_size.max(self.size) {
+            return Err(WriteError::TooLarge);
+        }
         self.grow_to(new_size)?;
         self.ensure_draft(store, rel)?;
         self.modified = true;

@@ -374,8 +374,18 @@ impl Store {
 
     /// Every stored file, sorted by path.
     pub fn files(&self) -> Result<Vec<StoredFile>> {
+        self.files_under("")
+    }
+
+    /// Every stored file under directory `dir` (`""`: the whole store), sorted by path. Only
+    /// that directory is walked: what lies elsewhere (a path too long to open, a directory
+    /// that cannot be read) does not concern it.
+    pub fn files_under(&self, dir: &str) -> Result<Vec<StoredFile>> {
+        if !dir.is_empty() {
+            validate_rel(dir)?;
+        }
         let mut out = Vec::new();
-        self.walk("", &mut out)?;
+        self.walk(dir, &mut out)?;
         out.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(out)
     }
