@@ -990,3 +990,44 @@ fn a_directory_named_like_the_policy_cannot_stand_in_for_it() {
         "the team policy still applies"
     );
 }
+
+#[test]
+fn one_uid_cannot_fill_the_daemon_with_partly_written_chunks() {
+    let mut fx = MountFixture::new();
+    fx.mount(&["--cache-size", "64M"]);
+    fx.unlock(ALICE, "pw-alice");
+    let pid = fx.daemon_pid().unwrap();
+    let base = rss_kib(pid);
+    // 24 files open for writing, every one of 255 chunks of each written but for its first
+    // and last byte: 390 MB of partly written chunks if each session may hold 16 MiB.
+    let code = r#"
+import os, sys
+fds = []
+for i in range(24):
+    fd = os.open(f"{sys.argv[1]}/w{i}", os.O_WRONLY | os.O_CREAT, 0o644)
+    for c in range(255):
+        os.pwrite(fd, b"x" * 65534, c * 65536 + 1)
+    fds.append(fd)
+print("ready", flush=True)
+sys.stdin.readline()
+for fd in fds:
+    os.close(fd)
+print("closed", flush=True)
+"#;
+    let (alice, mut out) = spawn_python_as(ALICE, code, &[s(&fx.mnt)]);
+    assert_eq!(line(&mut out), "ready");
+    let grown = rss_kib(pid).saturating_sub(base);
+    assert!(grown < 96 * 1024, "the daemon grew by {grown} KiB");
+    assert_eq!(finish(alice, out), b"closed\n");
+    // Chunks sealed early read back like any others.
+    let check = fx.python_as(
+        ALICE,
+        r#"
+import sys
+want = b"".join(b"\0" + b"x" * 65534 + (b"\0" if c < 254 else b"") for c in range(255))
+print(open(sys.argv[1] + "/w7", "rb").read() == want)
+"#,
+        &[s(&fx.mnt)],
+    );
+    assert_eq!(stdout(&check), "True\n", "{}", stderr(&check));
+}
