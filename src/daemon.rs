@@ -524,11 +524,26 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         audit_path.display(),
         key_path.display()
     );
-    let audit = match AuditLog::open(&audit_path, &key_path, opts.audit_max_size) {
+    // A log in the store is opened in `.tvault` as the store gate opens it: never through a
+    // link a store writer planted there.
+    let opened = match opts.audit_log {
+        None => store
+            .gate()
+            .open_dir(crate::store::META_DIR)
+            .map_err(DaemonError::from)
+            .and_then(|dir| {
+                AuditLog::open_in(dir, &audit_path, &key_path, opts.audit_max_size)
+                    .map_err(DaemonError::from)
+            }),
+        Some(_) => {
+            AuditLog::open(&audit_path, &key_path, opts.audit_max_size).map_err(DaemonError::from)
+        }
+    };
+    let audit = match opened {
         Ok(log) => Arc::new(log),
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
-            return Err(e.into());
+            return Err(e);
         }
     };
     let access = Arc::new(Access::new());

@@ -324,18 +324,31 @@ impl AuditLog {
         key_path: &Path,
         max_size: Option<u64>,
     ) -> Result<AuditLog, AuditError> {
-        let max_size = max_size.unwrap_or_else(|| default_max_size(log_dir(path)));
-        AuditLog::open_with(
-            path,
-            key_path,
-            Limits {
-                max_size,
-                coalesce: coalesce::Limits::DEFAULT,
-            },
-        )
+        AuditLog::open_in(open_dir(path)?, path, key_path, max_size)
     }
 
-    fn open_with(path: &Path, key_path: &Path, limits: Limits) -> Result<AuditLog, AuditError> {
+    /// Like `open`, with the log's directory already open as `dir` (for a log inside the
+    /// store: opened through the store gate, so that no link there is followed).
+    pub fn open_in(
+        dir: OwnedFd,
+        path: &Path,
+        key_path: &Path,
+        max_size: Option<u64>,
+    ) -> Result<AuditLog, AuditError> {
+        let max_size = max_size.unwrap_or_else(|| default_max_size(log_dir(path)));
+        let limits = Limits {
+            max_size,
+            coalesce: coalesce::Limits::DEFAULT,
+        };
+        AuditLog::open_with(dir, path, key_path, limits)
+    }
+
+    fn open_with(
+        dir: OwnedFd,
+        path: &Path,
+        key_path: &Path,
+        limits: Limits,
+    ) -> Result<AuditLog, AuditError> {
         let key = key::load_or_create(key_path)?;
         let head_path = key::head_path(key_path);
         let (head_file, recorded) = key::open_head(&head_path)?;
@@ -362,7 +375,6 @@ impl AuditLog {
             coalescer: Coalescer::new(limits.coalesce),
         };
         let mut problem: Option<(RotateReason, String)> = None;
-        let dir = open_dir(path)?;
         match open_log_file(&dir, path)? {
             Opened::Planted(why) => problem = Some((RotateReason::CorruptTail, why)),
             Opened::File(file) => {
@@ -1376,7 +1388,7 @@ mod tests {
     #[test]
     fn repeated_denials_become_one_counted_line() {
         let (_dir, log, key) = setup();
-        let audit = AuditLog::open_with(&log, &key, quick(10)).unwrap();
+        let audit = AuditLog::open_with(open_dir(&log).unwrap(), &log, &key, quick(10)).unwrap();
         for _ in 0..1000 {
             audit.record(&denial(1003, "m/w")).unwrap();
         }
@@ -1409,7 +1421,7 @@ mod tests {
     #[test]
     fn a_flooding_uid_is_held_to_its_budget_and_nothing_is_lost() {
         let (_dir, log, key) = setup();
-        let audit = AuditLog::open_with(&log, &key, quick(4)).unwrap();
+        let audit = AuditLog::open_with(open_dir(&log).unwrap(), &log, &key, quick(4)).unwrap();
         for i in 0..5000 {
             audit.record(&denial(1003, &format!("p{i}"))).unwrap();
         }
@@ -1437,7 +1449,7 @@ mod tests {
     #[test]
     fn allowed_events_always_get_a_line_each() {
         let (_dir, log, key) = setup();
-        let audit = AuditLog::open_with(&log, &key, quick(1)).unwrap();
+        let audit = AuditLog::open_with(open_dir(&log).unwrap(), &log, &key, quick(1)).unwrap();
         for _ in 0..100 {
             audit.record(&open_event(1)).unwrap();
         }
@@ -1607,7 +1619,7 @@ mod tests {
             max_size: 8192,
             coalesce: coalesce::Limits::DEFAULT,
         };
-        let audit = AuditLog::open_with(&log, &key, limits).unwrap();
+        let audit = AuditLog::open_with(open_dir(&log).unwrap(), &log, &key, limits).unwrap();
         // Into the file's second (and last) page: lines up to the bound need no new page.
         while fs::metadata(&log).unwrap().len() <= 4096 {
             audit.record(&open_event(1)).unwrap();

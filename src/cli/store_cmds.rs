@@ -564,8 +564,14 @@ fn audit_store_change(
     if let Some(detail) = detail {
         event = event.detail(detail);
     }
-    let recorded =
-        AuditLog::open(&log, &key, None).and_then(|l| l.record(&event).and_then(|()| l.close()));
+    // The store's own log, in `.tvault` opened through the store gate (no planted link is
+    // followed).
+    let recorded = match store.gate().open_dir(crate::store::META_DIR) {
+        Ok(dir) => AuditLog::open_in(dir, &log, &key, None)
+            .and_then(|l| l.record(&event).and_then(|()| l.close()))
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     if let Err(e) = recorded {
         eprintln!(
             "tvault: warning: {} of {rel} not recorded in the audit log: {e}",
