@@ -56,15 +56,7 @@ fn spawn_python_as(
     code: &str,
     args: &[&str],
 ) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-            "--",
-        ])
+    let mut child = setpriv(uid)
         .arg(python())
         .args(["-c", code])
         .args(args)

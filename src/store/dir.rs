@@ -170,10 +170,6 @@ impl Gate {
             .map(|st| Kind::of(FileType::from_raw_mode(st.st_mode))))
     }
 
-    pub fn is_file(&self, rel: &str) -> bool {
-        matches!(self.kind(rel), Ok(Some(Kind::File)))
-    }
-
     pub fn is_dir(&self, rel: &str) -> bool {
         matches!(self.kind(rel), Ok(Some(Kind::Dir)))
     }

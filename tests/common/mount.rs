@@ -79,6 +79,21 @@ pub fn wait_with_timeout(mut child: Child, what: &str) -> Output {
     }
 }
 
+/// `setpriv` set up to run the command that follows as `uid` (gid = uid, no supplementary
+/// groups).
+pub fn setpriv(uid: u32) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        &uid.to_string(),
+        "--regid",
+        &uid.to_string(),
+        "--clear-groups",
+        "--",
+    ]);
+    cmd
+}
+
 pub struct MountFixture {
     pub tmp: tempfile::TempDir,
     pub store: PathBuf,
@@ -194,19 +209,11 @@ impl MountFixture {
 
     /// Runs `program args` as `uid` (gid = uid, no supplementary groups).
     pub fn as_uid(&self, uid: u32, program: &str, args: &[&str], stdin: &str) -> Output {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-            "--",
-        ])
-        .arg(program)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .current_dir(self.tmp.path());
+        let mut cmd = setpriv(uid);
+        cmd.arg(program)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .current_dir(self.tmp.path());
         run(cmd, stdin)
     }
 
