@@ -164,6 +164,14 @@ pub enum EventKind {
     WriteOpen,
     Rename,
     Unlink,
+    Mkdir,
+    Rmdir,
+    /// truncate(2) by path: a new version committed without an open.
+    Truncate,
+    /// utimensat(2) on a file or directory.
+    SetTimes,
+    /// An extended attribute derived from a file's plaintext (tensor count, header length).
+    Xattr,
     Rotate,
     /// A count of denials that got no line of their own (see `coalesce`).
     Suppressed,
@@ -185,6 +193,11 @@ impl EventKind {
             EventKind::WriteOpen => "write-open",
             EventKind::Rename => "rename",
             EventKind::Unlink => "unlink",
+            EventKind::Mkdir => "mkdir",
+            EventKind::Rmdir => "rmdir",
+            EventKind::Truncate => "truncate",
+            EventKind::SetTimes => "set-times",
+            EventKind::Xattr => "xattr",
             EventKind::Rotate => "rotate",
             EventKind::Suppressed => "suppressed",
         }
