@@ -425,6 +425,17 @@ impl Access {
         }
     }
 
+    /// The unlocked session of `uid`, or why there is none (`Locked`, or `NoKeyring` when
+    /// the store has no keyring for the uid).
+    pub fn unlocked(&self, store: &Store, uid: u32) -> Result<Arc<UserSession>, Denial> {
+        self.session(uid)
+            .ok_or_else(|| match store.user_by_uid(uid) {
+                Ok(Some(_)) => Denial::Locked,
+                Ok(None) => Denial::NoKeyring,
+                Err(e) => Denial::StoreError(e.to_string()),
+            })
+    }
+
     /// The open decision: `uid` may open `container` if it has unlocked and its user holds a
     /// slot for it. Returns the session and the data key; unless the key is marked checked,
     /// the caller must still authenticate the header with it (the slot only proves the key
@@ -436,13 +447,7 @@ impl Access {
         uid: u32,
         container: &Container<B>,
     ) -> Result<(Arc<UserSession>, DataKey), Denial> {
-        let Some(session) = self.session(uid) else {
-            return Err(match store.user_by_uid(uid) {
-                Ok(Some(_)) => Denial::Locked,
-                Ok(None) => Denial::NoKeyring,
-                Err(e) => Denial::StoreError(e.to_string()),
-            });
-        };
+        let session = self.unlocked(store, uid)?;
         // Checked on every open, so a revoked slot refuses at once even if the key is cached.
         if container.slot(&session.name).is_none() {
             return Err(Denial::NoKeySlot);

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use crate::access::{Access, UnlockError};
 use crate::audit::{self, AuditLog, Event, EventKind};
 use crate::control::{self, Handler, Peer, Request};
-use crate::fs::{Shared, TvaultFs};
+use crate::fs::Core;
+use crate::fuse::FuseAdapter;
 use crate::store::Store;
 
 pub struct MountOptions {
@@ -283,7 +284,8 @@ impl Unmount {
 }
 
 struct DaemonControl {
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
+    audit: Arc<AuditLog>,
     unmount: Arc<Unmount>,
     owner_uid: u32,
     read_only: bool,
@@ -329,12 +331,12 @@ impl DaemonControl {
             "opens_denied": load(&s.stats.opens_denied),
             "integrity_failures": load(&s.stats.integrity_failures),
             "audit": {
-                "path": s.audit.path().display().to_string(),
-                "entries_written": s.audit.entries_written(),
-                "events_coalesced": s.audit.events_coalesced(),
-                "last_entry_time": s.audit.last_entry_time().map(audit::format_time),
-                "last_hash": if privileged { Some(s.audit.last_hash()) } else { None },
-                "key": privileged.then(|| s.audit.key_path().display().to_string()),
+                "path": self.audit.path().display().to_string(),
+                "entries_written": self.audit.entries_written(),
+                "events_coalesced": self.audit.events_coalesced(),
+                "last_entry_time": self.audit.last_entry_time().map(audit::format_time),
+                "last_hash": if privileged { Some(self.audit.last_hash()) } else { None },
+                "key": privileged.then(|| self.audit.key_path().display().to_string()),
             },
         })
     }
@@ -342,7 +344,9 @@ impl DaemonControl {
 
 impl Handler for DaemonControl {
     fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
-        let comm = crate::fs::process_name(peer.pid as u32);
+        let comm = crate::audit::process_info(peer.pid as u32)
+            .0
+            .unwrap_or_default();
         match request {
             Request::Unlock { passphrase } => {
                 let result =
@@ -353,7 +357,6 @@ impl Handler for DaemonControl {
                 match result {
                     Ok(user) => {
                         if self
-                            .shared
                             .audit
                             .record(&event(EventKind::Unlock).user(&user).allow())
                             .is_err()
@@ -373,7 +376,6 @@ impl Handler for DaemonControl {
                             UnlockError::Store(_) => "store-error",
                         };
                         let _ = self
-                            .shared
                             .audit
                             .record(&event(EventKind::UnlockFailed).deny(reason));
                         Err(e.to_string())
@@ -406,7 +408,7 @@ impl Handler for DaemonControl {
                 if self.shared.access.sessions().is_empty() {
                     self.shared.forget_plaintext();
                 }
-                let _ = self.shared.audit.record(
+                let _ = self.audit.record(
                     &Event::from_pid(EventKind::Lock, peer.pid as u32)
                         .uid(peer.uid)
                         .user(&session.name)
@@ -442,7 +444,7 @@ impl Handler for DaemonControl {
                 if let Some(detail) = detail {
                     e = e.detail(detail);
                 }
-                self.shared.audit.record(&e).map_err(|e| e.to_string())?;
+                self.audit.record(&e).map_err(|e| e.to_string())?;
                 Ok(json!({}))
             }
             Request::Umount => {
@@ -547,7 +549,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         }
     };
     let access = Arc::new(Access::new());
-    let shared = Shared::new(
+    let shared = Core::new(
         store,
         access,
         opts.cache_bytes,
@@ -574,15 +576,15 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
             .max(2),
     );
     config.clone_fd = true;
-    let mut session =
-        Session::new(TvaultFs::new(shared.clone()), &mountpoint, &config).map_err(|source| {
+    let mut session = Session::new(FuseAdapter::new(shared.clone()), &mountpoint, &config)
+        .map_err(|source| {
             let _ = std::fs::remove_file(&socket);
             DaemonError::Mount {
                 path: display.clone(),
                 source,
             }
         })?;
-    shared.set_notifier(session.notifier());
+    shared.set_invalidator(crate::fuse::invalidator(session.notifier()));
     set_readahead(&mountpoint, opts.readahead_bytes);
     let unmount = Arc::new(Unmount {
         unmounter: Mutex::new(Some(session.unmount_callable())),
@@ -592,6 +594,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     let owner_uid = unsafe { libc::getuid() };
     let handler = DaemonControl {
         shared: shared.clone(),
+        audit: audit.clone(),
         unmount: unmount.clone(),
         owner_uid,
         read_only: opts.read_only,

@@ -2,7 +2,8 @@
 //!
 //! Layers, lowest first (a module only imports the ones before it):
 //! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `audit`, `access`,
-//! `fsck` → `fs`, `control` → `daemon` → `cli`.
+//! `fsck` → `fs` (the filesystem core) → `fuse` (its `fuser` adapter), `control` → `daemon` →
+//! `cli`. `sync` (lock helpers) is used by all.
 //! See docs/ARCHITECTURE.md.
 
 pub mod access;
@@ -15,6 +16,8 @@ pub mod daemon;
 pub mod fs;
 pub mod fsck;
 pub mod fsutil;
+pub mod fuse;
 pub mod keyring;
 pub mod safetensors;
 pub mod store;
+pub(crate) mod sync;

@@ -6,12 +6,17 @@
 //! Lock order: each `Mutex` here is a leaf (nothing else is locked while it is held).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use fuser::Errno;
+use crate::sync::lock;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Which bound a charge would pass (the caller's errno: `EMFILE` or `ENFILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitError {
+    /// The uid's share.
+    PerUid,
+    /// The whole mount's.
+    Total,
 }
 
 #[derive(Default)]
@@ -43,8 +48,8 @@ impl Limit {
         })
     }
 
-    /// Takes `amount` for `uid`: `EMFILE` beyond the uid's share, `ENFILE` beyond the total.
-    pub(crate) fn charge(self: &Arc<Self>, uid: u32, amount: u64) -> Result<Charge, Errno> {
+    /// Takes `amount` for `uid`: refused beyond the uid's share or beyond the total.
+    pub(crate) fn charge(self: &Arc<Self>, uid: u32, amount: u64) -> Result<Charge, LimitError> {
         self.take(uid, amount)?;
         Ok(Charge {
             limit: self.clone(),
@@ -53,14 +58,14 @@ impl Limit {
         })
     }
 
-    fn take(&self, uid: u32, amount: u64) -> Result<(), Errno> {
+    fn take(&self, uid: u32, amount: u64) -> Result<(), LimitError> {
         let mut usage = lock(&self.usage);
         let mine = usage.by_uid.get(&uid).copied().unwrap_or(0);
         if mine.saturating_add(amount) > self.per_uid {
-            return Err(Errno::EMFILE);
+            return Err(LimitError::PerUid);
         }
         if usage.total.saturating_add(amount) > self.total {
-            return Err(Errno::ENFILE);
+            return Err(LimitError::Total);
         }
         usage.total += amount;
         *usage.by_uid.entry(uid).or_insert(0) += amount;
@@ -94,7 +99,7 @@ impl Charge {
 
     /// Grows or shrinks the charge to `amount`; growing past the bound fails as `charge`
     /// does and leaves the charge as it was.
-    pub(crate) fn resize(&mut self, amount: u64) -> Result<(), Errno> {
+    pub(crate) fn resize(&mut self, amount: u64) -> Result<(), LimitError> {
         if amount > self.amount {
             self.limit.take(self.uid, amount - self.amount)?;
         } else {
@@ -169,17 +174,17 @@ mod tests {
     fn shares_and_totals() {
         let limit = Limit::new(10, 4);
         let a = limit.charge(1, 4).unwrap();
-        assert_eq!(limit.charge(1, 1).err(), Some(Errno::EMFILE));
+        assert_eq!(limit.charge(1, 1).err(), Some(LimitError::PerUid));
         let b = limit.charge(2, 4).unwrap();
         let _c = limit.charge(3, 2).unwrap();
-        assert_eq!(limit.charge(4, 1).err(), Some(Errno::ENFILE));
+        assert_eq!(limit.charge(4, 1).err(), Some(LimitError::Total));
         drop(a);
         assert_eq!(limit.used(), 6);
         let _d = limit.charge(1, 4).unwrap();
         drop(b);
         assert_eq!(limit.used(), 6);
         let mut e = limit.charge(2, 1).unwrap();
-        assert_eq!(e.resize(5).err(), Some(Errno::EMFILE));
+        assert_eq!(e.resize(5).err(), Some(LimitError::PerUid));
         assert_eq!(e.amount(), 1);
         e.resize(4).unwrap();
         assert_eq!(limit.used(), 10);

@@ -1,388 +1,489 @@
-//! Writing through the mount: one session per inode open for writing.
+//! Writing through the mount: opening for writing, creating, writing, committing and
+//! truncating. Every handle open for writing on one inode shares that inode's
+//! [`OpenSession`], which builds the file's next version (`session::WriteSession`); the
+//! last writer's close commits it, and flush or fsync commit it early.
 //!
-//! A session builds the file's next version as a draft container beside the target. Chunks
-//! are sealed into the draft as soon as they are complete, so only partly written chunks are
-//! held in memory (at most `MAX_DIRTY_BYTES`); rewriting a sealed chunk re-seals it with a
-//! fresh nonce. A commit (on close, fsync or the last release) seals what is left, writes the
-//! chunk table, MAC and header last, and renames the draft over the target: readers see the
-//! old version or the new one, never a mix. Every version gets a new data key.
+//! A session is joined only by an opener who was just authorized for the very version it
+//! builds on. The container may have been replaced since (a store writer, `revoke --rekey`):
+//! then the opener reads what it authenticated, in a session of its own on a new inode.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use zeroize::Zeroizing;
+use super::attr::Attr;
+use super::error::{FsError, FsResult};
+use super::handles::{Handle, Reads};
+use super::op::{Allowed, Op, Recorded};
+use super::session::{self, WriteError, WriteSession};
+use super::versions::{Content, FileVersion, VersionKey};
+use super::{Caller, Core, Opened};
+use crate::access::UserSession;
+use crate::audit::EventKind;
+use crate::crypto::PublicKey;
+use crate::sync::lock;
 
-use super::limits::{Charge, Limit};
-use super::FileVersion;
-use crate::container::{self, Draft};
-use crate::crypto::{PublicKey, SecretKey};
-use crate::store::{Store, StoreError, TempFile};
-
-/// Bound on plaintext of partly written chunks per session: a 10 GB save does not need
-/// 10 GB of memory.
-const MAX_DIRTY_BYTES: u64 = 16 << 20;
-/// Memory the draft's chunk table and the committed version's table take per chunk, charged
-/// as the file grows (a write at a 1 TB offset must not allocate gigabytes unaccounted).
-const TABLE_COST_PER_CHUNK: u64 = 96;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Container(#[from] container::ContainerError),
-    #[error(transparent)]
-    Crypto(#[from] crate::crypto::CryptoError),
-    #[error("file is too large")]
-    TooLarge,
-}
-
-impl WriteError {
-    /// The errno a writer sees: the OS error where there is one (ENOSPC, EDQUOT, EROFS…),
-    /// else EIO.
-    pub fn errno(&self) -> fuser::Errno {
-        let io = match self {
-            WriteError::Store(StoreError::Io { source, .. }) => Some(source),
-            WriteError::Container(container::ContainerError::Io(source)) => Some(source),
-            _ => None,
-        };
-        match (io.and_then(std::io::Error::raw_os_error), self) {
-            (Some(code), _) => fuser::Errno::from_i32(code),
-            (None, WriteError::TooLarge) => fuser::Errno::EFBIG,
-            (None, _) => fuser::Errno::EIO,
-        }
-    }
-}
-
-pub struct WriteSession {
+/// The write session of one inode, shared by its writable handles.
+pub(super) struct OpenSession {
     /// Names this session's content for the page-cache rules (`versions::Content`).
     pub id: u64,
-    /// The largest size the file may reach: one whose chunk table a reader of the mount can
-    /// hold. Beyond it writes and truncations fail with `EFBIG`, before anything is sealed.
-    max_size: u64,
-    recipients: Vec<(String, PublicKey)>,
-    chunk_log2: u8,
-    /// The committed version this session started from (None: starts empty).
-    base: Option<Arc<FileVersion>>,
-    /// Bytes of `base` still part of the file: truncations lower it, so that growing the
-    /// file again exposes zeros, not old data.
-    base_valid: u64,
-    size: u64,
-    draft: Option<(TempFile, Draft, SecretKey)>,
-    /// Partly written chunks, each a full chunk-size buffer (zeros past the data).
-    dirty: BTreeMap<u64, Zeroizing<Vec<u8>>>,
-    scratch: Zeroizing<Vec<u8>>,
-    modified: bool,
-    pub writers: usize,
-    pub unlinked: bool,
-    /// The writer's charge for this session's memory: `dirty_budget` plus a chunk for the
-    /// final one, plus the chunk table at the current size.
-    memory: Charge,
-    dirty_budget: u64,
+    /// The draft being built. Not taken through `sync::lock`: a panic while it was held may
+    /// have left it half-changed, so a poisoned session fails instead of committing.
+    state: Mutex<WriteSession>,
+    /// Handles writing through this session; changed only while `Core::sessions` is held.
+    writers: AtomicUsize,
+    /// The committed version the session builds on, readable while a commit holds `state`.
+    base: Mutex<Option<VersionKey>>,
+    /// The file's size as the session has it (for `getattr`, without waiting on `state`).
+    size: AtomicU64,
+    /// The file was unlinked while open: nothing is committed (POSIX: the data goes with it).
+    unlinked: AtomicBool,
 }
 
-/// Reserves the memory of a new session of `uid` on a file of `size` bytes: its chunk table,
-/// and room for 16 MiB of dirty chunks or, when the uid's share is short, for two (writes
-/// then seal sooner). `EMFILE`/`ENFILE` when not even that is left.
-pub fn reserve(
-    limit: &Arc<Limit>,
-    uid: u32,
-    chunk_log2: u8,
-    size: u64,
-) -> Result<(Charge, u64), fuser::Errno> {
-    let cs = 1u64 << chunk_log2;
-    let table = container::chunk_count(size, chunk_log2).saturating_mul(TABLE_COST_PER_CHUNK);
-    match limit.charge(uid, MAX_DIRTY_BYTES + cs + table) {
-        Ok(c) => Ok((c, MAX_DIRTY_BYTES)),
-        Err(_) => limit.charge(uid, 3 * cs + table).map(|c| (c, 2 * cs)),
-    }
-}
-
-impl WriteSession {
-    pub fn new(
-        id: u64,
-        max_size: u64,
-        recipients: Vec<(String, PublicKey)>,
-        chunk_log2: u8,
-        base: Option<Arc<FileVersion>>,
-        (memory, dirty_budget): (Charge, u64),
-    ) -> Self {
-        let size = base.as_ref().map_or(0, |b| b.reader.len());
-        let base_is_none = base.is_none();
-        WriteSession {
-            memory,
-            dirty_budget,
+impl OpenSession {
+    fn new(id: u64, ws: WriteSession) -> Self {
+        OpenSession {
             id,
-            max_size,
-            recipients,
-            chunk_log2,
-            base_valid: size,
-            size,
-            base,
-            draft: None,
-            dirty: BTreeMap::new(),
-            scratch: Zeroizing::new(Vec::new()),
-            // A session without a base (new file, O_TRUNC) replaces whatever was there.
-            modified: base_is_none,
-            writers: 0,
-            unlinked: false,
+            base: Mutex::new(ws.base_key()),
+            size: AtomicU64::new(ws.size()),
+            state: Mutex::new(ws),
+            writers: AtomicUsize::new(0),
+            unlinked: AtomicBool::new(false),
         }
+    }
+
+    /// Runs `f` on the session; a poisoned session fails with `EIO`.
+    pub(super) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut WriteSession) -> Result<T, WriteError>,
+    ) -> FsResult<T> {
+        let mut ws = self.state.lock().map_err(|_| WriteError::Poisoned)?;
+        let result = f(&mut ws);
+        self.size.store(ws.size(), Ordering::Relaxed);
+        Ok(result?)
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
     }
 
-    /// Charges the chunk table of a file of `size` bytes before the session grows to it:
-    /// `EFBIG` past the writer's bound.
-    fn grow_to(&mut self, size: u64) -> Result<(), WriteError> {
-        if size <= self.size {
-            return Ok(());
+    /// The session's current content (for handles open read-write).
+    pub fn read(&self, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.with(|ws| ws.read(offset, size))
+    }
+
+    fn base_key(&self) -> Option<VersionKey> {
+        *lock(&self.base)
+    }
+
+    pub fn mark_unlinked(&self) {
+        self.unlinked.store(true, Ordering::Relaxed);
+    }
+
+    /// Drops the draft: the committed version stays. Safe on a poisoned session (dropping a
+    /// draft only removes its temporary file).
+    fn discard(&self) {
+        match self.state.lock() {
+            Ok(mut ws) => ws.discard(),
+            Err(poisoned) => poisoned.into_inner().discard(),
         }
-        let table =
-            container::chunk_count(size, self.chunk_log2).saturating_mul(TABLE_COST_PER_CHUNK);
-        let want = self.dirty_budget + self.chunk_size() + table;
-        if want > self.memory.amount() {
-            self.memory.resize(want).map_err(|_| WriteError::TooLarge)?;
-        }
-        Ok(())
     }
+}
 
-    /// The committed version this session builds on (the last one it committed, or the one
-    /// it started from).
-    pub fn base_key(&self) -> Option<super::VersionKey> {
-        self.base.as_ref().map(|b| b.key)
-    }
-
-    fn chunk_size(&self) -> u64 {
-        1 << self.chunk_log2
-    }
-
-    /// Plaintext length of chunk `index` at the current size.
-    fn chunk_len(&self, index: u64) -> usize {
-        let start = index << self.chunk_log2;
-        self.size.saturating_sub(start).min(self.chunk_size()) as usize
-    }
-
-    fn ensure_draft(&mut self, store: &Store, rel: &str) -> Result<(), WriteError> {
-        if self.draft.is_none() {
-            let key = SecretKey::generate()?;
-            let (temp, draft) = store.start_draft(rel, &key, self.chunk_log2, &self.recipients)?;
-            self.draft = Some((temp, draft, key));
-        }
-        Ok(())
-    }
-
-    /// The current plaintext of chunk `index` as a full chunk-size buffer: from the dirty
-    /// set, the draft, the base version, or zeros.
-    fn load(&self, index: u64) -> Result<Zeroizing<Vec<u8>>, WriteError> {
-        let cs = self.chunk_size() as usize;
-        if let Some(buf) = self.dirty.get(&index) {
-            return Ok(buf.clone());
-        }
-        let mut buf = Zeroizing::new(vec![0u8; cs]);
-        if let Some((_, draft, _)) = &self.draft {
-            if draft.sealed(index).is_some() {
-                draft.open(index, &mut buf)?;
-                return Ok(buf);
-            }
-        }
-        let start = index << self.chunk_log2;
-        if let Some(base) = &self.base {
-            let valid = self.base_valid.min(base.reader.len());
-            if start < valid {
-                let n = (valid - start).min(cs as u64) as usize;
-                base.reader.read_at(start, &mut buf[..n])?;
-            }
-        }
-        Ok(buf)
-    }
-
-    fn seal(&mut self, index: u64, last: bool) -> Result<(), WriteError> {
-        let len = self.chunk_len(index);
-        let buf = match self.dirty.remove(&index) {
-            Some(b) => b,
-            None => self.load(index)?,
-        };
-        let Some((_, draft, _)) = &mut self.draft else {
-            return Err(no_draft());
-        };
-        draft.seal(index, &buf[..len], last, &mut self.scratch)?;
-        Ok(())
-    }
-
-    pub fn write(
-        &mut self,
-        store: &Store,
+impl Core {
+    /// open(2) for writing (`O_WRONLY`/`O_RDWR`, with `O_TRUNC` applied here): needs an
+    /// unlocked session and a key slot for the file's current version.
+    pub(super) fn open_for_writing(
+        &self,
+        caller: Caller,
+        ino: u64,
         rel: &str,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), WriteError> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&end| end <= self.max_size.max(self.size))
-            .ok_or(WriteError::TooLarge)?;
-        self.grow_to(end)?;
-        self.ensure_draft(store, rel)?;
-        self.modified = true;
-        if end > self.size {
-            self.size = end;
-        }
-        let cs = self.chunk_size();
-        let mut pos = offset;
-        while pos < end {
-            let index = pos >> self.chunk_log2;
-            let chunk_start = index << self.chunk_log2;
-            let chunk_end = chunk_start + cs;
-            let upto = end.min(chunk_end);
-            // A whole chunk in one request (sequential writers with large writes) is sealed
-            // straight from the request: no chunk buffer to fill, copy and wipe.
-            if pos == chunk_start && upto == chunk_end {
-                self.dirty.remove(&index);
-                let piece = &data[(pos - offset) as usize..(upto - offset) as usize];
-                let Some((_, draft, _)) = &mut self.draft else {
-                    return Err(no_draft());
+        flags: i32,
+    ) -> FsResult<Opened> {
+        let op = Op::new(EventKind::WriteOpen, caller, rel).flags(flags);
+        self.change(
+            op,
+            || {
+                let user = self.writer(caller)?;
+                let slot = self.handle_slot(caller.uid)?;
+                let (version, _) = self.open_version(caller.uid, rel)?;
+                Ok(Allowed {
+                    user,
+                    value: (slot, version),
+                })
+            },
+            |Allowed { user, value }, recorded| {
+                let (slot, version) = value;
+                let session = self.join_session(recorded, ino, caller.uid, version)?;
+                let truncate = flags & libc::O_TRUNC != 0;
+                self.open_writer(recorded, session, user, ino, rel, slot, truncate)
+            },
+        )
+    }
+
+    /// Creates `name` in `parent` (or opens it for writing, if it exists and `O_EXCL` is not
+    /// given). A new file's empty version is committed at once, after its record, so that
+    /// it exists for lookups while it is written.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        flags: i32,
+    ) -> FsResult<(Attr, Opened)> {
+        let rel = self.child_rel(parent, name, libc::EPERM)?;
+        let op = Op::new(EventKind::Create, caller, &rel).flags(flags);
+        self.change(
+            op,
+            || {
+                let user = self.writer(caller)?;
+                if self.store.is_dir(&rel) {
+                    return Err(FsError::new(libc::EISDIR).into());
+                }
+                let slot = self.handle_slot(caller.uid)?;
+                let existing = match self.store.exists(&rel) {
+                    Ok(true) if flags & libc::O_EXCL != 0 => {
+                        return Err(FsError::new(libc::EEXIST).into())
+                    }
+                    Ok(true) => Some(self.open_version(caller.uid, &rel)?.0),
+                    Ok(false) => None,
+                    Err(e) => return Err(FsError::from(e).into()),
                 };
-                draft.seal(index, piece, false, &mut self.scratch)?;
-                pos = upto;
+                Ok(Allowed {
+                    user,
+                    value: (slot, existing),
+                })
+            },
+            |Allowed { user, value }, recorded| {
+                let (slot, existing) = value;
+                let ino = lock(&self.inodes).get_or_insert(&rel);
+                let truncate = existing.is_some() && flags & libc::O_TRUNC != 0;
+                let session = match existing {
+                    Some(version) => self.join_session(recorded, ino, caller.uid, version)?,
+                    None => self.create_session(recorded, ino, &rel, &user)?,
+                };
+                let opened =
+                    self.open_writer(recorded, session.clone(), user, ino, &rel, slot, truncate)?;
+                match self.attr_of(ino, &rel) {
+                    Ok(Some(attr)) => Ok((attr, opened)),
+                    other => {
+                        let _ = self.release(opened.fh);
+                        Err(other.err().unwrap_or(FsError::new(libc::EIO)))
+                    }
+                }
+            },
+        )
+    }
+
+    /// Writes `data` at `offset` through handle `fh`.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let handle = self.files.get(fh).ok_or(FsError::new(libc::EBADF))?;
+        let session = handle.write.as_ref().ok_or(FsError::new(libc::EBADF))?;
+        if handle.user.is_locked() {
+            return Err(FsError::new(libc::EACCES));
+        }
+        let rel = self
+            .path_of(handle.ino)
+            .unwrap_or_else(|| handle.rel.clone());
+        session
+            .with(|ws| ws.write(&self.store, &rel, offset, data))
+            .map_err(|e| {
+                log::error!("{rel}: write of {} bytes at {offset}: {e}", data.len());
+                e
+            })?;
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
+    /// flush(2)/fsync(2): commits the handle's write session, if any, so that close(2)
+    /// reports commit errors (ENOSPC…) to the writer.
+    pub fn commit(&self, fh: u64) -> FsResult<()> {
+        match self.files.get(fh) {
+            Some(handle) => match &handle.write {
+                Some(session) => self.commit_session(handle.ino, session),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Sets the size of `rel` (inode `ino`): through the handle `fh` if it is open for
+    /// writing, else (truncate(2) by path) in a session of its own, committed at once.
+    pub(super) fn truncate(
+        &self,
+        caller: Caller,
+        ino: u64,
+        rel: &str,
+        fh: Option<u64>,
+        size: u64,
+    ) -> FsResult<()> {
+        let handle = fh
+            .and_then(|fh| self.files.get(fh))
+            .filter(|h| h.write.is_some());
+        self.change(
+            Op::new(EventKind::Truncate, caller, rel),
+            || {
+                let user = self.writer(caller)?;
+                let by_path = match handle {
+                    Some(_) => None,
+                    None => Some((
+                        self.handle_slot(caller.uid)?,
+                        self.open_version(caller.uid, rel)?.0,
+                    )),
+                };
+                Ok(Allowed {
+                    user,
+                    value: by_path,
+                })
+            },
+            |Allowed { value, .. }, recorded| {
+                let truncate = |s: &OpenSession| s.with(|ws| ws.truncate(&self.store, rel, size));
+                match (value, &handle) {
+                    (None, Some(h)) => h.write.as_ref().map_or(Ok(()), |s| truncate(s)),
+                    (Some((_slot, version)), _) => {
+                        let session = self.join_session(recorded, ino, caller.uid, version)?;
+                        let truncated = truncate(&session);
+                        if truncated.is_err() {
+                            self.abandon(ino, &session);
+                            return truncated;
+                        }
+                        self.leave(ino, &session, true)
+                    }
+                    (None, None) => Err(FsError::new(libc::EBADF)),
+                }
+            },
+        )
+    }
+
+    /// A handle's write session loses it; the last writer commits.
+    pub(super) fn leave_session(
+        &self,
+        handle: &Handle,
+        session: &Arc<OpenSession>,
+    ) -> FsResult<()> {
+        self.leave(handle.ino, session, true)
+    }
+
+    /// Joins (or starts) the session of `ino` that builds on `version`, which the caller
+    /// was just authorized for. `ESTALE` (the path moves to a new inode) if the inode's
+    /// session builds on another version.
+    fn join_session(
+        &self,
+        _: &Recorded,
+        ino: u64,
+        uid: u32,
+        version: Arc<FileVersion>,
+    ) -> FsResult<Arc<OpenSession>> {
+        let key = version.key;
+        let mut fresh: Option<Arc<OpenSession>> = None;
+        loop {
+            let existing = lock(&self.sessions).get(&ino).cloned();
+            if let Some(existing) = existing {
+                match self.join(ino, &existing, key) {
+                    Some(joined) => return joined,
+                    None => continue,
+                }
+            }
+            // Built without holding `sessions`: it reads keyrings and reserves memory.
+            let session = match fresh.take() {
+                Some(session) => session,
+                None => {
+                    let recipients = self.recipients_of(&version);
+                    Arc::new(self.new_session(uid, recipients, Some(version.clone()))?)
+                }
+            };
+            let mut sessions = lock(&self.sessions);
+            if sessions.contains_key(&ino) {
+                // Another opener started one meanwhile: join that one instead.
+                fresh = Some(session);
                 continue;
             }
-            if !self.dirty.contains_key(&index) {
-                let buf = self.load(index)?;
-                self.dirty.insert(index, buf);
-            }
-            if let Some(buf) = self.dirty.get_mut(&index) {
-                let from = (pos - chunk_start) as usize;
-                let to = (upto - chunk_start) as usize;
-                buf[from..to]
-                    .copy_from_slice(&data[(pos - offset) as usize..(upto - offset) as usize]);
-            }
-            // A write reaching a chunk's end completes it (sequential writers): seal it now.
-            // If it turns out to be the final chunk, commit re-seals it with the final flag.
-            if upto == chunk_end {
-                self.seal(index, false)?;
-            }
-            pos = upto;
+            session.writers.store(1, Ordering::Relaxed);
+            sessions.insert(ino, session.clone());
+            return Ok(session);
         }
-        self.bound_dirty()
     }
 
-    /// Seals the oldest complete dirty chunks once the dirty set exceeds its bound.
-    fn bound_dirty(&mut self) -> Result<(), WriteError> {
-        let cs = self.chunk_size();
-        while self.dirty.len() as u64 * cs > self.dirty_budget {
-            let final_index = self.size.saturating_sub(1) >> self.chunk_log2;
-            let Some(&index) = self.dirty.keys().find(|&&i| i != final_index) else {
-                break;
-            };
-            self.seal(index, false)?;
+    /// Joins `session` if it is still the one registered for `ino` (None: it ended
+    /// meanwhile, the caller looks again).
+    fn join(
+        &self,
+        ino: u64,
+        session: &Arc<OpenSession>,
+        key: VersionKey,
+    ) -> Option<FsResult<Arc<OpenSession>>> {
+        let sessions = lock(&self.sessions);
+        let current = sessions.get(&ino).filter(|s| Arc::ptr_eq(s, session))?;
+        if current.base_key() == Some(key) {
+            current.writers.fetch_add(1, Ordering::Relaxed);
+            return Some(Ok(current.clone()));
         }
-        Ok(())
+        // The inode's session builds on another version: this open gets an inode of its own.
+        drop(sessions);
+        lock(&self.inodes).detach(ino);
+        Some(Err(FsError::new(libc::ESTALE)))
     }
 
-    pub fn truncate(&mut self, store: &Store, rel: &str, new_size: u64) -> Result<(), WriteError> {
-        if new_size > self.max_size.max(self.size) {
-            return Err(WriteError::TooLarge);
-        }
-        self.grow_to(new_size)?;
-        self.ensure_draft(store, rel)?;
-        self.modified = true;
-        if new_size < self.size {
-            self.base_valid = self.base_valid.min(new_size);
-            let keep = container::chunk_count(new_size, self.chunk_log2);
-            self.dirty.retain(|&i, _| i < keep);
-            if new_size > 0 {
-                // Zero the tail of the new final chunk so a later extension reads zeros.
-                let index = (new_size - 1) >> self.chunk_log2;
-                let mut buf = self.load(index)?;
-                let from = (new_size - (index << self.chunk_log2)) as usize;
-                buf[from..].iter_mut().for_each(|b| *b = 0);
-                self.dirty.insert(index, buf);
-            }
-            if let Some((_, draft, _)) = &mut self.draft {
-                draft.forget_from(keep);
-            }
-        }
-        self.size = new_size;
-        Ok(())
-    }
-
-    /// Reads the session's current content (for handles open read-write).
-    pub fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>, WriteError> {
-        let end = self.size.min(offset.saturating_add(u64::from(size)));
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        let mut pos = offset;
-        while pos < end {
-            let index = pos >> self.chunk_log2;
-            let chunk_start = index << self.chunk_log2;
-            let upto = end.min(chunk_start + self.chunk_size());
-            let buf = self.load(index)?;
-            out.extend_from_slice(
-                &buf[(pos - chunk_start) as usize..(upto - chunk_start) as usize],
-            );
-            pos = upto;
-        }
-        Ok(out)
-    }
-
-    /// Makes the session's content the file's committed version (atomically, at `rel`).
-    /// Returns the new version for reads that follow, or None if nothing was committed.
-    pub fn commit(
-        &mut self,
-        store: &Store,
+    /// The session of a new file, whose empty first version is committed now.
+    fn create_session(
+        &self,
+        _: &Recorded,
+        ino: u64,
         rel: &str,
-        next_id: u64,
-    ) -> Result<Option<Arc<FileVersion>>, WriteError> {
-        if !self.modified {
-            return Ok(None);
-        }
-        if self.unlinked {
-            self.discard();
-            return Ok(None);
-        }
-        self.ensure_draft(store, rel)?;
-        let count = container::chunk_count(self.size, self.chunk_log2);
-        for index in 0..count {
-            let last = index + 1 == count;
-            let want = (self.chunk_len(index), last);
-            let ready = !self.dirty.contains_key(&index)
-                && self.draft.as_ref().and_then(|(_, d, _)| d.sealed(index)) == Some(want);
-            if !ready {
-                self.seal(index, last)?;
+        user: &UserSession,
+    ) -> FsResult<Arc<OpenSession>> {
+        let keyring = self.store.user(&user.name)?;
+        let recipients = self
+            .store
+            .recipients_for_new(rel, &keyring)?
+            .into_iter()
+            .map(|k| (k.name, k.public_key))
+            .collect();
+        let session = self.new_session(user.uid, recipients, None)?;
+        self.commit_in(rel, &session)?;
+        let session = Arc::new(session);
+        session.writers.store(1, Ordering::Relaxed);
+        lock(&self.sessions).insert(ino, session.clone());
+        Ok(session)
+    }
+
+    fn new_session(
+        &self,
+        uid: u32,
+        recipients: Vec<(String, PublicKey)>,
+        base: Option<Arc<FileVersion>>,
+    ) -> FsResult<OpenSession> {
+        let log2 = base.as_ref().map_or(self.store.default_chunk_log2(), |b| {
+            b.reader.header().chunk_log2
+        });
+        let size = base.as_ref().map_or(0, |b| b.reader.len());
+        let memory = session::reserve(&self.limits.writes, uid, log2, size)?;
+        let ws = WriteSession::new(self.max_file_size(log2), recipients, log2, base, memory);
+        Ok(OpenSession::new(self.versions.fresh_id(), ws))
+    }
+
+    /// Finishes opening a writable handle on a joined session: page-cache rules, `O_TRUNC`,
+    /// then the handle. Gives the session up again if any step fails.
+    #[allow(clippy::too_many_arguments)]
+    fn open_writer(
+        &self,
+        recorded: &Recorded,
+        session: Arc<OpenSession>,
+        user: Arc<UserSession>,
+        ino: u64,
+        rel: &str,
+        slot: super::limits::Charge,
+        truncate: bool,
+    ) -> FsResult<Opened> {
+        let ready = self
+            .open_pages(ino, Content::Session(session.id))
+            .and_then(|pages| {
+                if truncate {
+                    session.with(|ws| ws.truncate(&self.store, rel, 0))?;
+                }
+                Ok(pages)
+            });
+        match ready {
+            Ok(pages) => Ok(self.add_handle(
+                recorded,
+                Reads::Session(session),
+                user,
+                ino,
+                rel,
+                slot,
+                pages,
+            )),
+            Err(e) => {
+                self.abandon(ino, &session);
+                Err(e)
             }
         }
-        self.dirty.clear();
-        let Some((temp, draft, key)) = self.draft.take() else {
-            return Ok(None);
+    }
+
+    /// Gives up a joined session without committing (an open that then failed).
+    fn abandon(&self, ino: u64, session: &Arc<OpenSession>) {
+        let _ = self.leave(ino, session, false);
+    }
+
+    /// One writer leaves `session`; if it was the last, the session ends: committed when
+    /// `commit`, else discarded.
+    fn leave(&self, ino: u64, session: &Arc<OpenSession>, commit: bool) -> FsResult<()> {
+        let last = {
+            let mut sessions = lock(&self.sessions);
+            let last = session.writers.fetch_sub(1, Ordering::Relaxed) <= 1;
+            if last && sessions.get(&ino).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                sessions.remove(&ino);
+            }
+            last
         };
-        store.commit_draft(rel, temp, draft, self.size)?;
-        self.modified = false;
-        // Later writes in this session build on what was just committed.
-        let file = store.open_container_file(rel)?;
-        let reader = container::Container::parse(file)?.open(&key)?;
-        let version = Arc::new(FileVersion::new(next_id, reader));
-        self.base = Some(version.clone());
-        self.base_valid = self.size;
-        Ok(Some(version))
+        match (last, commit) {
+            (true, true) => self.commit_session(ino, session),
+            (true, false) => {
+                session.discard();
+                Ok(())
+            }
+            (false, _) => Ok(()),
+        }
     }
 
-    /// Drops the draft (its temporary file is removed): the committed version stays.
-    pub fn discard(&mut self) {
-        // Dropping the draft's temporary file removes it.
-        self.draft = None;
-        self.dirty.clear();
-        self.modified = false;
+    /// Commits `session` at the current path of `ino`.
+    fn commit_session(&self, ino: u64, session: &OpenSession) -> FsResult<()> {
+        // Unlinked, or the inode lost its path (another file was renamed over it): as on
+        // any POSIX filesystem, what was written goes with the file. Committing at the old
+        // name would overwrite the file now there, which this writer may hold no slot for.
+        let rel = match self.path_of(ino) {
+            Some(rel) if !session.unlinked.load(Ordering::Relaxed) => rel,
+            _ => {
+                session.discard();
+                return Ok(());
+            }
+        };
+        self.commit_in(&rel, session).map_err(|e| {
+            log::error!("{rel}: commit failed, previous version kept: {e}");
+            e
+        })
     }
-}
 
-impl Drop for WriteSession {
-    fn drop(&mut self) {
-        self.discard();
+    fn commit_in(&self, rel: &str, session: &OpenSession) -> FsResult<()> {
+        let next = self.versions.fresh_id();
+        if let Some(key) = session.with(|ws| ws.commit(&self.store, rel, next))? {
+            *lock(&session.base) = Some(key);
+        }
+        Ok(())
     }
-}
 
-fn no_draft() -> WriteError {
-    WriteError::Container(container::ContainerError::Malformed(
-        "no draft to seal into".into(),
-    ))
+    /// (name, public key) of every recipient of a committed version, for its next version.
+    fn recipients_of(&self, version: &FileVersion) -> Vec<(String, PublicKey)> {
+        self.store
+            .keyrings_for(version.reader.slots().iter().map(|s| s.label.as_str()))
+            .into_iter()
+            .map(|k| (k.name, k.public_key))
+            .collect()
+    }
+
+    /// The largest file a write through the mount may make with chunks of `2^log2` bytes:
+    /// one whose chunk table (and MAC) fits in what one uid may hold for an open file, so
+    /// that it can be read back; and a sparse write far past the end cannot make a commit
+    /// seal (and the draft index) an unbounded number of chunks.
+    fn max_file_size(&self, log2: u8) -> u64 {
+        let table = self
+            .limits
+            .metadata
+            .per_uid()
+            .saturating_sub(crate::crypto::MAC_LEN as u64);
+        (table / crate::container::TABLE_ENTRY_LEN as u64).saturating_mul(1 << log2)
+    }
+
+    /// The size of `ino` while it is being written (the session's), if it is.
+    pub(super) fn session_size(&self, ino: u64) -> Option<u64> {
+        lock(&self.sessions).get(&ino).map(|s| s.size())
+    }
+
+    /// Marks the sessions of `inos` unlinked: their writes are dropped, not committed.
+    pub(super) fn unlink_sessions(&self, inos: &[u64]) {
+        let sessions = lock(&self.sessions);
+        for ino in inos {
+            if let Some(s) = sessions.get(ino) {
+                s.mark_unlinked();
+            }
+        }
+    }
 }

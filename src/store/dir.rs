@@ -384,7 +384,15 @@ impl Gate {
                     } else {
                         format!("{parent}/{name}")
                     };
-                    return Ok((TempFile { dir, name, rel }, File::from(fd)));
+                    return Ok((
+                        TempFile {
+                            dir,
+                            name,
+                            rel,
+                            pending: true,
+                        },
+                        File::from(fd),
+                    ));
                 }
                 Err(rustix::io::Errno::EXIST) => continue,
                 Err(e) => return Err(self.err(rel, e)),
@@ -421,24 +429,28 @@ pub struct TempFile {
     dir: OwnedFd,
     name: String,
     rel: String,
+    /// Still to be removed on drop (false once renamed into place).
+    pending: bool,
 }
 
 impl TempFile {
     /// Makes `file` (this temporary file's content) durable and renames it over `target`.
-    pub fn commit(self, gate: &Gate, file: &File, target: &str) -> Result<()> {
+    pub fn commit(mut self, gate: &Gate, file: &File, target: &str) -> Result<()> {
         file.sync_all().map_err(|e| gate.io_err(&self.rel, e))?;
         let (to_dir, to_name) = gate.parent(target)?;
         rfs::renameat(&self.dir, self.name.as_str(), &to_dir, to_name)
             .map_err(|e| gate.err(target, e))?;
-        let synced = gate.sync_fd(target, &to_dir);
-        // Renamed: nothing left to remove.
-        std::mem::forget(self);
-        synced
+        // Renamed: nothing left to remove (the directory fd still closes on drop).
+        self.pending = false;
+        gate.sync_fd(target, &to_dir)
     }
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
+        if !self.pending {
+            return;
+        }
         if let Err(e) = rfs::unlinkat(
             &self.dir,
             OsStr::from_bytes(self.name.as_bytes()),

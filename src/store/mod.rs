@@ -10,6 +10,8 @@
 //! atomic, so an interrupted command leaves the store as it was.
 
 mod dir;
+mod draft;
+mod node;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -17,11 +19,13 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::{self, Container, ContainerError, Draft, KeySlot, Reader, Writer};
-use crate::crypto::{PrivateKey, PublicKey, SecretKey};
+use crate::container::{self, Container, ContainerError, KeySlot, Reader, Writer};
+use crate::crypto::{PrivateKey, SecretKey};
 use crate::keyring::{self, Keyring, KeyringError};
 
 pub use dir::{Entry, Gate, Kind, SetTime, TempFile};
+pub use draft::StoreDraft;
+pub use node::{Meta, Node};
 
 pub const META_DIR: &str = ".tvault";
 /// Per-directory policy naming the users that files created through the mount are
@@ -648,36 +652,6 @@ impl Store {
                 }
             })
             .collect()
-    }
-
-    /// Starts a new version of `rel` as a draft container in a temporary file beside it.
-    pub fn start_draft(
-        &self,
-        rel: &str,
-        data_key: &SecretKey,
-        chunk_log2: u8,
-        recipients: &[(String, PublicKey)],
-    ) -> Result<(TempFile, Draft)> {
-        let target = container_rel(rel)?;
-        let (temp, file) = self.gate.create_temp_beside(&target, FILE_MODE)?;
-        let draft = Draft::create(file, data_key, chunk_log2, recipients)
-            .map_err(container_err(&self.gate.display_path(&target)))?;
-        Ok((temp, draft))
-    }
-
-    /// Completes a draft and atomically replaces `rel` with it. On failure the draft's file
-    /// is removed and `rel` keeps its previous version.
-    pub fn commit_draft(
-        &self,
-        rel: &str,
-        temp: TempFile,
-        draft: Draft,
-        plaintext_len: u64,
-    ) -> Result<()> {
-        let target = container_rel(rel)?;
-        let path = self.gate.display_path(&target);
-        let file = draft.finish(plaintext_len).map_err(container_err(&path))?;
-        temp.commit(&self.gate, &file, &target)
     }
 
     /// Creates directory `rel`, refusing a name a file already has.

@@ -1,0 +1,374 @@
+//! Names: lookups, attributes, listings, and the changes to the tree (mkdir, rmdir, unlink,
+//! rename, times). Each change needs an unlocked session; changing a file (removing it,
+//! moving it, replacing it, setting its times) needs a key slot for it, because nobody
+//! removes or moves what they cannot read. Every change goes through `Core::change`.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+
+use super::attr::{Attr, Kind};
+use super::error::{FsError, FsResult};
+use super::handles::{DirEntry, Listing, LISTING_ENTRY};
+use super::inodes::child_path;
+use super::op::{Allowed, Op, Refusal};
+use super::{Caller, Core};
+use crate::audit::EventKind;
+use crate::store::{Node, SetTime, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
+use crate::sync::lock;
+
+/// Paths warned about (links, special files in the store) are remembered up to this many,
+/// so that each is logged once.
+const MAX_WARNED: usize = 4096;
+
+/// Store paths already warned about, so that a planted link cannot flood the log.
+#[derive(Default)]
+pub(super) struct Warned(HashSet<String>);
+
+/// What `statfs` reports: the backing store's figures, with the mount's name limit.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+impl Core {
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let rel = self.child_rel(parent, name, libc::ENOENT)?;
+        // Only paths that exist get an inode: probing for missing names must not grow the
+        // table.
+        let mut attr = self.attr_of(0, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
+        attr.ino = lock(&self.inodes).get_or_insert(&rel);
+        Ok(attr)
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))
+    }
+
+    /// Takes a listing of directory `ino` in one pass, charged to the caller; `readdir`
+    /// then serves slices of it.
+    pub fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
+        let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        let listing = self.store.list_mount_dir(&rel)?;
+        let parent_rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        let mut entries: Listing = Vec::with_capacity(listing.len() + 2);
+        {
+            let mut inodes = lock(&self.inodes);
+            let dot = |ino, name: &str| DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: name.to_string(),
+            };
+            entries.push(dot(ino, "."));
+            entries.push(dot(inodes.get_or_insert(parent_rel), ".."));
+            for e in listing {
+                if hidden(&rel, &e.name) || e.name.len() > MAX_NAME_LEN {
+                    continue;
+                }
+                entries.push(DirEntry {
+                    ino: inodes.get_or_insert(&child_path(&rel, &e.name)),
+                    kind: if e.is_dir { Kind::Dir } else { Kind::File },
+                    name: e.name,
+                });
+            }
+        }
+        let bytes = entries
+            .iter()
+            .map(|e| LISTING_ENTRY + e.name.len())
+            .sum::<usize>()
+            + LISTING_ENTRY;
+        let charge = self.limits.listings.charge(caller.uid, bytes as u64)?;
+        Ok(self.files.add_listing(entries, charge))
+    }
+
+    /// The listing taken by `opendir` for handle `fh`.
+    pub fn readdir(&self, fh: u64) -> FsResult<std::sync::Arc<Listing>> {
+        self.files.listing(fh).ok_or(FsError::new(libc::EBADF))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.files.remove_listing(fh);
+    }
+
+    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let rel = self.child_rel(parent, name, libc::EPERM)?;
+        self.change(
+            Op::new(EventKind::Mkdir, caller, &rel),
+            || {
+                let user = self.writer(caller)?;
+                if self.store.is_dir(&rel) || self.store.exists(&rel).map_err(FsError::from)? {
+                    return Err(FsError::new(libc::EEXIST).into());
+                }
+                Ok(Allowed { user, value: () })
+            },
+            |_, _| {
+                self.store.mkdir(&rel)?;
+                let ino = lock(&self.inodes).get_or_insert(&rel);
+                self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::EIO))
+            },
+        )
+    }
+
+    pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
+        let rel = self.child_rel(parent, name, libc::ENOENT)?;
+        self.change(
+            Op::new(EventKind::Rmdir, caller, &rel),
+            || {
+                let user = self.writer(caller)?;
+                if !self.store.is_dir(&rel) {
+                    let exists = self.store.exists(&rel).map_err(FsError::from)?;
+                    return Err(
+                        FsError::new(if exists { libc::ENOTDIR } else { libc::ENOENT }).into(),
+                    );
+                }
+                Ok(Allowed { user, value: () })
+            },
+            |_, _| {
+                self.store.rmdir(&rel)?;
+                lock(&self.inodes).remove(&rel);
+                Ok(())
+            },
+        )
+    }
+
+    pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
+        let rel = self.child_rel(parent, name, libc::ENOENT)?;
+        self.change(
+            Op::new(EventKind::Unlink, caller, &rel),
+            || {
+                let user = self.writer(caller)?;
+                self.existing_file(&rel)?;
+                // Deleting needs the same key slot as reading.
+                self.open_version(caller.uid, &rel)?;
+                Ok(Allowed { user, value: () })
+            },
+            |_, _| {
+                self.store.remove(&rel)?;
+                let inos = {
+                    let mut inodes = lock(&self.inodes);
+                    let mut inos = inodes.detached_at(&rel);
+                    inos.push(inodes.get_or_insert(&rel));
+                    inodes.remove(&rel);
+                    inos
+                };
+                for &ino in &inos {
+                    self.versions.forget_pages(ino);
+                }
+                self.unlink_sessions(&inos);
+                Ok(())
+            },
+        )
+    }
+
+    /// Moves `name` in `parent` to `newname` in `newparent` (`noreplace`:
+    /// `RENAME_NOREPLACE`). Moving a file needs a slot for it, and replacing one a slot for
+    /// the file replaced; moving a directory needs a slot for every file in it, or a user
+    /// could move someone's model away and put their own in its place.
+    pub fn rename(
+        &self,
+        caller: Caller,
+        (parent, name): (u64, &OsStr),
+        (newparent, newname): (u64, &OsStr),
+        noreplace: bool,
+    ) -> FsResult<()> {
+        let from = self.child_rel(parent, name, libc::EPERM)?;
+        let to = self.child_rel(newparent, newname, libc::EPERM)?;
+        let op = Op::new(EventKind::Rename, caller, &from).target(&to);
+        self.change(
+            op,
+            || {
+                let user = self.writer(caller)?;
+                let (from_file, to_file) = (self.is_file(&from)?, self.is_file(&to)?);
+                let (from_dir, to_dir) = (self.store.is_dir(&from), self.store.is_dir(&to));
+                if noreplace && (to_file || to_dir) {
+                    return Err(FsError::new(libc::EEXIST).into());
+                }
+                if from_file {
+                    if to_dir {
+                        return Err(FsError::new(libc::EISDIR).into());
+                    }
+                    self.open_version(caller.uid, &from)?;
+                    if to_file {
+                        self.open_version(caller.uid, &to)?;
+                    }
+                } else if from_dir {
+                    if to_file {
+                        return Err(FsError::new(libc::ENOTDIR).into());
+                    }
+                    for f in self.store.files_under(&from).map_err(FsError::from)? {
+                        self.open_version(caller.uid, &f.rel)?;
+                    }
+                } else {
+                    return Err(FsError::new(libc::ENOENT).into());
+                }
+                Ok(Allowed {
+                    user,
+                    value: from_file,
+                })
+            },
+            |Allowed { value: is_file, .. }, _| {
+                if is_file {
+                    self.store.rename_file(&from, &to, noreplace)?;
+                } else {
+                    self.store.rename_dir(&from, &to, noreplace)?;
+                }
+                let mut inodes = lock(&self.inodes);
+                for rel in [&from, &to] {
+                    self.versions.forget_pages(inodes.get_or_insert(rel));
+                }
+                inodes.rename(&from, &to);
+                Ok(())
+            },
+        )
+    }
+
+    /// setattr(2): size (truncate) and times. Modes and owners are not tvault's access
+    /// control: they are accepted and ignored.
+    pub fn setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        fh: Option<u64>,
+        size: Option<u64>,
+        times: (Option<SetTime>, Option<SetTime>),
+    ) -> FsResult<Attr> {
+        let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        if let Some(size) = size {
+            self.truncate(caller, ino, &rel, fh, size)?;
+        }
+        if times.0.is_some() || times.1.is_some() {
+            self.set_times(caller, &rel, times)?;
+        }
+        self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))
+    }
+
+    fn set_times(
+        &self,
+        caller: Caller,
+        rel: &str,
+        (atime, mtime): (Option<SetTime>, Option<SetTime>),
+    ) -> FsResult<()> {
+        self.change(
+            Op::new(EventKind::SetTimes, caller, rel),
+            || {
+                let user = self.writer(caller)?;
+                let is_file = self.is_file(rel)?;
+                if is_file {
+                    self.open_version(caller.uid, rel)?;
+                } else if !self.store.is_dir(rel) {
+                    return Err(FsError::new(libc::ENOENT).into());
+                }
+                Ok(Allowed {
+                    user,
+                    value: is_file,
+                })
+            },
+            |Allowed { value: is_file, .. }, _| {
+                Ok(self.store.set_times(rel, !is_file, atime, mtime)?)
+            },
+        )
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let st = self.store.gate().statvfs()?;
+        Ok(StatFs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: MAX_NAME_LEN as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    /// Attributes of store path `rel` as inode `ino`, or None if nothing is shown there
+    /// (links and special files in the store are hidden, and logged once).
+    pub(super) fn attr_of(&self, ino: u64, rel: &str) -> FsResult<Option<Attr>> {
+        match self.store.node(rel) {
+            Ok(Some(Node::Dir(meta))) => Ok(Some(Attr::dir(ino, &meta))),
+            Ok(Some(Node::File {
+                meta,
+                plaintext_len,
+                chunk_size,
+            })) => {
+                // While a file is being written, its size is the session's.
+                let size = self.session_size(ino).unwrap_or(plaintext_len);
+                Ok(Some(Attr::file(ino, &meta, size, chunk_size)))
+            }
+            Ok(None) => Ok(None),
+            Err(e @ (StoreError::Symlink(_) | StoreError::NotRegular { .. })) => {
+                self.warn_once(rel, &e);
+                Ok(None)
+            }
+            Err(e @ StoreError::Container { .. }) => {
+                self.warn_once(rel, &e);
+                Err(FsError::new(libc::EIO))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The store path of `name` in directory `parent`: ENOENT for an unknown parent;
+    /// `hidden_errno` for a name the mount never shows (ENOENT when looking one up, EPERM
+    /// when creating one).
+    pub(super) fn child_rel(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        hidden_errno: i32,
+    ) -> FsResult<String> {
+        let parent_rel = self.path_of(parent).ok_or(FsError::new(libc::ENOENT))?;
+        match name.to_str() {
+            // `NAME.tvlt` must fit in NAME_MAX: longer names could not be committed.
+            Some(name) if name.len() > MAX_NAME_LEN => Err(FsError::new(libc::ENAMETOOLONG)),
+            Some(name) if !hidden(&parent_rel, name) => Ok(child_path(&parent_rel, name)),
+            _ => Err(FsError::new(hidden_errno)),
+        }
+    }
+
+    /// Whether a container is stored at `rel` (a link there is an error, not a file).
+    fn is_file(&self, rel: &str) -> Result<bool, FsError> {
+        Ok(self.store.exists(rel)?)
+    }
+
+    /// `rel` must be a stored file: `EISDIR` for a directory, else `ENOENT`.
+    fn existing_file(&self, rel: &str) -> Result<(), Refusal> {
+        if self.is_file(rel)? {
+            Ok(())
+        } else if self.store.is_dir(rel) {
+            Err(FsError::new(libc::EISDIR).into())
+        } else {
+            Err(FsError::new(libc::ENOENT).into())
+        }
+    }
+
+    fn warn_once(&self, rel: &str, what: &dyn std::fmt::Display) {
+        let mut warned = lock(&self.warned);
+        if warned.0.len() < MAX_WARNED && warned.0.insert(rel.to_string()) {
+            log::warn!("{rel}: {what}");
+        }
+    }
+}
+
+/// Names the mount never shows: the store's metadata directory, and the policy file's name.
+/// (Temporary and policy files in the store never show anyway: only `*.tvlt` containers and
+/// directories are listed. But a directory named like the policy, made through the mount,
+/// would stand in for the policy of its parents: files created beside it would be
+/// encrypted to nobody else.)
+fn hidden(parent: &str, name: &str) -> bool {
+    name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name == RECIPIENTS_FILE
+        || (parent.is_empty() && name == META_DIR)
+}

@@ -1,0 +1,209 @@
+//! Opening files: the open decision, and the table of authenticated versions it fills.
+//!
+//! An open reads the container from a descriptor opened now, lets the caller's key slot
+//! decide, and authenticates the header and chunk table under the key that slot gives; the
+//! version is then named by that file id and MAC, whatever the file's inode, size or times
+//! say, and every handle of that version (of any user) shares its decrypted chunks.
+
+use std::sync::Arc;
+
+use super::error::{FsError, FsResult};
+use super::handles::{Handle, Reads};
+use super::limits::Charge;
+use super::op::{Allowed, Op, Recorded, Refusal};
+use super::versions::{Conflict, Content, FileVersion, PageCache, PageRef, VersionKey};
+use super::{Caller, Core};
+use crate::access::{Denial, UserSession};
+use crate::audit::EventKind;
+use crate::container::{Container, ContainerError};
+use crate::safetensors;
+use crate::store::StoreError;
+use crate::sync::lock;
+
+/// Safetensors headers up to this length are parsed for tensor-aware prefetch; a larger
+/// one (the format allows 100 MB) is not kept in memory, and its file is prefetched like
+/// any other.
+const MAX_PREFETCH_HEADER: u64 = 16 << 20;
+
+/// A new handle.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep the inode's cached pages: they hold this very content.
+    pub keep_cache: bool,
+}
+
+impl Core {
+    /// open(2) of inode `ino` with `flags` (`O_ACCMODE`, `O_TRUNC`).
+    pub fn open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
+        let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return self.open_for_writing(caller, ino, &rel, flags);
+        }
+        let op = Op::new(EventKind::Open, caller, &rel).flags(flags);
+        self.change(
+            op,
+            || {
+                let slot = self.handle_slot(caller.uid)?;
+                let (version, user) = self.open_version(caller.uid, &rel)?;
+                let pages = self.open_pages(ino, Content::Version(version.key))?;
+                Ok(Allowed {
+                    user,
+                    value: (version, slot, pages),
+                })
+            },
+            |Allowed { user, value }, recorded| {
+                let (version, slot, pages) = value;
+                Ok(self.add_handle(
+                    recorded,
+                    Reads::Version(version),
+                    user,
+                    ino,
+                    &rel,
+                    slot,
+                    pages,
+                ))
+            },
+        )
+    }
+
+    /// close(2) of the last descriptor of handle `fh`: a write session loses a writer (the
+    /// last one commits it).
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(handle) = self.files.remove(fh) else {
+            return Ok(());
+        };
+        let ino = handle.ino;
+        let committed = match &handle.write {
+            Some(session) => self.leave_session(&handle, session),
+            None => Ok(()),
+        };
+        drop(handle);
+        self.release_inode(ino);
+        committed
+    }
+
+    /// Authenticates the current version of `rel` for `uid` (see the module doc).
+    pub(super) fn open_version(
+        &self,
+        uid: u32,
+        rel: &str,
+    ) -> Result<(Arc<FileVersion>, Arc<UserSession>), Refusal> {
+        let file = self.store.open_container_file(rel).map_err(|e| match e {
+            e if e.is_not_found() => FsError::new(libc::ENOENT),
+            StoreError::Symlink(_) | StoreError::NotRegular { .. } => FsError::new(libc::ENOENT),
+            e => FsError::from(e),
+        })?;
+        let container = Container::parse(file).map_err(|e| integrity(rel, e))?;
+        let (session, data_key) = self.access.authorize(&self.store, uid, &container)?;
+        // The chunk table is held in memory while the file is open: charged to the opener
+        // before it is read, so that a crafted header cannot make the daemon allocate more.
+        let charge = self
+            .limits
+            .metadata
+            .charge(uid, container.table_len())
+            .map_err(FsError::from)?;
+        let reader = container
+            .open_with_limit(&data_key.key, self.limits.metadata.per_uid())
+            .map_err(|e| integrity(rel, e))?;
+        if !data_key.checked {
+            session.remember_key(reader.header().file_id, data_key.key);
+        }
+        let key: VersionKey = (reader.header().file_id, *reader.mac());
+        if let Some(version) = self.versions.live(&key) {
+            return Ok((version, session));
+        }
+        let mut version = FileVersion::new(self.versions.id_for(&key), reader);
+        version.charges.push(charge);
+        if rel.ends_with(".safetensors") {
+            if let Some((tensors, charge)) = self.read_safetensors_header(uid, &version) {
+                version.tensors = Some(tensors);
+                version.charges.push(charge);
+            }
+        }
+        Ok((self.versions.insert(Arc::new(version)), session))
+    }
+
+    /// Parses the header of an encrypted `.safetensors` through the cache (only the chunks
+    /// holding the header are decrypted), charging what the parsed header holds to `uid`.
+    /// A malformed or oversized header, or one over the uid's bound, only disables prefetch.
+    fn read_safetensors_header(
+        &self,
+        uid: u32,
+        file: &FileVersion,
+    ) -> Option<(safetensors::Header, Charge)> {
+        let mut prefix = [0u8; 8];
+        let n = self.read_into(file, 0, &mut prefix).ok()?;
+        let len =
+            safetensors::header_len(&prefix.get(..n)?.try_into().ok()?, file.reader.len()).ok()?;
+        if len > MAX_PREFETCH_HEADER {
+            return None;
+        }
+        // The JSON and the parsed table together stay within about three times its length.
+        let charge = self.limits.metadata.charge(uid, 3 * len).ok()?;
+        let mut json = zeroize::Zeroizing::new(vec![0u8; usize::try_from(len).ok()?]);
+        self.read_into(file, 8, &mut json).ok()?;
+        let header = safetensors::parse_header(&json, file.reader.len()).ok()?;
+        Some((header, charge))
+    }
+
+    /// A place for a new handle in `uid`'s bound: `EMFILE` when the uid holds its share of
+    /// open handles, `ENFILE` when the mount holds all it may.
+    pub(super) fn handle_slot(&self, uid: u32) -> Result<Charge, FsError> {
+        Ok(self.limits.handles.charge(uid, 1)?)
+    }
+
+    /// Page-cache rules for a new handle of `ino` reading `content`. On a conflict (other
+    /// content open on the inode) the path moves to a new inode and the caller answers
+    /// `ESTALE`: the kernel then looks the path up again (`LOOKUP_REVAL`), gets the new
+    /// inode and retries the open there, with a page cache of its own.
+    pub(super) fn open_pages(
+        &self,
+        ino: u64,
+        content: Content,
+    ) -> Result<(PageCache, PageRef), FsError> {
+        self.versions.open_pages(ino, content).map_err(|Conflict| {
+            lock(&self.inodes).detach(ino);
+            FsError::new(libc::ESTALE)
+        })
+    }
+
+    /// Enters a new handle in the open-file table (after its open was recorded).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_handle(
+        &self,
+        _: &Recorded,
+        reads: Reads,
+        user: Arc<UserSession>,
+        ino: u64,
+        rel: &str,
+        slot: Charge,
+        (mode, pages): (PageCache, PageRef),
+    ) -> Opened {
+        let handle = Handle::new(reads, user, ino, rel.to_string(), slot, pages);
+        Opened {
+            fh: self.files.add(handle),
+            keep_cache: matches!(mode, PageCache::Keep),
+        }
+    }
+
+    /// Forgets a detached inode once no handle is open on it: nothing can reach it then.
+    pub(super) fn release_inode(&self, ino: u64) {
+        if !lock(&self.inodes).is_detached(ino) {
+            return;
+        }
+        if !self.files.holds(ino) {
+            lock(&self.inodes).forget_detached(ino);
+            self.versions.forget_inode(ino);
+        }
+    }
+}
+
+/// A container that does not parse or authenticate: denied as `integrity`. An OS error
+/// reading it decides nothing (it is not the container's fault).
+fn integrity(rel: &str, e: ContainerError) -> Refusal {
+    match e {
+        ContainerError::Io(e) => Refusal::Failed(FsError::from(ContainerError::Io(e))),
+        e => Refusal::Denied(Denial::Integrity(format!("{rel}: {e}"))),
+    }
+}

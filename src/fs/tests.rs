@@ -1,0 +1,432 @@
+//! The core against a temporary store, without root or FUSE: every change is recorded
+//! before it takes effect, refused when it cannot be recorded, and every denial is recorded
+//! with its true reason.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+use crate::audit::{AuditError, Decision, Event, EventKind};
+use crate::crypto::KdfParams;
+use crate::keyring::Keyring;
+use crate::store::SetTime;
+
+const ALICE: u32 = 1001;
+const BOB: u32 = 1002;
+/// Has no keyring in the store.
+const EVE: u32 = 1003;
+const FAST: KdfParams = KdfParams {
+    m_kib: 64,
+    t: 1,
+    p: 1,
+};
+
+/// Checks run at the moment an event is recorded (to see the store as it was then).
+type Probe = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// A recorder that keeps events, fails on demand, and can look at the store as each event
+/// is recorded.
+#[derive(Default)]
+struct Journal {
+    events: Mutex<Vec<Event>>,
+    failing: AtomicBool,
+    probe: Mutex<Option<Probe>>,
+}
+
+impl Recorder for Journal {
+    fn record(&self, event: &Event) -> Result<(), AuditError> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(AuditError::Io {
+                path: PathBuf::from("journal"),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        if let Some(probe) = &*crate::sync::lock(&self.probe) {
+            probe(event);
+        }
+        crate::sync::lock(&self.events).push(event.clone());
+        Ok(())
+    }
+}
+
+impl Journal {
+    fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *crate::sync::lock(&self.events))
+    }
+
+    fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    core: Arc<Core>,
+    journal: Arc<Journal>,
+}
+
+fn caller(uid: u32) -> Caller {
+    Caller { uid, pid: 0 }
+}
+
+fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::init(&root, 12).unwrap();
+    for (user, uid) in [("alice", ALICE), ("bob", BOB)] {
+        let (keyring, _) = Keyring::create(user, uid, user.as_bytes(), FAST).unwrap();
+        store.add_user(&keyring).unwrap();
+    }
+    let access = Arc::new(Access::new());
+    access.unlock(&store, ALICE, b"alice").unwrap();
+    access.unlock(&store, BOB, b"bob").unwrap();
+    let journal = Arc::new(Journal::default());
+    let core = Core::new(store, access, 16 << 20, false, journal.clone());
+    Fixture {
+        _dir: dir,
+        root,
+        core,
+        journal,
+    }
+}
+
+impl Fixture {
+    fn container(&self, rel: &str) -> PathBuf {
+        self.root.join(format!("{rel}.tvlt"))
+    }
+
+    /// Writes `data` to a new file `rel` in the root as `uid`.
+    fn put(&self, uid: u32, rel: &str, data: &[u8]) {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let (_, opened) = self
+            .core
+            .create(caller(uid), ROOT, name(rel), flags)
+            .unwrap();
+        assert_eq!(
+            self.core.write(opened.fh, 0, data).unwrap() as usize,
+            data.len()
+        );
+        self.core.release(opened.fh).unwrap();
+    }
+
+    fn ino(&self, rel: &str) -> u64 {
+        self.core.lookup(ROOT, name(rel)).unwrap().ino
+    }
+
+    fn read_all(&self, uid: u32, rel: &str) -> FsResult<Vec<u8>> {
+        let opened = self.core.open(caller(uid), self.ino(rel), libc::O_RDONLY)?;
+        let mut out = Vec::new();
+        loop {
+            let data = self
+                .core
+                .read(caller(uid), opened.fh, out.len() as u64, 5000)?;
+            if data.as_slice().is_empty() {
+                break;
+            }
+            out.extend_from_slice(data.as_slice());
+        }
+        self.core.release(opened.fh)?;
+        Ok(out)
+    }
+
+    fn mtime(path: &Path) -> std::time::SystemTime {
+        std::fs::metadata(path).unwrap().modified().unwrap()
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+    r.expect_err("should fail").errno()
+}
+
+fn kinds(events: &[Event]) -> Vec<(EventKind, Option<Decision>, Option<String>)> {
+    events
+        .iter()
+        .map(|e| (e.kind, e.decision, e.reason.clone()))
+        .collect()
+}
+
+fn allowed(kind: EventKind) -> (EventKind, Option<Decision>, Option<String>) {
+    (kind, Some(Decision::Allow), None)
+}
+
+fn denied(kind: EventKind, reason: &str) -> (EventKind, Option<Decision>, Option<String>) {
+    (kind, Some(Decision::Deny), Some(reason.to_string()))
+}
+
+#[test]
+fn reads_and_writes_round_trip_across_chunks() {
+    let fx = fixture();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+    fx.put(ALICE, "f", &data);
+    assert_eq!(fx.read_all(ALICE, "f").unwrap(), data);
+    assert_eq!(fx.core.getattr(fx.ino("f")).unwrap().size, 20_000);
+    // Read-write handle: reads what it wrote before it is committed.
+    let rw = fx
+        .core
+        .open(caller(ALICE), fx.ino("f"), libc::O_RDWR)
+        .unwrap();
+    fx.core.write(rw.fh, 4090, b"abcdefghij").unwrap();
+    let seen = fx.core.read(caller(ALICE), rw.fh, 4088, 14).unwrap();
+    assert_eq!(&seen.as_slice()[2..12], b"abcdefghij");
+    fx.core.release(rw.fh).unwrap();
+    let mut expected = data.clone();
+    expected[4090..4100].copy_from_slice(b"abcdefghij");
+    assert_eq!(
+        fx.read_all(BOB, "f").map_err(|e| e.errno()),
+        Err(libc::EACCES)
+    );
+    assert_eq!(fx.read_all(ALICE, "f").unwrap(), expected);
+}
+
+#[test]
+fn every_change_is_recorded_before_it_takes_effect() {
+    let fx = fixture();
+    fx.put(ALICE, "f", b"hello world");
+    fx.core.mkdir(caller(ALICE), ROOT, name("d")).unwrap();
+    fx.journal.take();
+    // At the moment each record is written, the change it records has not happened yet.
+    let root = fx.root.clone();
+    *crate::sync::lock(&fx.journal.probe) = Some(Box::new(move |e: &Event| {
+        let path = e.path.clone().unwrap_or_default();
+        let container = root.join(format!("{path}.tvlt"));
+        match e.kind {
+            EventKind::Create => assert!(!container.exists(), "{path} created before its record"),
+            EventKind::Mkdir => {
+                assert!(!root.join(&path).exists(), "{path} made before its record")
+            }
+            EventKind::Rmdir => assert!(
+                root.join(&path).is_dir(),
+                "{path} removed before its record"
+            ),
+            EventKind::Unlink => assert!(container.exists(), "{path} removed before its record"),
+            EventKind::Rename => assert!(container.exists(), "{path} moved before its record"),
+            EventKind::SetTimes => {
+                assert!(Fixture::mtime(&container) > UNIX_EPOCH + Duration::from_secs(1 << 30))
+            }
+            _ => {}
+        }
+    }));
+    fx.put(ALICE, "g", b"new");
+    fx.core.mkdir(caller(ALICE), ROOT, name("e")).unwrap();
+    fx.core.rmdir(caller(ALICE), ROOT, name("e")).unwrap();
+    let old = SetTime::At(UNIX_EPOCH + Duration::from_secs(1000));
+    fx.core
+        .setattr(caller(ALICE), fx.ino("g"), None, None, (None, Some(old)))
+        .unwrap();
+    fx.core
+        .rename(caller(ALICE), (ROOT, name("g")), (ROOT, name("h")), false)
+        .unwrap();
+    fx.core.unlink(caller(ALICE), ROOT, name("h")).unwrap();
+    assert_eq!(
+        kinds(&fx.journal.take()),
+        [
+            allowed(EventKind::Create),
+            allowed(EventKind::Mkdir),
+            allowed(EventKind::Rmdir),
+            allowed(EventKind::SetTimes),
+            allowed(EventKind::Rename),
+            allowed(EventKind::Unlink),
+        ]
+    );
+    assert!(!fx.container("h").exists() && !fx.container("g").exists());
+}
+
+#[test]
+fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
+    let fx = fixture();
+    fx.put(ALICE, "f", b"hello world");
+    fx.core.mkdir(caller(ALICE), ROOT, name("d")).unwrap();
+    let (f, d) = (fx.ino("f"), fx.ino("d"));
+    let before = std::fs::read(fx.container("f")).unwrap();
+    let mtime = Fixture::mtime(&fx.container("f"));
+    fx.journal.take();
+    fx.journal.fail(true);
+    let me = caller(ALICE);
+    let create = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    assert_eq!(
+        errno(fx.core.create(me, ROOT, name("new"), create)),
+        libc::EACCES
+    );
+    assert_eq!(errno(fx.core.mkdir(me, ROOT, name("e"))), libc::EACCES);
+    assert_eq!(errno(fx.core.rmdir(me, ROOT, name("d"))), libc::EACCES);
+    assert_eq!(errno(fx.core.unlink(me, ROOT, name("f"))), libc::EACCES);
+    let moved = fx
+        .core
+        .rename(me, (ROOT, name("f")), (ROOT, name("g")), false);
+    assert_eq!(errno(moved), libc::EACCES);
+    assert_eq!(
+        errno(fx.core.setattr(me, f, None, Some(0), (None, None))),
+        libc::EACCES
+    );
+    let epoch = Some(SetTime::At(UNIX_EPOCH));
+    assert_eq!(
+        errno(fx.core.setattr(me, f, None, None, (None, epoch))),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.setattr(me, d, None, None, (None, epoch))),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.open(me, f, libc::O_WRONLY | libc::O_TRUNC)),
+        libc::EACCES
+    );
+    assert_eq!(errno(fx.core.open(me, f, libc::O_RDONLY)), libc::EACCES);
+    // Nothing changed in the store, not even a temporary file.
+    let mut names: Vec<_> = std::fs::read_dir(&fx.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".tvault", "d", "f.tvlt"]);
+    assert_eq!(std::fs::read(fx.container("f")).unwrap(), before);
+    assert_eq!(Fixture::mtime(&fx.container("f")), mtime);
+    assert!(fx.journal.take().is_empty());
+    // And all of it works once recording does.
+    fx.journal.fail(false);
+    assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"hello world");
+    fx.core.setattr(me, f, None, Some(5), (None, None)).unwrap();
+    assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"hello");
+    fx.core.rmdir(me, ROOT, name("d")).unwrap();
+    assert!(!fx.root.join("d").exists());
+}
+
+#[test]
+fn each_denial_is_recorded_with_its_true_reason() {
+    let fx = fixture();
+    fx.put(ALICE, "f", &[7u8; 10_000]);
+    fx.journal.take();
+    let f = fx.ino("f");
+    // Bob is unlocked but holds no slot for alice's file.
+    let bob = caller(BOB);
+    assert_eq!(errno(fx.core.unlink(bob, ROOT, name("f"))), libc::EACCES);
+    let moved = fx
+        .core
+        .rename(bob, (ROOT, name("f")), (ROOT, name("g")), false);
+    assert_eq!(errno(moved), libc::EACCES);
+    assert_eq!(
+        errno(fx.core.setattr(bob, f, None, Some(0), (None, None))),
+        libc::EACCES
+    );
+    assert_eq!(errno(fx.core.open(bob, f, libc::O_RDONLY)), libc::EACCES);
+    assert_eq!(
+        kinds(&fx.journal.take()),
+        [
+            denied(EventKind::Unlink, "no-key-slot"),
+            denied(EventKind::Rename, "no-key-slot"),
+            denied(EventKind::Truncate, "no-key-slot"),
+            denied(EventKind::Open, "no-key-slot"),
+        ]
+    );
+    // A uid with no keyring, and alice once locked.
+    assert_eq!(
+        errno(fx.core.unlink(caller(EVE), ROOT, name("f"))),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.mkdir(caller(EVE), ROOT, name("d"))),
+        libc::EACCES
+    );
+    fx.core.access.lock(ALICE);
+    assert_eq!(
+        errno(fx.core.unlink(caller(ALICE), ROOT, name("f"))),
+        libc::EACCES
+    );
+    assert_eq!(
+        kinds(&fx.journal.take()),
+        [
+            denied(EventKind::Unlink, "no-keyring"),
+            denied(EventKind::Mkdir, "no-keyring"),
+            denied(EventKind::Unlink, "locked"),
+        ]
+    );
+    fx.core
+        .access
+        .unlock(&fx.core.store, ALICE, b"alice")
+        .unwrap();
+    // A name that does not exist decides nothing: ENOENT, no record.
+    assert_eq!(
+        errno(fx.core.unlink(caller(ALICE), ROOT, name("nope"))),
+        libc::ENOENT
+    );
+    assert!(fx.journal.take().is_empty());
+    // A tampered container: an integrity failure, not a missing slot.
+    let path = fx.container("f");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        errno(fx.core.unlink(caller(ALICE), ROOT, name("f"))),
+        libc::EIO
+    );
+    assert_eq!(
+        kinds(&fx.journal.take()),
+        [
+            denied(EventKind::Unlink, "integrity"),
+            (EventKind::IntegrityFailure, None, None),
+        ]
+    );
+    assert!(path.exists());
+}
+
+#[test]
+fn a_broken_write_session_fails_its_handles_instead_of_committing() {
+    let fx = fixture();
+    fx.put(ALICE, "f", b"committed");
+    let f = fx.ino("f");
+    let opened = fx.core.open(caller(ALICE), f, libc::O_WRONLY).unwrap();
+    fx.core.write(opened.fh, 0, b"half-done").unwrap();
+    let session = crate::sync::lock(&fx.core.sessions)
+        .get(&f)
+        .cloned()
+        .unwrap();
+    // A panic while the session is held (as a bug in sealing would cause).
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = session.with(|_| -> Result<(), session::WriteError> { panic!("bug") });
+    }));
+    assert!(panicked.is_err());
+    drop(session);
+    assert_eq!(errno(fx.core.write(opened.fh, 0, b"more")), libc::EIO);
+    assert_eq!(errno(fx.core.commit(opened.fh)), libc::EIO);
+    assert_eq!(errno(fx.core.release(opened.fh)), libc::EIO);
+    assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"committed");
+    // No draft is left behind.
+    let names: Vec<_> = std::fs::read_dir(&fx.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn names_the_mount_never_shows_cannot_be_made_or_found() {
+    let fx = fixture();
+    let me = caller(ALICE);
+    for hidden in [".tvault", ".tvault-recipients"] {
+        assert_eq!(errno(fx.core.mkdir(me, ROOT, name(hidden))), libc::EPERM);
+        assert_eq!(errno(fx.core.lookup(ROOT, name(hidden))), libc::ENOENT);
+    }
+    let long = "x".repeat(251);
+    assert_eq!(
+        errno(fx.core.mkdir(me, ROOT, name(&long))),
+        libc::ENAMETOOLONG
+    );
+    assert!(fx.journal.take().is_empty());
+    // A link planted in the store is not shown and not followed.
+    std::os::unix::fs::symlink("/etc", fx.root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", fx.root.join("p.tvlt")).unwrap();
+    assert_eq!(errno(fx.core.lookup(ROOT, name("link"))), libc::ENOENT);
+    assert_eq!(errno(fx.core.lookup(ROOT, name("p"))), libc::ENOENT);
+    let listing = fx.core.readdir(fx.core.opendir(me, ROOT).unwrap()).unwrap();
+    let names: Vec<&str> = listing.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, [".", ".."]);
+}

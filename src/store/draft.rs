@@ -1,0 +1,84 @@
+//! The next version of a stored file, being built: a draft container in a temporary file
+//! beside the target, and its data key, which lives only here (fresh for every version,
+//! wiped when the draft is committed or dropped). Dropping an uncommitted draft removes its
+//! temporary file; committing replaces the target atomically.
+
+use std::fs::File;
+
+use super::{container_err, container_rel, Result, Store, TempFile, FILE_MODE};
+use crate::container::{self, Draft, Reader};
+use crate::crypto::{PublicKey, SecretKey};
+
+pub struct StoreDraft {
+    target: String,
+    temp: TempFile,
+    draft: Draft,
+    key: SecretKey,
+}
+
+impl Store {
+    /// Starts a new version of `rel`, encrypted to `recipients` in chunks of `2^chunk_log2`
+    /// bytes, under a data key generated now.
+    pub fn start_draft(
+        &self,
+        rel: &str,
+        chunk_log2: u8,
+        recipients: &[(String, PublicKey)],
+    ) -> Result<StoreDraft> {
+        let target = container_rel(rel)?;
+        let path = self.gate.display_path(&target);
+        let key = SecretKey::generate().map_err(|e| container_err(&path)(e.into()))?;
+        let (temp, file) = self.gate.create_temp_beside(&target, FILE_MODE)?;
+        let draft =
+            Draft::create(file, &key, chunk_log2, recipients).map_err(container_err(&path))?;
+        Ok(StoreDraft {
+            target,
+            temp,
+            draft,
+            key,
+        })
+    }
+}
+
+impl StoreDraft {
+    /// Seals chunk `index` (replacing an earlier seal of it with a fresh nonce).
+    pub fn seal(
+        &mut self,
+        index: u64,
+        plain: &[u8],
+        last: bool,
+        scratch: &mut Vec<u8>,
+    ) -> container::Result<()> {
+        self.draft.seal(index, plain, last, scratch)
+    }
+
+    /// (length, final flag) of chunk `index` if it is sealed.
+    pub fn sealed(&self, index: u64) -> Option<(usize, bool)> {
+        self.draft.sealed(index)
+    }
+
+    /// Decrypts sealed chunk `index` into `out`.
+    pub fn open(&self, index: u64, out: &mut [u8]) -> container::Result<usize> {
+        self.draft.open(index, out)
+    }
+
+    /// Forgets the chunks from `count` on (after a truncation).
+    pub fn forget_from(&mut self, count: u64) {
+        self.draft.forget_from(count)
+    }
+
+    /// Completes the draft as a file of `plaintext_len` bytes and atomically puts it in
+    /// place. Returns the committed version, read back from the file just written and
+    /// authenticated under the draft's key. On failure the target keeps its old version.
+    pub fn commit(self, store: &Store, plaintext_len: u64) -> Result<Reader<File>> {
+        let path = store.gate.display_path(&self.target);
+        let file = self
+            .draft
+            .finish(plaintext_len)
+            .map_err(container_err(&path))?;
+        self.temp.commit(&store.gate, &file, &self.target)?;
+        container::Container::parse(file)
+            .and_then(|c| c.open(&self.key))
+            .map_err(container_err(&path))
+    }
+}
