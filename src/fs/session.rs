@@ -324,7 +324,7 @@ impl WriteSession {
         let Some(draft) = self.draft.take() else {
             return Ok(None);
         };
-        let reader = draft.commit(store, self.size)?;
+        let reader = draft.commit(store, rel, self.size)?;
         self.modified = false;
         // Later writes in this session build on what was just committed.
         let version = FileVersion::new(next_id, reader);

@@ -430,3 +430,51 @@ fn names_the_mount_never_shows_cannot_be_made_or_found() {
     let names: Vec<&str> = listing.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, [".", ".."]);
 }
+
+#[test]
+fn a_file_saved_beside_its_target_and_renamed_over_it_reads_back() {
+    // What safetensors' `save_file` does: write a hidden file, close it, rename it over the
+    // target, open the target.
+    let fx = fixture();
+    fx.put(ALICE, "model", b"old version");
+    let _ = fx.read_all(ALICE, "model").unwrap();
+    fx.put(ALICE, ".model.tmp", b"new version, longer");
+    fx.core
+        .rename(
+            caller(ALICE),
+            (ROOT, name(".model.tmp")),
+            (ROOT, name("model")),
+            false,
+        )
+        .unwrap();
+    assert_eq!(fx.read_all(ALICE, "model").unwrap(), b"new version, longer");
+    assert_eq!(fx.core.getattr(fx.ino("model")).unwrap().size, 19);
+}
+
+#[test]
+fn a_file_renamed_while_open_for_writing_commits_at_its_new_name() {
+    // What `tempfile`'s `persist` does: rename the file, then close it.
+    let fx = fixture();
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+    let (_, opened) = fx
+        .core
+        .create(caller(ALICE), ROOT, name(".tmp"), flags)
+        .unwrap();
+    fx.core
+        .write(opened.fh, 0, b"written before the rename")
+        .unwrap();
+    fx.core
+        .rename(
+            caller(ALICE),
+            (ROOT, name(".tmp")),
+            (ROOT, name("model")),
+            false,
+        )
+        .unwrap();
+    fx.core.release(opened.fh).unwrap();
+    assert_eq!(
+        fx.read_all(ALICE, "model").unwrap(),
+        b"written before the rename"
+    );
+    assert!(!fx.container(".tmp").exists());
+}

@@ -10,7 +10,6 @@ use crate::container::{self, Draft, Reader};
 use crate::crypto::{PublicKey, SecretKey};
 
 pub struct StoreDraft {
-    target: String,
     temp: TempFile,
     draft: Draft,
     key: SecretKey,
@@ -31,12 +30,7 @@ impl Store {
         let (temp, file) = self.gate.create_temp_beside(&target, FILE_MODE)?;
         let draft =
             Draft::create(file, &key, chunk_log2, recipients).map_err(container_err(&path))?;
-        Ok(StoreDraft {
-            target,
-            temp,
-            draft,
-            key,
-        })
+        Ok(StoreDraft { temp, draft, key })
     }
 }
 
@@ -68,15 +62,17 @@ impl StoreDraft {
     }
 
     /// Completes the draft as a file of `plaintext_len` bytes and atomically puts it in
-    /// place. Returns the committed version, read back from the file just written and
-    /// authenticated under the draft's key. On failure the target keeps its old version.
-    pub fn commit(self, store: &Store, plaintext_len: u64) -> Result<Reader<File>> {
-        let path = store.gate.display_path(&self.target);
+    /// place at `rel` (where the file is now: it may have been renamed since the draft
+    /// started). Returns the committed version, read back from the file just written and
+    /// authenticated under the draft's key. On failure `rel` keeps its old version.
+    pub fn commit(self, store: &Store, rel: &str, plaintext_len: u64) -> Result<Reader<File>> {
+        let target = container_rel(rel)?;
+        let path = store.gate.display_path(&target);
         let file = self
             .draft
             .finish(plaintext_len)
             .map_err(container_err(&path))?;
-        self.temp.commit(&store.gate, &file, &self.target)?;
+        self.temp.commit(&store.gate, &file, &target)?;
         container::Container::parse(file)
             .and_then(|c| c.open(&self.key))
             .map_err(container_err(&path))
