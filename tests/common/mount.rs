@@ -156,16 +156,25 @@ impl MountFixture {
             }
             None => Command::new(&self.bin),
         };
-        let child = cmd
-            .args(["mount", s(&self.store), s(&self.mnt), "--foreground"])
+        cmd.args(["mount", s(&self.store), s(&self.mnt), "--foreground"])
             .args(extra)
             .env("RUST_LOG", "info")
             .env(tensorvault::audit::STATE_DIR_ENV, super::state_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn daemon");
+            .stderr(log);
+        // The binary was copied just now: a process forked meanwhile by another test thread
+        // may still hold the copy's write descriptor for a moment (ETXTBSY on exec).
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("spawn daemon"),
+            }
+        };
         self.daemon = Some(child);
         let start = Instant::now();
         while !is_mounted(&self.mnt) {
