@@ -478,3 +478,27 @@ fn a_file_renamed_while_open_for_writing_commits_at_its_new_name() {
     );
     assert!(!fx.container(".tmp").exists());
 }
+
+#[test]
+fn commits_do_not_leak_descriptors() {
+    let fx = fixture();
+    fx.put(ALICE, "f", b"v0");
+    let f = fx.ino("f");
+    let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = open_fds();
+    for i in 0..200u32 {
+        let opened = fx
+            .core
+            .open(caller(ALICE), f, libc::O_WRONLY | libc::O_TRUNC)
+            .unwrap();
+        fx.core.write(opened.fh, 0, &i.to_le_bytes()).unwrap();
+        fx.core.release(opened.fh).unwrap();
+    }
+    // Other tests in this process open files meanwhile; a leak per commit would be 200.
+    let after = open_fds();
+    assert!(
+        after < before + 100,
+        "{before} descriptors before, {after} after"
+    );
+    assert_eq!(fx.read_all(ALICE, "f").unwrap(), 199u32.to_le_bytes());
+}
