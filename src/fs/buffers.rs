@@ -190,7 +190,7 @@ impl BufferPool {
     }
 
     fn lock(&self) -> MutexGuard<'_, Slabs> {
-        self.slabs.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.slabs)
     }
 
     /// A buffer of `len` bytes with room for `capacity` (the file's chunk size). Its content

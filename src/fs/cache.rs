@@ -8,6 +8,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::buffers::Plain;
 use lru::LruCache;
 
+use crate::sync::{lock, wait};
+
 /// (file version id, chunk index)
 pub type ChunkKey = (u64, u64);
 
@@ -43,7 +45,7 @@ impl ChunkCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// The cached chunk, or `load`'s result (inserted). If another thread is loading the
@@ -62,7 +64,7 @@ impl ChunkCache {
             if !inner.loading.contains(&key) {
                 break;
             }
-            inner = self.loaded.wait(inner).unwrap_or_else(|p| p.into_inner());
+            inner = wait(&self.loaded, inner);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         inner.loading.insert(key);
@@ -96,23 +98,6 @@ impl ChunkCache {
             match inner.lru.pop_lru() {
                 Some((_, evicted)) => inner.bytes -= evicted.as_slice().len() as u64,
                 None => break,
-            }
-        }
-    }
-
-    /// Drops every chunk of file version `id` (e.g. when a user locks and its files must not
-    /// stay decrypted for nobody).
-    pub fn remove_file(&self, id: u64) {
-        let mut inner = self.lock();
-        let keys: Vec<ChunkKey> = inner
-            .lru
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|k| k.0 == id)
-            .collect();
-        for key in keys {
-            if let Some(chunk) = inner.lru.pop(&key) {
-                inner.bytes -= chunk.as_slice().len() as u64;
             }
         }
     }
@@ -154,7 +139,7 @@ mod tests {
         assert!(cache.contains((1, 0)));
         put(&cache, (2, 0), vec![0; 11]);
         assert!(!cache.contains((2, 0)), "larger than the whole cache");
-        cache.remove_file(1);
+        cache.clear();
         assert_eq!(cache.bytes(), 0);
         assert_eq!(cache.hits.load(Ordering::Relaxed), 1);
         assert!(cache

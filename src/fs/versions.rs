@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use lru::LruCache;
 
@@ -24,6 +24,7 @@ use super::limits::Charge;
 use crate::container::Reader;
 use crate::crypto::{FILE_ID_LEN, MAC_LEN};
 use crate::safetensors;
+use crate::sync::lock;
 
 /// File id and header MAC of an authenticated container.
 pub(crate) type VersionKey = ([u8; FILE_ID_LEN], [u8; MAC_LEN]);
@@ -31,10 +32,6 @@ pub(crate) type VersionKey = ([u8; FILE_ID_LEN], [u8; MAC_LEN]);
 /// Version names remembered after their last handle closed, so that a file opened again
 /// finds its chunks still in the cache.
 const REMEMBERED_IDS: usize = 4096;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// One authenticated container version, shared by every handle (of every user) open on it.
 pub(crate) struct FileVersion {
