@@ -43,10 +43,13 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-/// The errno to answer with; what caused it is logged.
+/// The errno to answer with. What caused it is logged: as a warning when it is an I/O
+/// error (a damaged container, a failing disk), else (`ENOTEMPTY`, `ENOSPC`…) for debugging.
 fn errno(op: &str, e: FsError) -> Errno {
-    if e.source().is_some() {
-        log::warn!("{op}: {e}");
+    match e.source() {
+        Some(_) if e.errno() == libc::EIO => log::warn!("{op}: {e}"),
+        Some(_) => log::debug!("{op}: {e}"),
+        None => {}
     }
     Errno::from_i32(e.errno())
 }
