@@ -20,7 +20,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -113,11 +112,6 @@ pub fn legacy_key_paths(log: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The head record kept beside a key: the key's path with `.head` appended.
-pub fn head_path(key: &Path) -> PathBuf {
-    suffixed(key, ".head")
-}
-
 pub(super) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
@@ -131,7 +125,7 @@ pub(super) fn euid() -> u32 {
 
 /// Who may own the key and its directories, and which permission bits are refused.
 #[derive(Clone, Copy)]
-enum Trust {
+pub(super) enum Trust {
     /// The writer: owned by the effective uid, no group or other bits.
     Writer,
     /// The verifier: owned by the caller or root, not writable by group or others.
@@ -206,7 +200,11 @@ fn check_dir(d: &Path, meta: &fs::Metadata, holds_the_key: bool) -> Result<(), A
 
 /// Opens a key or head record and checks it against `trust`; `None` if it does not exist
 /// (with `create`, it is created, mode 0600, instead).
-fn open_trusted(path: &Path, trust: Trust, create: bool) -> Result<Option<File>, AuditError> {
+pub(super) fn open_trusted(
+    path: &Path,
+    trust: Trust,
+    create: bool,
+) -> Result<Option<File>, AuditError> {
     let mut options = fs::OpenOptions::new();
     options
         .read(true)
@@ -258,7 +256,7 @@ fn open_trusted(path: &Path, trust: Trust, create: bool) -> Result<Option<File>,
 }
 
 /// The first [`MAX_KEY_FILE`] bytes (and one more, to tell a longer file).
-fn read_small(path: &Path, file: &File) -> Result<Key, AuditError> {
+pub(super) fn read_small(path: &Path, file: &File) -> Result<Key, AuditError> {
     let mut bytes = Zeroizing::new(Vec::with_capacity(KEY_LEN * 2 + 1));
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
@@ -291,52 +289,6 @@ fn parse_key(path: &Path, bytes: &[u8]) -> Result<Key, AuditError> {
     Err(bad("expected 64 hex digits or 32 raw bytes"))
 }
 
-/// The writer's last synced entry, kept beside the key where a store writer cannot reach it
-/// (see `writer`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeadRecord {
-    pub seq: u64,
-    pub hash: String,
-}
-
-/// Parses a head record; `None` for an empty file, and (with a warning) for one that does not
-/// parse, which only a crash in the middle of its one write could leave.
-pub(super) fn parse_head(path: &Path, bytes: &[u8]) -> Option<HeadRecord> {
-    let text = bytes.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    match serde_json::from_slice::<HeadRecord>(text) {
-        Ok(head) if super::is_hex64(&head.hash) => Some(head),
-        _ => {
-            log::warn!(
-                "{}: unreadable head record, ignored (the log is checked without it)",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
-/// Opens (creating it if needed) the head record for the writer, with the [`Trust::Writer`]
-/// rules of the key, and returns what it holds.
-pub(super) fn open_head(path: &Path) -> Result<(File, Option<HeadRecord>), AuditError> {
-    let file = open_trusted(path, Trust::Writer, true)?
-        .ok_or_else(|| AuditError::KeyNotFile(path.to_path_buf()))?;
-    let bytes = read_small(path, &file)?;
-    let head = parse_head(path, &bytes);
-    Ok((file, head))
-}
-
-/// Reads a head record for verification ([`Trust::Reader`] rules); `None` if there is none.
-pub fn read_head(path: &Path) -> Result<Option<HeadRecord>, AuditError> {
-    check_parent(path)?;
-    match open_trusted(path, Trust::Reader, false)? {
-        Some(file) => Ok(parse_head(path, &read_small(path, &file)?)),
-        None => Ok(None),
-    }
-}
-
 /// Reads a key for verification ([`Trust::Reader`] rules); `None` if the file does not exist.
 pub fn read_trusted(path: &Path) -> Result<Option<Key>, AuditError> {
     check_parent(path)?;
@@ -344,7 +296,7 @@ pub fn read_trusted(path: &Path) -> Result<Option<Key>, AuditError> {
 }
 
 /// [`check_dirs`] on the directory of `path`, if it exists (a missing one holds no key).
-fn check_parent(path: &Path) -> Result<(), AuditError> {
+pub(super) fn check_parent(path: &Path) -> Result<(), AuditError> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) if dir.exists() => check_dirs(dir),
         Some(_) => Ok(()),
@@ -456,7 +408,6 @@ mod tests {
                 PathBuf::from("/s/.tvault/audit.jsonl.key")
             ]
         );
-        assert_eq!(head_path(Path::new("/k/a.key")), Path::new("/k/a.key.head"));
     }
 
     #[test]
