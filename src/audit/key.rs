@@ -20,7 +20,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{io_err, AuditError, DEFAULT_LOG_NAME, KEY_LEN};
@@ -73,7 +72,7 @@ fn canonical_log(log: &Path) -> PathBuf {
 /// The id of a log (which names its default key): 32 hex digits of the SHA-256 of its path
 /// as [`canonical_log`] makes it. Moving the log (or the store holding it) changes the id.
 pub fn log_id(log: &Path) -> String {
-    let digest = Sha256::digest(canonical_log(log).as_os_str().as_bytes());
+    let digest = crypto::sha256(canonical_log(log).as_os_str().as_bytes());
     hex::encode(&digest[..16])
 }
 

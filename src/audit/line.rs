@@ -4,14 +4,11 @@
 
 use std::time::SystemTime;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::time::{format_time, parse_time};
 use super::{Decision, Event, EventKind, MAX_FIELD};
-
-type HmacSha256 = Hmac<Sha256>;
+use crate::crypto;
 
 /// One line of the log, in its fixed field order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,26 +159,19 @@ impl Span {
 }
 
 fn mac_hex(key: &[u8], data: &[u8]) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(data);
-    hex::encode(mac.finalize().into_bytes())
+    hex::encode(crypto::hmac_sha256(key, data))
 }
 
 fn mac_ok(key: &[u8], data: &[u8], expected_hex: &str) -> bool {
     let Ok(expected) = hex::decode(expected_hex) else {
         return false;
     };
-    let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(key) else {
-        return false;
-    };
-    mac.update(data);
-    mac.verify_slice(&expected).is_ok()
+    crypto::hmac_sha256_verify(key, data, &expected).is_ok()
 }
 
 /// Hex SHA-256 of a line (without its newline): the next line's `prev`.
 pub fn line_hash(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
+    hex::encode(crypto::sha256(line))
 }
 
 /// Builds a signed line (without newline).
