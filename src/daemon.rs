@@ -342,7 +342,7 @@ impl DaemonControl {
 
 impl Handler for DaemonControl {
     fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
-        let comm = crate::fs::process_name(peer.pid as u32);
+        let comm = crate::system::process_comm(peer.pid as u32).unwrap_or_default();
         match request {
             Request::Unlock { passphrase } => {
                 let result =

@@ -1,7 +1,7 @@
 //! tensorvault: an encrypted store for model weights, mounted with FUSE for per-user access.
 //!
 //! Layers, lowest first (a module only imports the ones before it):
-//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `audit`, `access`,
+//! `crypto`, `safetensors`, `fsutil`, `system` → `container`, `keyring` → `store` → `audit`, `access`,
 //! `fsck` → `fs`, `control` → `daemon` → `cli`.
 //! See docs/ARCHITECTURE.md.
 
@@ -18,3 +18,4 @@ pub mod fsutil;
 pub mod keyring;
 pub mod safetensors;
 pub mod store;
+pub(crate) mod system;

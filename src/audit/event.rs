@@ -2,9 +2,10 @@
 //! in before handing it to `AuditLog::record`. How an event becomes a line is `line`'s job.
 
 use std::fmt::Write as _;
-use std::fs;
 
 use serde::{Deserialize, Serialize};
+
+use crate::system;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,10 +135,9 @@ impl Event {
     /// Sets `pid` and, where /proc tells (it may not, for a process that already exited or,
     /// without privileges, for another user's `exe`), `process` and `exe`.
     pub fn process_of(mut self, pid: u32) -> Self {
-        let (process, exe) = process_info(pid);
         self.pid = Some(pid);
-        self.process = process;
-        self.exe = exe;
+        self.process = system::process_comm(pid);
+        self.exe = system::process_exe(pid);
         self
     }
 
@@ -194,25 +194,6 @@ impl Event {
         self.detail = Some(detail.into());
         self
     }
-}
-
-/// `(comm, exe)` of a process, each `None` when /proc does not say.
-pub fn process_info(pid: u32) -> (Option<String>, Option<String>) {
-    if pid == 0 {
-        return (None, None);
-    }
-    let comm = fs::read(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .trim_end_matches('\n')
-                .to_string()
-        })
-        .filter(|s| !s.is_empty());
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    (comm, exe)
 }
 
 /// The kernel's O_LARGEFILE (the libc crate reports 0 for it on 64-bit glibc targets, but

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use super::{io_err, AuditError, DEFAULT_LOG_NAME, KEY_LEN};
 use crate::crypto;
 use crate::fsutil;
+use crate::system::euid;
 
 /// Environment variable naming the state directory (the audit keys live in its `audit-keys/`).
 pub const STATE_DIR_ENV: &str = "TVAULT_STATE_DIR";
@@ -115,11 +116,6 @@ pub(super) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-pub(super) fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
 }
 
 /// Who may own the key and its directories, and which permission bits are refused.

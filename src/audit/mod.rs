@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::CryptoError;
 
-pub use event::{open_flags_text, process_info, Decision, Event, EventKind};
+pub use event::{open_flags_text, Decision, Event, EventKind};
 pub use files::{base_log, for_each_line, with_rotated, RawLine};
 pub use head::{head_path, read_head, HeadRecord};
 pub use key::{

@@ -11,18 +11,18 @@
 //! record, so an older copy can never pass for a newer one.
 
 use std::fs::{self, File};
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::files::{open_for_reading, read_last_line, rotated_name, with_rotated};
 use super::head::HeadRecord;
-use super::key::{self, euid};
-use super::rotate::{free_space, fresh_log_id, rotate_event, RotateReason};
+use super::key;
+use super::rotate::{fresh_log_id, rotate_event, RotateReason};
 use super::writer::{Shared, State};
 use super::{io_err, line_hash, verify_line, AuditError, Entry, EventKind, KEEP_ROTATED};
+use crate::system::{euid, free_space};
 
 /// Why the log found at open cannot be continued, and what starts instead.
 pub(super) type Problem = (RotateReason, String);
@@ -85,15 +85,11 @@ pub(super) fn open_log_file(dir: &OwnedFd, path: &Path) -> Result<Opened, AuditE
             euid()
         )));
     }
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            return Err(AuditError::InUse(path.to_path_buf()));
-        }
-        return Err(io_err(path)(e));
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Opened::File(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(AuditError::InUse(path.to_path_buf())),
+        Err(e) => Err(io_err(path)(e.into())),
     }
-    Ok(Opened::File(file))
 }
 
 /// The last entry of a log file and its hash, if that line verifies under `key`.

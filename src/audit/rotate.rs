@@ -10,8 +10,6 @@
 //!
 //! [`AuditLog::rotate`]: super::AuditLog::rotate
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,6 +18,7 @@ use super::open::{file_name, log_dir, open_log_file, Opened};
 use super::writer::{Shared, State};
 use super::{io_err, AuditError, Event, EventKind, KEEP_ROTATED};
 use crate::crypto;
+use crate::system::free_space;
 
 /// The default size at which a log file is rotated.
 pub const DEFAULT_MAX_SIZE: u64 = 64 << 20;
@@ -28,18 +27,6 @@ pub const MIN_DEFAULT_MAX_SIZE: u64 = 64 << 10;
 /// By default one file may take this fraction of the free space found at open, so the six
 /// files kept take at most 6/16 of it.
 const FREE_SPACE_SHARE: u64 = 16;
-
-pub(super) fn free_space(dir: &Path) -> Option<u64> {
-    let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    // The field types differ between targets.
-    #[allow(clippy::unnecessary_cast)]
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
 
 /// The default `max_size` for a log in `dir`: [`DEFAULT_MAX_SIZE`], or a 16th of the space
 /// free there if that is less, but at least [`MIN_DEFAULT_MAX_SIZE`].
@@ -154,11 +141,11 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::audit::coalesce;
-    use crate::audit::key::euid;
     use crate::audit::open::open_dir;
     use crate::audit::testutil::*;
     use crate::audit::writer::Limits;
     use crate::audit::{verify, with_rotated, AuditLog, EventKind, Start};
+    use crate::system::euid;
     use std::fs;
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;

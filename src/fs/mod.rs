@@ -950,12 +950,6 @@ fn guarded(op: &str, body: impl FnOnce()) {
     }
 }
 
-pub(crate) fn process_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default()
-}
-
 pub struct TvaultFs {
     shared: Arc<Shared>,
 }
