@@ -67,20 +67,30 @@ pub fn for_each_line(path: &Path, mut f: impl FnMut(RawLine<'_>) -> bool) -> Res
     }
 }
 
-/// The last line of an open log (`size` bytes) and why it is unusable, if it is.
-pub(super) fn read_last_line(file: &File, size: u64) -> io::Result<Result<Vec<u8>, String>> {
+/// Why the last line of a log cannot be read as a line.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TailError {
+    #[error("the last line is incomplete (no newline)")]
+    Incomplete,
+    #[error("the last line is too long")]
+    TooLong,
+}
+
+/// The last line of an open log (`size` bytes, at least 1) without its newline, or why it
+/// is unusable.
+pub(super) fn read_last_line(file: &File, size: u64) -> io::Result<Result<Vec<u8>, TailError>> {
     let want = size.min(MAX_LINE as u64 + 1);
     let start = size - want;
     let mut buf = vec![0u8; want as usize];
     file.read_exact_at(&mut buf, start)?;
     if buf.last() != Some(&b'\n') {
-        return Ok(Err("the last line is incomplete (no newline)".into()));
+        return Ok(Err(TailError::Incomplete));
     }
     buf.pop();
     match buf.iter().rposition(|&b| b == b'\n') {
         Some(i) => Ok(Ok(buf[i + 1..].to_vec())),
         None if start == 0 => Ok(Ok(buf)),
-        None => Ok(Err("the last line is too long".into())),
+        None => Ok(Err(TailError::TooLong)),
     }
 }
 
@@ -159,5 +169,28 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, [(1, MAX_LINE + 1), (2, 2)]);
+    }
+
+    #[test]
+    fn the_last_line_is_read_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let last = |bytes: &[u8]| {
+            fs::write(&path, bytes).unwrap();
+            let file = File::open(&path).unwrap();
+            read_last_line(&file, bytes.len() as u64).unwrap()
+        };
+        assert_eq!(last(b"one\n"), Ok(b"one".to_vec()));
+        assert_eq!(last(b"one\ntwo\n"), Ok(b"two".to_vec()));
+        assert_eq!(last(b"one\n\n"), Ok(Vec::new()));
+        assert_eq!(last(b"one\ntw"), Err(TailError::Incomplete));
+        let mut long = b"one\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_LINE + 1));
+        long.push(b'\n');
+        assert_eq!(last(&long), Err(TailError::TooLong));
+        // A line of exactly MAX_LINE bytes is still read.
+        let mut full = vec![b'y'; MAX_LINE];
+        full.push(b'\n');
+        assert_eq!(last(&full), Ok(vec![b'y'; MAX_LINE]));
     }
 }

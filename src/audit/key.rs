@@ -170,24 +170,18 @@ fn check_dirs(dir: &Path) -> Result<(), AuditError> {
 fn check_dir(d: &Path, meta: &fs::Metadata, holds_the_key: bool) -> Result<(), AuditError> {
     let me = euid();
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(AuditError::KeyDir {
+        return Err(AuditError::KeyDirOwner {
             path: d.to_path_buf(),
-            why: format!(
-                "it is owned by uid {}, who could replace the key (chown it to uid {me} or root)",
-                meta.uid()
-            ),
+            owner: meta.uid(),
+            me,
         });
     }
     let mode = meta.permissions().mode();
     let sticky = mode & libc::S_ISVTX != 0;
     if mode & 0o022 != 0 && (holds_the_key || !sticky) {
-        return Err(AuditError::KeyDir {
+        return Err(AuditError::KeyDirWritable {
             path: d.to_path_buf(),
-            why: format!(
-                "group or others can write it (mode {:03o}), so they could replace the key \
-                 (chmod go-w)",
-                mode & 0o777
-            ),
+            mode: mode & 0o777,
         });
     }
     Ok(())
@@ -269,9 +263,9 @@ fn open_checked(path: &Path, trust: Trust) -> Result<Option<Key>, AuditError> {
 
 /// A key file holds 64 hex digits (optionally followed by a newline) or 32 raw bytes.
 fn parse_key(path: &Path, bytes: &[u8]) -> Result<Key, AuditError> {
-    let bad = |why: &str| AuditError::BadKey {
+    let bad = |why| AuditError::BadKey {
         path: path.to_path_buf(),
-        why: why.to_string(),
+        why,
     };
     let text = bytes.trim_ascii();
     if text.len() == 2 * KEY_LEN && text.iter().all(u8::is_ascii_hexdigit) {
@@ -324,7 +318,7 @@ pub(super) fn load_or_create(path: &Path) -> Result<Key, AuditError> {
     create_key(path)?;
     open_checked(path, Trust::Writer)?.ok_or_else(|| AuditError::BadKey {
         path: path.to_path_buf(),
-        why: "the key vanished right after it was created".into(),
+        why: "the key vanished right after it was created",
     })
 }
 
@@ -461,12 +455,15 @@ mod tests {
         fs::set_permissions(parent, fs::Permissions::from_mode(0o770)).unwrap();
         assert!(matches!(
             load_or_create(&key),
-            Err(AuditError::KeyDir { .. })
+            Err(AuditError::KeyDirWritable { .. })
         ));
-        assert!(matches!(read_trusted(&key), Err(AuditError::KeyDir { .. })));
+        assert!(matches!(
+            read_trusted(&key),
+            Err(AuditError::KeyDirWritable { .. })
+        ));
         fs::set_permissions(parent, fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(
-            matches!(load_or_create(&key), Err(AuditError::KeyDir { .. })),
+            matches!(load_or_create(&key), Err(AuditError::KeyDirWritable { .. })),
             "sticky is accepted only above the key's own directory"
         );
         fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).unwrap();
@@ -477,7 +474,7 @@ mod tests {
         symlink(parent, open_dir.join("keys")).unwrap();
         let via_link = open_dir.join("keys/a.key");
         assert!(
-            matches!(read_trusted(&via_link), Err(AuditError::KeyDir { path, .. }) if path == open_dir)
+            matches!(read_trusted(&via_link), Err(AuditError::KeyDirWritable { path, .. }) if path == open_dir)
         );
         assert!(read_trusted(&key).unwrap().is_some());
         // Raw 32-byte keys are accepted; anything else is refused.
@@ -513,7 +510,7 @@ mod tests {
         std::os::unix::fs::chown(dir.path(), Some(1004), None).unwrap();
         assert!(matches!(
             load_or_create(&key),
-            Err(AuditError::KeyDir { .. })
+            Err(AuditError::KeyDirOwner { owner: 1004, .. })
         ));
         std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
         // The reader accepts a root-owned key that others may read, with a warning only.

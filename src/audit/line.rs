@@ -180,9 +180,29 @@ pub(super) fn signed_line(key: &[u8], mut entry: Entry) -> Vec<u8> {
     serde_json::to_vec(&entry).unwrap_or_default()
 }
 
+/// Why a line is not a valid entry, leaving its place in the chain aside.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// Not JSON, or not an object with exactly the entry's fields and their types.
+    #[error("not a valid audit entry: {0}")]
+    Json(serde_json::Error),
+    #[error("no mac field")]
+    NoMac,
+    #[error("mac is not 64 lowercase hex digits")]
+    MacNotHex,
+    #[error("prev is not 64 lowercase hex digits")]
+    PrevNotHex,
+    #[error("MAC mismatch: the line was altered (or written under another key)")]
+    MacMismatch,
+    /// Valid JSON with the right MAC, but not the bytes the writer would have written (the
+    /// MAC covers the fields, this covers the spelling).
+    #[error("the line is not in canonical form (bytes were altered)")]
+    NotCanonical,
+}
+
 /// Parses one line (without newline) into an entry, checking only the JSON shape.
-pub fn parse_entry(line: &[u8]) -> Result<Entry, String> {
-    serde_json::from_slice(line).map_err(|e| format!("not a valid audit entry: {e}"))
+pub fn parse_entry(line: &[u8]) -> Result<Entry, LineError> {
+    serde_json::from_slice(line).map_err(LineError::Json)
 }
 
 pub(crate) fn is_hex64(s: &str) -> bool {
@@ -192,30 +212,28 @@ pub(crate) fn is_hex64(s: &str) -> bool {
 }
 
 /// Parses one line and checks its MAC and canonical form (not its place in the chain).
-pub fn verify_line(key: &[u8], line: &[u8]) -> Result<Entry, String> {
+pub fn verify_line(key: &[u8], line: &[u8]) -> Result<Entry, LineError> {
     check_line_form(Some(key), line)
 }
 
 /// [`verify_line`] with the MAC checked only when a key is given: without one, the line must
 /// still parse, carry a well-formed `mac` and `prev`, and be canonical.
-pub(super) fn check_line_form(key: Option<&[u8]>, line: &[u8]) -> Result<Entry, String> {
+pub(super) fn check_line_form(key: Option<&[u8]>, line: &[u8]) -> Result<Entry, LineError> {
     let entry = parse_entry(line)?;
-    let Some(mac) = entry.mac.as_deref() else {
-        return Err("no mac field".into());
-    };
+    let mac = entry.mac.as_deref().ok_or(LineError::NoMac)?;
     if !is_hex64(mac) {
-        return Err("mac is not 64 lowercase hex digits".into());
+        return Err(LineError::MacNotHex);
     }
     if !is_hex64(&entry.prev) {
-        return Err("prev is not 64 lowercase hex digits".into());
+        return Err(LineError::PrevNotHex);
     }
     if let Some(key) = key {
         if !mac_ok(key, &entry.canonical(), mac) {
-            return Err("MAC mismatch: the line was altered (or written under another key)".into());
+            return Err(LineError::MacMismatch);
         }
     }
     if serde_json::to_vec(&entry).unwrap_or_default() != line {
-        return Err("the line is not in canonical form (bytes were altered)".into());
+        return Err(LineError::NotCanonical);
     }
     Ok(entry)
 }
@@ -259,9 +277,10 @@ mod tests {
         assert_eq!(parsed.latest_time(), Some(t + Duration::from_secs(9)));
         // The count is covered by the MAC like every other field.
         let edited = text.replace("\"count\":3", "\"count\":1");
-        assert!(verify_line(&key, edited.as_bytes())
-            .unwrap_err()
-            .contains("MAC"));
+        assert!(matches!(
+            verify_line(&key, edited.as_bytes()),
+            Err(LineError::MacMismatch)
+        ));
         // A line without the new fields (as older versions wrote them) is unchanged.
         let plain = signed_line(&key, Entry::new(&event, None, t, 1, "b".repeat(64)));
         let plain_text = String::from_utf8(plain.clone()).unwrap();

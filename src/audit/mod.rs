@@ -48,10 +48,10 @@ pub use key::{
     default_key_path, default_paths, legacy_key_paths, log_id, read_trusted as read_key, state_dir,
     Key, DEFAULT_STATE_DIR, KEY_DIR, STATE_DIR_ENV,
 };
-pub use line::{line_hash, parse_entry, verify_line, Entry, Span};
+pub use line::{line_hash, parse_entry, verify_line, Entry, LineError, Span};
 pub use rotate::{default_max_size, DEFAULT_MAX_SIZE, MIN_DEFAULT_MAX_SIZE};
 pub use time::{format_time, parse_time};
-pub use verify::{verify, HeadCheck, Start, VerifyError, VerifyReport};
+pub use verify::{verify, ChainError, HeadCheck, Start, VerifyError, VerifyReport};
 pub use writer::AuditLog;
 
 /// Length of the audit key in bytes.
@@ -101,8 +101,16 @@ pub enum AuditError {
     KeySymlink(PathBuf),
     #[error("{0}: is not a regular file")]
     KeyNotFile(PathBuf),
-    #[error("{path}: unsafe place for the audit key: {why}")]
-    KeyDir { path: PathBuf, why: String },
+    #[error(
+        "{path}: unsafe place for the audit key: it is owned by uid {owner}, who could replace \
+         the key (chown it to uid {me} or root)"
+    )]
+    KeyDirOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "{path}: unsafe place for the audit key: group or others can write it (mode \
+         {mode:03o}), so they could replace the key (chmod go-w)"
+    )]
+    KeyDirWritable { path: PathBuf, mode: u32 },
     #[error(
         "{path}: cannot create the audit key directory: {source}; run the mount as root, set \
          TVAULT_STATE_DIR, or pass --audit-key FILE (a file only the daemon's user can read)"
@@ -113,11 +121,11 @@ pub enum AuditError {
         source: io::Error,
     },
     #[error("{path}: malformed audit key: {why}")]
-    BadKey { path: PathBuf, why: String },
+    BadKey { path: PathBuf, why: &'static str },
     #[error("{0}: the audit log is in use by another process")]
     InUse(PathBuf),
     #[error("{path}: cannot use this as the audit log: {why}")]
-    UnsafeLog { path: PathBuf, why: String },
+    UnsafeLog { path: PathBuf, why: &'static str },
     #[error("{path}: short write to the audit log ({written} of {len} bytes)")]
     ShortWrite {
         path: PathBuf,

@@ -75,7 +75,7 @@ pub(super) fn open_log_file(dir: &OwnedFd, path: &Path) -> Result<Opened, AuditE
     if !meta.is_file() {
         return Err(AuditError::UnsafeLog {
             path: path.to_path_buf(),
-            why: "it is not a regular file (remove it, or choose another --audit-log)".into(),
+            why: "it is not a regular file (remove it, or choose another --audit-log)",
         });
     }
     if meta.uid() != euid() {
@@ -192,9 +192,14 @@ pub(super) fn take_over(
     let mut problem = None;
     st.size = meta.len();
     if st.size > 0 {
+        // The reason becomes the detail of the new chain's rotate entry: text from here on.
         let tail = read_last_line(&file, st.size)
             .map_err(io_err(path))?
-            .and_then(|line| verify_line(key, &line).map(|e| (e, line_hash(&line))));
+            .map_err(|e| e.to_string())
+            .and_then(|line| match verify_line(key, &line) {
+                Ok(entry) => Ok((entry, line_hash(&line))),
+                Err(e) => Err(e.to_string()),
+            });
         match tail {
             Ok((entry, hash)) => match behind_head(&entry, &hash, recorded) {
                 Some(why) => problem = Some((RotateReason::CorruptTail, why)),

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::head::{read_head, HeadRecord};
 use super::key::{self, Key};
-use super::{parse_entry, AuditLog, Entry, Event, EventKind, VerifyError, VerifyReport};
+use super::{
+    parse_entry, AuditLog, ChainError, Entry, Event, EventKind, VerifyError, VerifyReport,
+};
 
 pub(super) fn key_of(path: &Path) -> Key {
     key::read_trusted(path).unwrap().unwrap()
@@ -52,7 +54,7 @@ pub(super) fn put_lines(path: &Path, lines: &[String]) {
     fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-pub(super) fn broken_at(result: Result<VerifyReport, VerifyError>) -> (PathBuf, u64, String) {
+pub(super) fn broken_at(result: Result<VerifyReport, VerifyError>) -> (PathBuf, u64, ChainError) {
     match result {
         Err(VerifyError::Broken { file, line, why }) => (file, line, why),
         other => panic!("expected a broken line, got {other:?}"),

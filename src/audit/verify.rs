@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::files::for_each_line;
 use super::files::RawLine;
 use super::head::HeadRecord;
-use super::line::check_line_form;
+use super::line::{check_line_form, LineError};
 use super::{line_hash, EventKind, MAX_LINE};
 
 /// How the checked chain begins.
@@ -74,7 +74,7 @@ pub enum VerifyError {
     Broken {
         file: PathBuf,
         line: u64,
-        why: String,
+        why: ChainError,
     },
     #[error(
         "the expected hash {expected} is not in the log (it ends at {}): \
@@ -115,6 +115,50 @@ pub enum VerifyError {
     },
     #[error("no log files given")]
     NoFiles,
+}
+
+/// Why the chain breaks at a line.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("incomplete line (no newline at the end of the file)")]
+    Incomplete,
+    #[error("empty line")]
+    Empty,
+    #[error("line longer than {MAX_LINE} bytes")]
+    TooLong,
+    /// The line itself is not a valid entry.
+    #[error(transparent)]
+    Line(#[from] LineError),
+    #[error(
+        "a file after the first must start with its rotate entry; lines are missing or the \
+         files are out of order"
+    )]
+    NoRotateEntry,
+    /// A `rotate` entry that starts a new chain, in the middle of the files checked.
+    #[error(
+        "the chain was restarted here ({reason}: {}): the writer found the log before it \
+         broken, so the entries before this line are not vouched for; check the earlier file \
+         alone to see where it breaks",
+        detail.as_deref().unwrap_or("no detail")
+    )]
+    Restarted {
+        reason: String,
+        detail: Option<String>,
+    },
+    #[error(
+        "prev does not match the hash of the line before: a line was inserted, deleted or \
+         moved before this one (or the files are out of order){}",
+        if *at_boundary { " at this file boundary" } else { "" }
+    )]
+    PrevMismatch { at_boundary: bool },
+    #[error("seq {seq} does not follow {last}")]
+    SeqGap { seq: u64, last: u64 },
+    /// The first line is neither seq 1 nor a `rotate` entry.
+    #[error(
+        "the chain starts at seq {seq} with a {} entry: the lines before it are missing",
+        event.as_str()
+    )]
+    StartsLate { seq: u64, event: EventKind },
 }
 
 /// Reasons of `rotate` entries that start a new chain rather than continue one.
@@ -230,45 +274,38 @@ fn check_line(
     raw: &RawLine<'_>,
     starts_later_file: bool,
     report: &mut VerifyReport,
-) -> Result<(u64, String), String> {
+) -> Result<(u64, String), ChainError> {
     if !raw.terminated {
-        return Err("incomplete line (no newline at the end of the file)".into());
+        return Err(ChainError::Incomplete);
     }
     if raw.bytes.is_empty() {
-        return Err("empty line".into());
+        return Err(ChainError::Empty);
     }
     if raw.bytes.len() > MAX_LINE {
-        return Err(format!("line longer than {MAX_LINE} bytes"));
+        return Err(ChainError::TooLong);
     }
     let entry = check_line_form(key, raw.bytes)?;
     match (&report.last_hash, report.last_seq) {
         (Some(last_hash), Some(last_seq)) => {
             if starts_later_file && entry.event != EventKind::Rotate {
-                return Err("a file after the first must start with its rotate entry; \
-                     lines are missing or the files are out of order"
-                    .into());
+                return Err(ChainError::NoRotateEntry);
             }
             if entry.prev != *last_hash {
                 if let Some(reason) = restart_reason(entry.reason.as_deref()) {
-                    return Err(format!(
-                        "the chain was restarted here ({reason}: {}): the writer found the \
-                         log before it broken, so the entries before this line are not \
-                         vouched for; check the earlier file alone to see where it breaks",
-                        entry.detail.as_deref().unwrap_or("no detail")
-                    ));
+                    return Err(ChainError::Restarted {
+                        reason: reason.to_string(),
+                        detail: entry.detail,
+                    });
                 }
-                return Err(format!(
-                    "prev does not match the hash of the line before: a line was inserted, \
-                     deleted or moved before this one (or the files are out of order){}",
-                    if starts_later_file {
-                        " at this file boundary"
-                    } else {
-                        ""
-                    }
-                ));
+                return Err(ChainError::PrevMismatch {
+                    at_boundary: starts_later_file,
+                });
             }
             if entry.seq != last_seq.wrapping_add(1) {
-                return Err(format!("seq {} does not follow {last_seq}", entry.seq));
+                return Err(ChainError::SeqGap {
+                    seq: entry.seq,
+                    last: last_seq,
+                });
             }
         }
         _ => {
@@ -284,11 +321,10 @@ fn check_line(
             } else if entry.seq == 1 {
                 Start::Beginning
             } else {
-                return Err(format!(
-                    "the chain starts at seq {} with a {} entry: the lines before it are missing",
-                    entry.seq,
-                    entry.event.as_str()
-                ));
+                return Err(ChainError::StartsLate {
+                    seq: entry.seq,
+                    event: entry.event,
+                });
             };
             report.anchor = Some(entry.prev.clone());
             report.first_seq = Some(entry.seq);

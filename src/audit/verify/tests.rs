@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::audit::testutil::*;
-use crate::audit::with_rotated;
+use crate::audit::{with_rotated, LineError};
 use std::fs;
 use std::path::Path;
 
@@ -43,7 +43,10 @@ fn without_a_key_the_hash_chain_is_still_checked() {
     lines.remove(2);
     fs::write(&copy, lines.join("\n") + "\n").unwrap();
     match verify(&[copy], None, None, None) {
-        Err(VerifyError::Broken { line: 3, why, .. }) => assert!(why.contains("prev"), "{why}"),
+        Err(VerifyError::Broken { line: 3, why, .. }) => assert!(
+            matches!(why, ChainError::PrevMismatch { at_boundary: false }),
+            "{why}"
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -110,7 +113,14 @@ fn detects_edit_insert_delete_reorder() {
     put_lines(&log, &edited);
     let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None));
     assert_eq!(line, 3);
-    assert!(why.contains("MAC"), "{why}");
+    assert!(
+        matches!(why, ChainError::Line(LineError::MacMismatch)),
+        "{why}"
+    );
+    assert!(
+        why.to_string().starts_with("MAC mismatch"),
+        "the CLI's message"
+    );
 
     // Same content, different bytes (whitespace): not canonical.
     let mut spaced = orig.clone();
@@ -118,7 +128,10 @@ fn detects_edit_insert_delete_reorder() {
     put_lines(&log, &spaced);
     let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None));
     assert_eq!(line, 2);
-    assert!(why.contains("canonical"), "{why}");
+    assert!(
+        matches!(why, ChainError::Line(LineError::NotCanonical)),
+        "{why}"
+    );
 
     // Insert a copy of a valid line.
     let mut inserted = orig.clone();
@@ -149,13 +162,25 @@ fn detects_edit_insert_delete_reorder() {
     put_lines(&log, &deleted);
     let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None));
     assert_eq!(line, 3);
-    assert!(why.contains("prev"), "{why}");
+    assert!(matches!(why, ChainError::PrevMismatch { .. }), "{why}");
+    assert!(
+        why.to_string().starts_with("prev does not match"),
+        "the CLI's message"
+    );
 
     // Delete the first line: the chain no longer starts at seq 1.
     put_lines(&log, &orig[1..]);
-    assert_eq!(
-        broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None)).1,
-        1
+    let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None));
+    assert_eq!(line, 1);
+    assert!(
+        matches!(
+            why,
+            ChainError::StartsLate {
+                seq: 2,
+                event: EventKind::Open
+            }
+        ),
+        "{why}"
     );
 
     // Reorder two lines.
@@ -171,29 +196,28 @@ fn detects_edit_insert_delete_reorder() {
     let mut blank = orig.clone();
     blank.insert(2, String::new());
     put_lines(&log, &blank);
-    assert_eq!(
-        broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None)).1,
-        3
-    );
+    let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None));
+    assert_eq!(line, 3);
+    assert!(matches!(why, ChainError::Empty), "{why}");
     let mut garbage = orig.clone();
     garbage[5] = "\u{0}\u{ff}not json".into();
     put_lines(&log, &garbage);
-    assert_eq!(
-        broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None)).1,
-        6
-    );
+    let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None));
+    assert_eq!(line, 6);
+    assert!(matches!(why, ChainError::Line(LineError::Json(_))), "{why}");
 
     // The wrong key.
     put_lines(&log, &orig);
-    assert_eq!(
-        broken_at(verify(
-            std::slice::from_ref(&log),
-            Some(&[7u8; 32]),
-            None,
-            None
-        ))
-        .1,
-        1
+    let (_, line, why) = broken_at(verify(
+        std::slice::from_ref(&log),
+        Some(&[7u8; 32]),
+        None,
+        None,
+    ));
+    assert_eq!(line, 1);
+    assert!(
+        matches!(why, ChainError::Line(LineError::MacMismatch)),
+        "{why}"
     );
 }
 
@@ -232,5 +256,5 @@ fn truncated_tail_needs_a_recorded_hash() {
     fs::write(&log, &bytes[..bytes.len() - 10]).unwrap();
     let (_, line, why) = broken_at(verify(std::slice::from_ref(&log), Some(&k), None, None));
     assert_eq!(line, 5);
-    assert!(why.contains("incomplete"), "{why}");
+    assert!(matches!(why, ChainError::Incomplete), "{why}");
 }
