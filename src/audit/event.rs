@@ -134,7 +134,7 @@ impl Event {
 
     /// Sets `pid` and, where /proc tells (it may not, for a process that already exited or,
     /// without privileges, for another user's `exe`), `process` and `exe`.
-    pub fn process_of(mut self, pid: u32) -> Self {
+    fn process_of(mut self, pid: u32) -> Self {
         self.pid = Some(pid);
         self.process = system::process_comm(pid);
         self.exe = system::process_exe(pid);

@@ -114,13 +114,13 @@ impl Entry {
     }
 
     /// How many events the line stands for.
-    pub fn events(&self) -> u64 {
+    pub(crate) fn events(&self) -> u64 {
         self.count.unwrap_or(1)
     }
 
     /// The time of the newest event the line stands for: `last` of a counted line, else
     /// `time`.
-    pub fn latest_time(&self) -> Option<SystemTime> {
+    pub(crate) fn latest_time(&self) -> Option<SystemTime> {
         self.last
             .as_deref()
             .and_then(parse_time)

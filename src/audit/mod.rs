@@ -41,34 +41,38 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::CryptoError;
 
-pub use event::{open_flags_text, Decision, Event, EventKind};
-pub use files::{base_log, for_each_line, with_rotated, RawLine};
-pub use head::{head_path, read_head, HeadRecord};
-pub use key::{
-    default_key_path, default_paths, legacy_key_paths, log_id, read_trusted as read_key, state_dir,
-    Key, DEFAULT_STATE_DIR, KEY_DIR, STATE_DIR_ENV,
-};
-pub use line::{line_hash, parse_entry, verify_line, Entry, LineError, Span};
-pub use rotate::{default_max_size, DEFAULT_MAX_SIZE, MIN_DEFAULT_MAX_SIZE};
-pub use time::{format_time, parse_time};
+// What tests, fuzz targets and the vectors need is `pub`; the rest is for the crate only,
+// so that the compiler reports what nobody uses.
+pub use event::{Decision, Event, EventKind};
+pub use files::with_rotated;
+pub use head::HeadRecord;
+pub use key::{default_paths, legacy_key_paths, log_id, KEY_DIR, STATE_DIR_ENV};
+pub use line::{line_hash, parse_entry, verify_line, Entry, LineError};
 pub use verify::{verify, ChainError, HeadCheck, Start, VerifyError, VerifyReport};
 pub use writer::AuditLog;
 
+pub(crate) use files::{base_log, for_each_line};
+pub(crate) use head::{head_path, read_head};
+pub(crate) use key::{default_key_path, read_trusted as read_key, Key};
+pub(crate) use rotate::MIN_DEFAULT_MAX_SIZE;
+pub(crate) use time::format_time;
+pub(crate) use time::parse_time;
+
 /// Length of the audit key in bytes.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 /// How many rotated files (`LOG.1` … `LOG.N`) are kept.
-pub const KEEP_ROTATED: u32 = 5;
+pub(crate) const KEEP_ROTATED: u32 = 5;
 /// The longest line `verify` and `open` accept; string fields are cut to [`MAX_FIELD`] bytes
 /// when written, so real lines stay far below this.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// String fields longer than this are truncated (at a character boundary) when recorded.
-pub const MAX_FIELD: usize = 4096;
+pub(crate) const MAX_FIELD: usize = 4096;
 /// Entries are synced to disk at least this often; counted lines that are due are written
 /// at the same pace.
-pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Name of the default log, in `STORE/.tvault/`.
-pub const DEFAULT_LOG_NAME: &str = "audit.jsonl";
+pub(crate) const DEFAULT_LOG_NAME: &str = "audit.jsonl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -138,7 +142,7 @@ pub enum AuditError {
     Crypto(#[from] CryptoError),
 }
 
-pub(crate) fn io_err(path: &Path) -> impl Fn(io::Error) -> AuditError + '_ {
+pub(super) fn io_err(path: &Path) -> impl Fn(io::Error) -> AuditError + '_ {
     move |source| AuditError::Io {
         path: path.to_path_buf(),
         source,

@@ -22,7 +22,8 @@ use super::head::Head;
 use super::line::signed_line;
 use super::open::{self, log_dir, open_dir};
 use super::rotate::{default_max_size, RotateReason};
-use super::{io_err, key, line_hash, AuditError, Entry, Event, Span, SYNC_INTERVAL};
+use super::line::Span;
+use super::{io_err, key, line_hash, AuditError, Entry, Event, SYNC_INTERVAL};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Limits {
@@ -105,7 +106,7 @@ impl AuditLog {
 
     /// Like `open`, with the log's directory already open as `dir` (for a log inside the
     /// store: opened through the store gate, so that no link there is followed).
-    pub fn open_in(
+    pub(crate) fn open_in(
         dir: OwnedFd,
         path: &Path,
         key_path: &Path,
@@ -190,13 +191,13 @@ impl AuditLog {
 
     /// Writes every count still pending now, whatever the budgets (the daemon calls this
     /// before its `unmount` entry).
-    pub fn write_pending(&self) -> Result<(), AuditError> {
+    pub(crate) fn write_pending(&self) -> Result<(), AuditError> {
         self.shared.write_pending()
     }
 
     /// Starts a new file now (the daemon calls this on SIGHUP). Does nothing if the current
     /// file is empty.
-    pub fn rotate(&self) -> Result<(), AuditError> {
+    pub(crate) fn rotate(&self) -> Result<(), AuditError> {
         let mut st = lock(&self.shared.state);
         if st.file.is_none() {
             return Err(AuditError::Closed);
@@ -242,18 +243,18 @@ impl AuditLog {
     }
 
     /// Entries this `AuditLog` wrote since it was opened (rotation entries included).
-    pub fn entries_written(&self) -> u64 {
+    pub(crate) fn entries_written(&self) -> u64 {
         lock(&self.shared.state).entries_written
     }
 
     /// Events counted into counted or `suppressed` lines instead of lines of their own,
     /// since open.
-    pub fn events_coalesced(&self) -> u64 {
+    pub(crate) fn events_coalesced(&self) -> u64 {
         lock(&self.shared.state).coalescer.folded()
     }
 
     /// Time of the newest entry in the log (read from the file at open, if it had one).
-    pub fn last_entry_time(&self) -> Option<SystemTime> {
+    pub(crate) fn last_entry_time(&self) -> Option<SystemTime> {
         lock(&self.shared.state).last_time
     }
 
@@ -263,16 +264,11 @@ impl AuditLog {
         lock(&self.shared.state).last_hash.clone()
     }
 
-    /// `seq` of the newest entry (0 if none).
-    pub fn last_seq(&self) -> u64 {
-        lock(&self.shared.state).seq
-    }
-
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.shared.path
     }
 
-    pub fn key_path(&self) -> &Path {
+    pub(crate) fn key_path(&self) -> &Path {
         &self.shared.key_path
     }
 }
