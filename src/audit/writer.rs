@@ -19,10 +19,9 @@ use std::time::{Instant, SystemTime};
 
 use super::coalesce::{self, Admit, Coalescer, Due};
 use super::head::Head;
-use super::line::signed_line;
+use super::line::{signed_line, Span};
 use super::open::{self, log_dir, open_dir};
 use super::rotate::{default_max_size, RotateReason};
-use super::line::Span;
 use super::{io_err, key, line_hash, AuditError, Entry, Event, SYNC_INTERVAL};
 
 #[derive(Debug, Clone, Copy)]
