@@ -98,7 +98,7 @@ pub struct Event {
     pub path: Option<String>,
     /// The new path of a `rename`.
     pub target: Option<String>,
-    /// Open flags as text, see [`open_flags_text`].
+    /// Open flags as text, see `open_flags_text`.
     pub flags: Option<String>,
     pub decision: Option<Decision>,
     /// Stable reason code: `locked`, `no-key-slot`, `no-keyring`, `integrity`,
@@ -141,7 +141,7 @@ impl Event {
         self
     }
 
-    /// Sets `pid` only (see [`Event::process_of`] to fill `process` and `exe` too).
+    /// Sets `pid` only (see [`Event::from_pid`] to fill `process` and `exe` too).
     pub fn pid(mut self, pid: u32) -> Self {
         self.pid = Some(pid);
         self
@@ -167,7 +167,7 @@ impl Event {
         self
     }
 
-    /// Open flags as passed to open(2) / by FUSE; stored as text (see [`open_flags_text`]).
+    /// Open flags as passed to open(2) / by FUSE; stored as text (see `open_flags_text`).
     pub fn open_flags(mut self, flags: i32) -> Self {
         self.flags = Some(open_flags_text(flags));
         self

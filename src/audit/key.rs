@@ -71,7 +71,7 @@ fn canonical_log(log: &Path) -> PathBuf {
 }
 
 /// The id of a log (which names its default key): 32 hex digits of the SHA-256 of its path
-/// as [`canonical_log`] makes it. Moving the log (or the store holding it) changes the id.
+/// as `canonical_log` makes it. Moving the log (or the store holding it) changes the id.
 pub fn log_id(log: &Path) -> String {
     let digest = crypto::sha256(canonical_log(log).as_os_str().as_bytes());
     hex::encode(&digest[..16])
@@ -85,7 +85,7 @@ pub fn default_key_path(log: &Path) -> PathBuf {
 }
 
 /// `(log, key)` for a store: the log is `STORE/.tvault/audit.jsonl`, or `log` when given
-/// (`--audit-log FILE`); the key is that log's [`default_key_path`] (an explicit
+/// (`--audit-log FILE`); the key is that log's `default_key_path` (an explicit
 /// `--audit-key` overrides it).
 pub fn default_paths(store_root: &Path, log: Option<&Path>) -> (PathBuf, PathBuf) {
     let log = log.map_or_else(

@@ -55,8 +55,7 @@ pub(crate) use files::{base_log, for_each_line};
 pub(crate) use head::{head_path, read_head};
 pub(crate) use key::{default_key_path, read_trusted as read_key, Key};
 pub(crate) use rotate::MIN_DEFAULT_MAX_SIZE;
-pub(crate) use time::format_time;
-pub(crate) use time::parse_time;
+pub(crate) use time::{format_time, parse_time};
 
 /// Length of the audit key in bytes.
 pub(crate) const KEY_LEN: usize = 32;

@@ -21,7 +21,7 @@ pub enum Start {
     /// Seq 1 under a fresh log id: nothing is missing before it.
     Beginning,
     /// A `rotate` entry whose previous file was not given: rotated out (only
-    /// [`KEEP_ROTATED`] files are kept), or not passed (`--rotated`). The entries before
+    /// `KEEP_ROTATED` files are kept), or not passed (`--rotated`). The entries before
     /// `seq` are not checked.
     Rotated { seq: u64 },
     /// The writer found the chain before this one broken (`reason`: `corrupt-tail`,

@@ -93,7 +93,7 @@ impl AuditLog {
     /// Opens (creating, mode 0600) the log at `path` for appending, with the key at
     /// `key_path` (created if absent, with its directory; refused unless it passes the
     /// writer's rules, see `key`) and its head record beside it. The log rotates before a
-    /// line would take it past `max_size` bytes (default: [`default_max_size`]). See the
+    /// line would take it past `max_size` bytes (default: `default_max_size`). See the
     /// module documentation for what happens to a log that does not verify.
     pub fn open(
         path: &Path,
