@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::files::{open_for_reading, read_last_line, rotated_name, with_rotated};
 use super::head::HeadRecord;
 use super::key;
-use super::rotate::{fresh_log_id, rotate_event, RotateReason};
+use super::rotate::{fresh_anchor, rotate_event, RotateReason};
 use super::writer::{Shared, State};
 use super::{io_err, line_hash, verify_line, AuditError, Entry, EventKind, KEEP_ROTATED};
 use crate::system::{euid, free_space};
@@ -238,7 +238,7 @@ pub(super) fn take_over(
             }
         }
     } else {
-        st.last_hash = fresh_log_id()?;
+        st.last_hash = fresh_anchor()?;
     }
     st.file = Some(Arc::new(file));
     Ok(problem)
@@ -261,7 +261,7 @@ impl Shared {
         );
         st.seq = stored;
         if reason == RotateReason::MissingLog {
-            st.last_hash = fresh_log_id()?;
+            st.last_hash = fresh_anchor()?;
             st.opening = Some(rotate_event(reason, why));
             Ok(())
         } else {

@@ -63,14 +63,15 @@ pub(super) fn rotate_event(reason: RotateReason, detail: String) -> Event {
         .detail(detail)
 }
 
-pub(super) fn fresh_log_id() -> Result<String, AuditError> {
+/// The `prev` of a new chain's first line: 32 random bytes, in hex.
+pub(super) fn fresh_anchor() -> Result<String, AuditError> {
     Ok(hex::encode(crypto::random_array::<32>()?))
 }
 
 impl Shared {
     /// Shifts `LOG.N` up, renames `LOG` to `LOG.1` and opens a new `LOG`, whose first line
     /// will be a `rotate` entry ([`Shared::write_opening`]) linked to the old file's last
-    /// hash, or for a corrupt tail to a fresh log id, since the old chain's end cannot be
+    /// hash, or for a corrupt tail to a fresh anchor, since the old chain's end cannot be
     /// trusted.
     pub(super) fn switch_file(
         &self,
@@ -120,7 +121,7 @@ impl Shared {
             if let Some(why) = &st.broken_tail {
                 detail = format!("previous file: {} ({why})", first.display());
             }
-            st.last_hash = fresh_log_id()?;
+            st.last_hash = fresh_anchor()?;
         }
         st.file = Some(Arc::new(new));
         st.size = 0;

@@ -18,7 +18,7 @@ use super::{line_hash, EventKind, MAX_LINE};
 pub enum Start {
     /// No entries at all.
     Empty,
-    /// Seq 1 under a fresh log id: nothing is missing before it.
+    /// Seq 1 under a fresh anchor: nothing is missing before it.
     Beginning,
     /// A `rotate` entry whose previous file was not given: rotated out (only
     /// `KEEP_ROTATED` files are kept), or not passed (`--rotated`). The entries before
@@ -61,7 +61,8 @@ pub struct VerifyReport {
     pub last_seq: Option<u64>,
     /// Hash of the last line; `None` if there were no entries.
     pub last_hash: Option<String>,
-    /// The `prev` of the first entry: the log id, or the last hash of a file not given.
+    /// The `prev` of the first entry: a chain's random anchor, or the last hash of a file not
+    /// given.
     pub anchor: Option<String>,
     /// Where the expected hash was found (file, line), if one was given.
     pub expected_at: Option<(PathBuf, u64)>,

@@ -35,7 +35,7 @@ pub(super) struct State {
     pub(super) file: Option<Arc<File>>,
     /// Seq of the last entry (0: none yet).
     pub(super) seq: u64,
-    /// The hash the next entry links to: the last line's hash, or the log id.
+    /// The hash the next entry links to: the last line's hash, or a new chain's anchor.
     pub(super) last_hash: String,
     /// Bytes in the current file.
     pub(super) size: u64,
@@ -258,7 +258,7 @@ impl AuditLog {
     }
 
     /// Hex hash of the newest line (what the next entry's `prev` will be); for a log without
-    /// entries yet, its random log id.
+    /// entries yet, its random anchor.
     pub fn last_hash(&self) -> String {
         lock(&self.shared.state).last_hash.clone()
     }
