@@ -91,6 +91,35 @@ fn hkdf_expand(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; KEY_LE
     out
 }
 
+/// HMAC-SHA256 keyed with `key`.
+fn hmac(key: &[u8]) -> Hmac<Sha256> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
+}
+
+/// HMAC-SHA256 of `data` under `key` (of any length).
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
+    let mut mac = hmac(key);
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks `expected` against the HMAC-SHA256 of `data` under `key`, in constant time; a tag
+/// of any other length than [`MAC_LEN`] fails.
+pub fn hmac_sha256_verify(key: &[u8], data: &[u8], expected: &[u8]) -> Result<(), CryptoError> {
+    let mut mac = hmac(key);
+    mac.update(data);
+    mac.verify_slice(expected)
+        .map_err(|_| CryptoError::Authentication)
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
 /// Per-file keys derived from the data key and the file id: one for chunk AEAD, one for the
 /// header MAC. Deriving both from the data key is what makes the header MAC a commitment to it.
 /// Chunks use AWS-LC's AES-256-GCM-SIV (the hot path); AWS-LC wipes the key schedule when
@@ -198,10 +227,7 @@ impl FileKeys {
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        match <Hmac<Sha256> as Mac>::new_from_slice(self.mac_key.as_ref()) {
-            Ok(mac) => mac,
-            Err(_) => unreachable!("HMAC accepts keys of any length"),
-        }
+        hmac(self.mac_key.as_ref())
     }
 
     /// HMAC-SHA256 over the concatenation of `parts`.
@@ -246,7 +272,7 @@ impl PublicKey {
 
     /// Short, human-comparable fingerprint: the first 16 bytes of SHA-256, hex in groups of 4.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.as_bytes());
+        let digest = sha256(self.as_bytes());
         let hex = hex::encode(&digest[..16]);
         hex.as_bytes()
             .chunks(4)
@@ -492,6 +518,33 @@ mod tests {
 
     fn keys() -> FileKeys {
         FileKeys::derive(&SecretKey::from_bytes([7; 32]), &[9; FILE_ID_LEN])
+    }
+
+    /// RFC 4231 test case 2 (a key shorter than the block) and the FIPS 180-2 "abc" digest.
+    #[test]
+    fn hmac_and_sha256_known_answers() {
+        let tag = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(tag),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        hmac_sha256_verify(b"Jefe", b"what do ya want for nothing?", &tag).unwrap();
+        let mut wrong = tag;
+        wrong[31] ^= 1;
+        for bad in [&wrong[..], &tag[..31], &[][..]] {
+            assert_eq!(
+                hmac_sha256_verify(b"Jefe", b"what do ya want for nothing?", bad),
+                Err(CryptoError::Authentication)
+            );
+        }
+        assert_eq!(
+            hmac_sha256_verify(b"Jeff", b"what do ya want for nothing?", &tag),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            hex::encode(sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -344,9 +344,7 @@ impl DaemonControl {
 
 impl Handler for DaemonControl {
     fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
-        let comm = crate::audit::process_info(peer.pid as u32)
-            .0
-            .unwrap_or_default();
+        let comm = crate::system::process_comm(peer.pid as u32).unwrap_or_default();
         match request {
             Request::Unlock { passphrase } => {
                 let result =

@@ -1,9 +1,9 @@
 //! tensorvault: an encrypted store for model weights, mounted with FUSE for per-user access.
 //!
 //! Layers, lowest first (a module only imports the ones before it):
-//! `crypto`, `safetensors`, `fsutil` → `container`, `keyring` → `store` → `audit`, `access`,
-//! `fsck` → `fs` (the filesystem core) → `fuse` (its `fuser` adapter), `control` → `daemon` →
-//! `cli`. `sync` (lock helpers) is used by all.
+//! `crypto`, `safetensors`, `fsutil`, `sync`, `system` → `container`, `keyring` → `store` →
+//! `audit`, `access`, `fsck` → `fs` (the filesystem core), `control` → `fuse` (its `fuser`
+//! adapter) → `daemon` → `cli`.
 //! See docs/ARCHITECTURE.md.
 
 pub mod access;
@@ -21,3 +21,4 @@ pub mod keyring;
 pub mod safetensors;
 pub mod store;
 pub(crate) mod sync;
+pub(crate) mod system;

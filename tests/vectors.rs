@@ -1,4 +1,5 @@
-//! Known-answer vectors for the `.tvlt` container and the keyring file (docs/FORMAT.md).
+//! Known-answer vectors for the `.tvlt` container, the keyring file and the audit log
+//! (docs/FORMAT.md).
 //!
 //! The code draws file ids, nonces and ephemeral keys from the operating system, so vectors
 //! cannot be recomputed, only checked. They were written once by the ignored generator below
@@ -12,7 +13,10 @@
 //! through `reference`, an independent reader written from docs/FORMAT.md with nothing but the
 //! primitives (X25519, HKDF-SHA256, HMAC-SHA256, AES-256-GCM-SIV, Argon2id). The reference
 //! also recomputes every recorded intermediate value (ECDH output, HKDF outputs, AADs, MAC),
-//! so a mismatch between the document and the code fails here.
+//! so a mismatch between the document and the code fails here. The audit log in
+//! `tests/vectors/audit/` is checked the same way: `audit_reference` rebuilds every line's
+//! bytes, MAC and link from the document, and the crate's verifier must accept the log and
+//! refuse every one-byte change of it.
 
 use std::fs;
 use std::io::Cursor;
@@ -610,6 +614,13 @@ fn no_orphan_vector_files() {
                 }
             }
             Some("keyring") => referenced.push(v["keyring_file"].as_str().unwrap().to_string()),
+            Some("audit") => {
+                for f in v["files"].as_array().unwrap() {
+                    referenced.push(f.as_str().unwrap().to_string());
+                }
+                referenced.push(v["key_file"].as_str().unwrap().to_string());
+                referenced.push(v["head_file"].as_str().unwrap().to_string());
+            }
             other => panic!("{p:?}: unknown vector type {other:?}"),
         }
     }
@@ -650,6 +661,315 @@ fn store_json_format() {
         "{\n  \"format\": \"tensorvault-store\",\n  \"version\": 1,\n  \"chunk_size\": 8192\n}\n"
     );
     assert!(dir.path().join(".tvault/users").is_dir());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit log (docs/FORMAT.md, "Audit log")
+// ---------------------------------------------------------------------------------------------
+
+/// An independent reader of audit lines, written from docs/FORMAT.md: it shares no code with
+/// `src/audit`, only the primitives (HMAC-SHA256, SHA-256) and a JSON parser to pick the
+/// members out; the bytes are rebuilt by hand from the rules in the document.
+mod audit_reference {
+    use hmac::{Hmac, Mac};
+    use serde_json::{Map, Value};
+    use sha2::{Digest, Sha256};
+
+    /// Every member a line may have, in the order it is written.
+    pub const FIELDS: [&str; 19] = [
+        "time", "seq", "event", "uid", "user", "pid", "process", "exe", "path", "target", "flags",
+        "decision", "reason", "detail", "count", "first", "last", "prev", "mac",
+    ];
+    pub const REQUIRED: [&str; 5] = ["time", "seq", "event", "prev", "mac"];
+    const U32: [&str; 2] = ["uid", "pid"];
+    const U64: [&str; 2] = ["seq", "count"];
+    pub const EVENTS: [&str; 20] = [
+        "open",
+        "unlock",
+        "unlock-failed",
+        "lock",
+        "grant",
+        "revoke",
+        "integrity-failure",
+        "mount",
+        "unmount",
+        "create",
+        "write-open",
+        "rename",
+        "unlink",
+        "mkdir",
+        "rmdir",
+        "truncate",
+        "set-times",
+        "xattr",
+        "rotate",
+        "suppressed",
+    ];
+
+    /// A JSON string as the format writes it: `"` `\` and the control characters escaped,
+    /// everything else as its UTF-8 bytes.
+    fn string(s: &str, out: &mut Vec<u8>) {
+        out.push(b'"');
+        for c in s.chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '\u{08}' => out.extend_from_slice(b"\\b"),
+                '\u{0c}' => out.extend_from_slice(b"\\f"),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                c if u32::from(c) < 0x20 => {
+                    out.extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes())
+                }
+                c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        out.push(b'"');
+    }
+
+    /// The line holding `members`, with or without its `mac` (without: the MAC input).
+    pub fn encode(members: &Map<String, Value>, with_mac: bool) -> Result<Vec<u8>, String> {
+        let mut out = vec![b'{'];
+        for name in FIELDS {
+            let Some(value) = members.get(name) else {
+                continue;
+            };
+            if name == "mac" && !with_mac {
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            string(name, &mut out);
+            out.push(b':');
+            if U32.contains(&name) || U64.contains(&name) {
+                let n = value
+                    .as_u64()
+                    .ok_or(format!("{name} is not an unsigned integer"))?;
+                if U32.contains(&name) && n > u64::from(u32::MAX) {
+                    return Err(format!("{name} does not fit 32 bits"));
+                }
+                out.extend_from_slice(n.to_string().as_bytes());
+            } else {
+                string(
+                    value.as_str().ok_or(format!("{name} is not a string"))?,
+                    &mut out,
+                );
+            }
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+
+    pub fn mac(key: &[u8], canonical: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+        mac.update(canonical);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    pub fn hash(line: &[u8]) -> String {
+        hex::encode(Sha256::digest(line))
+    }
+
+    pub fn is_hex64(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    pub fn is_written_time(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() == 24
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                4 | 7 => c == b'-',
+                10 => c == b'T',
+                13 | 16 => c == b':',
+                19 => c == b'.',
+                23 => c == b'Z',
+                _ => c.is_ascii_digit(),
+            })
+    }
+}
+
+fn audit_files(v: &Value) -> Vec<PathBuf> {
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| vectors_dir().join(f.as_str().unwrap()))
+        .collect()
+}
+
+/// The log in tests/vectors/audit/, checked line by line from the document, then through the
+/// crate's verifier, which must accept it and refuse every one-byte change of it.
+#[test]
+fn audit_vector() {
+    use audit_reference as r;
+    let vectors = vectors_of_type("audit");
+    assert_eq!(vectors.len(), 1);
+    let v = &vectors[0];
+    let key_text = fs::read_to_string(vectors_dir().join(v["key_file"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        key_text,
+        format!("{}\n", v["key"].as_str().unwrap()),
+        "key file layout"
+    );
+    let key = unhex::<32>(&v["key"]);
+    let files = audit_files(v);
+    let expected_lines = v["lines"].as_array().unwrap();
+
+    // (a) Every line, its MAC and its link, from the document alone.
+    let mut last: Option<(u64, String)> = None;
+    let (mut events, mut n) = (0u64, 0usize);
+    let (mut counted, mut rotated, mut escaped) = (false, false, false);
+    for (index, file) in files.iter().enumerate() {
+        let bytes = fs::read(file).unwrap();
+        let body = bytes
+            .strip_suffix(b"\n")
+            .expect("a file ends with a newline");
+        for (number, line) in body.split(|&b| b == b'\n').enumerate() {
+            let what = format!("{}, line {}", file.display(), number + 1);
+            let members: serde_json::Map<String, Value> =
+                serde_json::from_slice(line).unwrap_or_else(|e| panic!("{what}: {e}"));
+            for name in members.keys() {
+                assert!(r::FIELDS.contains(&name.as_str()), "{what}: member {name}");
+            }
+            for name in r::REQUIRED {
+                assert!(members.contains_key(name), "{what}: no {name}");
+            }
+            let rebuilt = r::encode(&members, true).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&rebuilt),
+                String::from_utf8_lossy(line),
+                "{what}: not canonical"
+            );
+            let canonical = r::encode(&members, false).unwrap();
+            assert_eq!(
+                members["mac"],
+                r::mac(&key, &canonical).as_str(),
+                "{what}: MAC"
+            );
+            assert!(
+                r::EVENTS.contains(&members["event"].as_str().unwrap()),
+                "{what}"
+            );
+            if let Some(d) = members.get("decision") {
+                assert!(d == "allow" || d == "deny", "{what}");
+            }
+            for t in ["time", "first", "last"] {
+                if let Some(t) = members.get(t) {
+                    assert!(r::is_written_time(t.as_str().unwrap()), "{what}: {t}");
+                }
+            }
+            let seq = members["seq"].as_u64().unwrap();
+            let prev = members["prev"].as_str().unwrap();
+            assert!(r::is_hex64(prev) && r::is_hex64(members["mac"].as_str().unwrap()));
+            match &last {
+                None => {
+                    assert_eq!(seq, 1, "{what}: a new log starts at seq 1");
+                    assert_eq!(prev, v["anchor"], "{what}: the anchor");
+                }
+                Some((last_seq, last_hash)) => {
+                    assert_eq!(seq, last_seq + 1, "{what}: seq");
+                    assert_eq!(
+                        prev, last_hash,
+                        "{what}: prev is the hash of the line before"
+                    );
+                }
+            }
+            if index > 0 && number == 0 {
+                assert_eq!(
+                    members["event"], "rotate",
+                    "{what}: a later file opens with rotate"
+                );
+                assert_eq!(members["reason"], "max-size");
+                let previous = members["detail"].as_str().unwrap();
+                assert!(previous.starts_with("previous file: "), "{what}");
+                rotated = true;
+            }
+            if let Some(count) = members.get("count") {
+                assert!(members.contains_key("first") && members.contains_key("last"));
+                events += count.as_u64().unwrap();
+                counted = true;
+            } else {
+                events += 1;
+            }
+            escaped |= [
+                &b"\\t"[..],
+                b"\\u0001",
+                b"\\\"",
+                b"\\\\",
+                "é".as_bytes(),
+                b"\x7f",
+            ]
+            .iter()
+            .all(|needle| line.windows(needle.len()).any(|w| w == *needle));
+            let hash = r::hash(line);
+            let e = &expected_lines[n];
+            assert_eq!(
+                (e["seq"].as_u64(), e["hash"].as_str(), e["mac"].as_str()),
+                (Some(seq), Some(hash.as_str()), members["mac"].as_str()),
+                "{what}: audit.json"
+            );
+            n += 1;
+            last = Some((seq, hash));
+        }
+    }
+    assert!(
+        counted && rotated && escaped,
+        "the vector covers counted lines, rotation, escapes"
+    );
+    let (last_seq, last_hash) = last.unwrap();
+    assert_eq!(
+        (n, events),
+        (expected_lines.len(), v["events"].as_u64().unwrap())
+    );
+    let head = fs::read(vectors_dir().join(v["head_file"].as_str().unwrap())).unwrap();
+    let record = format!("{{\"seq\":{last_seq},\"hash\":\"{last_hash}\"}}");
+    assert_eq!(head.len(), 128, "head record layout");
+    assert_eq!(&head[..record.len()], record.as_bytes());
+    assert!(head[record.len()..127].iter().all(|&b| b == b' ') && head[127] == b'\n');
+
+    // (b) The crate's verifier agrees, with the key and the head record.
+    use tensorvault::audit::{verify, HeadCheck, HeadRecord, Start};
+    let head = HeadRecord {
+        seq: last_seq,
+        hash: last_hash.clone(),
+    };
+    let report = verify(&files, Some(&key), Some(&last_hash), Some(&head)).unwrap();
+    assert_eq!(report.entries, n as u64);
+    assert_eq!(report.events, events);
+    assert_eq!(report.start, Start::Beginning);
+    assert_eq!(report.head, HeadCheck::Matched { seq: last_seq });
+    assert_eq!(report.anchor.as_deref(), v["anchor"].as_str());
+    assert!(
+        verify(&files, Some(&[0x55; 32]), None, None).is_err(),
+        "the wrong key"
+    );
+    // ...and refuses every one-byte change, even without the head record's help.
+    let tmp = tempfile::tempdir().unwrap();
+    let copies: Vec<PathBuf> = files
+        .iter()
+        .map(|f| tmp.path().join(f.file_name().unwrap()))
+        .collect();
+    for (file, copy) in files.iter().zip(&copies) {
+        fs::copy(file, copy).unwrap();
+    }
+    verify(&copies, Some(&key), None, None).unwrap();
+    for (file, copy) in files.iter().zip(&copies) {
+        let bytes = fs::read(file).unwrap();
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 0x01;
+            fs::write(copy, &changed).unwrap();
+            assert!(
+                verify(&copies, Some(&key), None, None).is_err(),
+                "{} with byte {i} changed was accepted",
+                file.display()
+            );
+        }
+        fs::write(copy, &bytes).unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1235,4 +1555,155 @@ fn generate() {
             "private_key": hex::encode(alice.scalar),
         }),
     );
+    write_audit_vectors(&dir);
+}
+
+/// Rewrites only the audit vectors (`generate` rewrites them with everything else).
+#[test]
+#[ignore = "rewrites tests/vectors/audit*; run with `cargo test --test vectors -- --ignored --exact rewrite_audit_vectors`"]
+fn rewrite_audit_vectors() {
+    write_audit_vectors(&vectors_dir());
+}
+
+/// Writes tests/vectors/audit/ with the crate's own writer: a fixed key (bytes 0 to 31), a few
+/// events with fixed process fields, a rotation by size, and a counted line written at close.
+/// The time stamps, the anchor and the rotate entry's process are whatever they are when this
+/// runs, so the vector is checked, not regenerated.
+fn write_audit_vectors(dir: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use tensorvault::audit::{AuditLog, Event, EventKind};
+
+    let work = std::env::temp_dir().join("tvault-audit-vectors");
+    if work.exists() {
+        fs::remove_dir_all(&work).unwrap();
+    }
+    fs::DirBuilder::new().mode(0o700).create(&work).unwrap();
+    let key: Vec<u8> = (0u8..32).collect();
+    let key_path = work.join("audit.key");
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .unwrap()
+        .write_all(format!("{}\n", hex::encode(&key)).as_bytes())
+        .unwrap();
+    let log = work.join("audit.jsonl");
+    let by = |e: Event, pid: u32, process: &str, exe: &str| Event {
+        pid: Some(pid),
+        process: Some(process.into()),
+        exe: Some(exe.into()),
+        ..e
+    };
+    let tvault = "/usr/local/bin/tvault";
+    let python = "/usr/bin/python3.11";
+    // Four lines fit in the first file, the rest in the second.
+    let audit = AuditLog::open(&log, &key_path, Some(1600)).unwrap();
+    let events = [
+        by(
+            Event::new(EventKind::Mount).uid(0).detail("/mnt/models"),
+            4000,
+            "tvault",
+            tvault,
+        ),
+        by(
+            Event::new(EventKind::Unlock)
+                .uid(1001)
+                .user("alice")
+                .allow(),
+            4000,
+            "tvault",
+            tvault,
+        ),
+        by(
+            Event {
+                flags: Some("O_RDONLY|O_LARGEFILE".into()),
+                ..Event::new(EventKind::Open)
+                    .uid(1001)
+                    .user("alice")
+                    .path("m/model.safetensors")
+                    .allow()
+            },
+            4100,
+            "python3",
+            python,
+        ),
+        by(
+            Event::new(EventKind::Rename)
+                .uid(1001)
+                .user("alice")
+                .path("m/a.bin")
+                .target("m/b \"odd\"\\name\t\u{1}é\u{7f}.bin")
+                .allow(),
+            4101,
+            "mv",
+            "/usr/bin/mv",
+        ),
+    ];
+    for e in &events {
+        audit.record(e).unwrap();
+    }
+    // Three identical denials: the first gets a line, the other two a counted line at close.
+    for pid in [4200, 4201, 4202] {
+        let denied = Event::new(EventKind::Open)
+            .uid(1002)
+            .user("bob")
+            .path("m/model.safetensors")
+            .deny("no-key-slot");
+        audit
+            .record(&by(denied, pid, "cat", "/usr/bin/cat"))
+            .unwrap();
+    }
+    audit
+        .record(&Event::new(EventKind::Lock).uid(1001).user("alice"))
+        .unwrap();
+    audit.close().unwrap();
+    assert!(!work.join("audit.jsonl.2").exists(), "one rotation only");
+
+    let out = dir.join("audit");
+    fs::create_dir_all(&out).unwrap();
+    let names = [
+        "audit.jsonl.1",
+        "audit.jsonl",
+        "audit.key",
+        "audit.key.head",
+    ];
+    for name in names {
+        fs::copy(work.join(name), out.join(name)).unwrap();
+    }
+    let mut lines = Vec::new();
+    let mut anchor = None;
+    let mut events = 0;
+    for name in &names[..2] {
+        let text = fs::read_to_string(out.join(name)).unwrap();
+        for line in text.lines() {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            anchor.get_or_insert_with(|| entry["prev"].clone());
+            events += entry["count"].as_u64().unwrap_or(1);
+            lines.push(json!({
+                "file": format!("audit/{name}"),
+                "seq": entry["seq"],
+                "event": entry["event"],
+                "hash": sha256_hex(line.as_bytes()),
+                "mac": entry["mac"],
+            }));
+        }
+    }
+    write_json(
+        "audit.json",
+        &json!({
+            "type": "audit",
+            "description": "an audit log rotated once by size (max_size 1600), with a counted \
+                line and a path that needs JSON escapes, under the key 000102…1f",
+            "key": hex::encode(&key),
+            "key_file": "audit/audit.key",
+            "files": ["audit/audit.jsonl.1", "audit/audit.jsonl"],
+            "head_file": "audit/audit.key.head",
+            "anchor": anchor,
+            "events": events,
+            "lines": lines,
+        }),
+    );
+    fs::remove_dir_all(&work).unwrap();
 }

@@ -26,7 +26,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Decision, Event, EventKind, Span};
+use super::line::Span;
+use super::{Decision, Event, EventKind};
 
 /// Reason code of a `suppressed` line.
 pub const SUPPRESSED_REASON: &str = "over-budget";

@@ -20,13 +20,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{io_err, AuditError, DEFAULT_LOG_NAME, KEY_LEN};
 use crate::crypto;
 use crate::fsutil;
+use crate::system::euid;
 
 /// Environment variable naming the state directory (the audit keys live in its `audit-keys/`).
 pub const STATE_DIR_ENV: &str = "TVAULT_STATE_DIR";
@@ -72,9 +71,9 @@ fn canonical_log(log: &Path) -> PathBuf {
 }
 
 /// The id of a log (which names its default key): 32 hex digits of the SHA-256 of its path
-/// as [`canonical_log`] makes it. Moving the log (or the store holding it) changes the id.
+/// as `canonical_log` makes it. Moving the log (or the store holding it) changes the id.
 pub fn log_id(log: &Path) -> String {
-    let digest = Sha256::digest(canonical_log(log).as_os_str().as_bytes());
+    let digest = crypto::sha256(canonical_log(log).as_os_str().as_bytes());
     hex::encode(&digest[..16])
 }
 
@@ -86,7 +85,7 @@ pub fn default_key_path(log: &Path) -> PathBuf {
 }
 
 /// `(log, key)` for a store: the log is `STORE/.tvault/audit.jsonl`, or `log` when given
-/// (`--audit-log FILE`); the key is that log's [`default_key_path`] (an explicit
+/// (`--audit-log FILE`); the key is that log's `default_key_path` (an explicit
 /// `--audit-key` overrides it).
 pub fn default_paths(store_root: &Path, log: Option<&Path>) -> (PathBuf, PathBuf) {
     let log = log.map_or_else(
@@ -113,25 +112,15 @@ pub fn legacy_key_paths(log: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The head record kept beside a key: the key's path with `.head` appended.
-pub fn head_path(key: &Path) -> PathBuf {
-    suffixed(key, ".head")
-}
-
 pub(super) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
 }
 
-pub(super) fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
-
 /// Who may own the key and its directories, and which permission bits are refused.
 #[derive(Clone, Copy)]
-enum Trust {
+pub(super) enum Trust {
     /// The writer: owned by the effective uid, no group or other bits.
     Writer,
     /// The verifier: owned by the caller or root, not writable by group or others.
@@ -181,24 +170,18 @@ fn check_dirs(dir: &Path) -> Result<(), AuditError> {
 fn check_dir(d: &Path, meta: &fs::Metadata, holds_the_key: bool) -> Result<(), AuditError> {
     let me = euid();
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(AuditError::KeyDir {
+        return Err(AuditError::KeyDirOwner {
             path: d.to_path_buf(),
-            why: format!(
-                "it is owned by uid {}, who could replace the key (chown it to uid {me} or root)",
-                meta.uid()
-            ),
+            owner: meta.uid(),
+            me,
         });
     }
     let mode = meta.permissions().mode();
     let sticky = mode & libc::S_ISVTX != 0;
     if mode & 0o022 != 0 && (holds_the_key || !sticky) {
-        return Err(AuditError::KeyDir {
+        return Err(AuditError::KeyDirWritable {
             path: d.to_path_buf(),
-            why: format!(
-                "group or others can write it (mode {:03o}), so they could replace the key \
-                 (chmod go-w)",
-                mode & 0o777
-            ),
+            mode: mode & 0o777,
         });
     }
     Ok(())
@@ -206,7 +189,11 @@ fn check_dir(d: &Path, meta: &fs::Metadata, holds_the_key: bool) -> Result<(), A
 
 /// Opens a key or head record and checks it against `trust`; `None` if it does not exist
 /// (with `create`, it is created, mode 0600, instead).
-fn open_trusted(path: &Path, trust: Trust, create: bool) -> Result<Option<File>, AuditError> {
+pub(super) fn open_trusted(
+    path: &Path,
+    trust: Trust,
+    create: bool,
+) -> Result<Option<File>, AuditError> {
     let mut options = fs::OpenOptions::new();
     options
         .read(true)
@@ -258,7 +245,7 @@ fn open_trusted(path: &Path, trust: Trust, create: bool) -> Result<Option<File>,
 }
 
 /// The first [`MAX_KEY_FILE`] bytes (and one more, to tell a longer file).
-fn read_small(path: &Path, file: &File) -> Result<Key, AuditError> {
+pub(super) fn read_small(path: &Path, file: &File) -> Result<Key, AuditError> {
     let mut bytes = Zeroizing::new(Vec::with_capacity(KEY_LEN * 2 + 1));
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
@@ -276,9 +263,9 @@ fn open_checked(path: &Path, trust: Trust) -> Result<Option<Key>, AuditError> {
 
 /// A key file holds 64 hex digits (optionally followed by a newline) or 32 raw bytes.
 fn parse_key(path: &Path, bytes: &[u8]) -> Result<Key, AuditError> {
-    let bad = |why: &str| AuditError::BadKey {
+    let bad = |why| AuditError::BadKey {
         path: path.to_path_buf(),
-        why: why.to_string(),
+        why,
     };
     let text = bytes.trim_ascii();
     if text.len() == 2 * KEY_LEN && text.iter().all(u8::is_ascii_hexdigit) {
@@ -291,52 +278,6 @@ fn parse_key(path: &Path, bytes: &[u8]) -> Result<Key, AuditError> {
     Err(bad("expected 64 hex digits or 32 raw bytes"))
 }
 
-/// The writer's last synced entry, kept beside the key where a store writer cannot reach it
-/// (see `writer`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeadRecord {
-    pub seq: u64,
-    pub hash: String,
-}
-
-/// Parses a head record; `None` for an empty file, and (with a warning) for one that does not
-/// parse, which only a crash in the middle of its one write could leave.
-pub(super) fn parse_head(path: &Path, bytes: &[u8]) -> Option<HeadRecord> {
-    let text = bytes.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    match serde_json::from_slice::<HeadRecord>(text) {
-        Ok(head) if super::is_hex64(&head.hash) => Some(head),
-        _ => {
-            log::warn!(
-                "{}: unreadable head record, ignored (the log is checked without it)",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
-/// Opens (creating it if needed) the head record for the writer, with the [`Trust::Writer`]
-/// rules of the key, and returns what it holds.
-pub(super) fn open_head(path: &Path) -> Result<(File, Option<HeadRecord>), AuditError> {
-    let file = open_trusted(path, Trust::Writer, true)?
-        .ok_or_else(|| AuditError::KeyNotFile(path.to_path_buf()))?;
-    let bytes = read_small(path, &file)?;
-    let head = parse_head(path, &bytes);
-    Ok((file, head))
-}
-
-/// Reads a head record for verification ([`Trust::Reader`] rules); `None` if there is none.
-pub fn read_head(path: &Path) -> Result<Option<HeadRecord>, AuditError> {
-    check_parent(path)?;
-    match open_trusted(path, Trust::Reader, false)? {
-        Some(file) => Ok(parse_head(path, &read_small(path, &file)?)),
-        None => Ok(None),
-    }
-}
-
 /// Reads a key for verification ([`Trust::Reader`] rules); `None` if the file does not exist.
 pub fn read_trusted(path: &Path) -> Result<Option<Key>, AuditError> {
     check_parent(path)?;
@@ -344,7 +285,7 @@ pub fn read_trusted(path: &Path) -> Result<Option<Key>, AuditError> {
 }
 
 /// [`check_dirs`] on the directory of `path`, if it exists (a missing one holds no key).
-fn check_parent(path: &Path) -> Result<(), AuditError> {
+pub(super) fn check_parent(path: &Path) -> Result<(), AuditError> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) if dir.exists() => check_dirs(dir),
         Some(_) => Ok(()),
@@ -377,7 +318,7 @@ pub(super) fn load_or_create(path: &Path) -> Result<Key, AuditError> {
     create_key(path)?;
     open_checked(path, Trust::Writer)?.ok_or_else(|| AuditError::BadKey {
         path: path.to_path_buf(),
-        why: "the key vanished right after it was created".into(),
+        why: "the key vanished right after it was created",
     })
 }
 
@@ -456,7 +397,6 @@ mod tests {
                 PathBuf::from("/s/.tvault/audit.jsonl.key")
             ]
         );
-        assert_eq!(head_path(Path::new("/k/a.key")), Path::new("/k/a.key.head"));
     }
 
     #[test]
@@ -515,12 +455,15 @@ mod tests {
         fs::set_permissions(parent, fs::Permissions::from_mode(0o770)).unwrap();
         assert!(matches!(
             load_or_create(&key),
-            Err(AuditError::KeyDir { .. })
+            Err(AuditError::KeyDirWritable { .. })
         ));
-        assert!(matches!(read_trusted(&key), Err(AuditError::KeyDir { .. })));
+        assert!(matches!(
+            read_trusted(&key),
+            Err(AuditError::KeyDirWritable { .. })
+        ));
         fs::set_permissions(parent, fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(
-            matches!(load_or_create(&key), Err(AuditError::KeyDir { .. })),
+            matches!(load_or_create(&key), Err(AuditError::KeyDirWritable { .. })),
             "sticky is accepted only above the key's own directory"
         );
         fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).unwrap();
@@ -531,7 +474,7 @@ mod tests {
         symlink(parent, open_dir.join("keys")).unwrap();
         let via_link = open_dir.join("keys/a.key");
         assert!(
-            matches!(read_trusted(&via_link), Err(AuditError::KeyDir { path, .. }) if path == open_dir)
+            matches!(read_trusted(&via_link), Err(AuditError::KeyDirWritable { path, .. }) if path == open_dir)
         );
         assert!(read_trusted(&key).unwrap().is_some());
         // Raw 32-byte keys are accepted; anything else is refused.
@@ -567,7 +510,7 @@ mod tests {
         std::os::unix::fs::chown(dir.path(), Some(1004), None).unwrap();
         assert!(matches!(
             load_or_create(&key),
-            Err(AuditError::KeyDir { .. })
+            Err(AuditError::KeyDirOwner { owner: 1004, .. })
         ));
         std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
         // The reader accepts a root-owned key that others may read, with a warning only.

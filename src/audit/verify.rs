@@ -1,121 +1,16 @@
-//! Reading log files and checking a chain across them.
+//! Checking a chain across log files: every line, its link to the line before, the file
+//! boundaries and the head record (the rules are in docs/FORMAT.md, "Verifying").
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::key::{suffixed, HeadRecord};
-use super::time::digits;
-use super::{check_line_form, line_hash, EventKind, KEEP_ROTATED, MAX_LINE};
-
-/// One line of a log file as read: its number (from 1), its bytes without the newline, and
-/// whether it ended with a newline (only the last line of a file can lack one).
-pub struct RawLine<'a> {
-    pub number: u64,
-    pub bytes: &'a [u8],
-    pub terminated: bool,
-}
-
-/// Opens a log for reading. Anyone who can write the store can put a FIFO where a log
-/// should be: that must not hang the reader, so only regular files are read.
-pub(super) fn open_for_reading(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(file)
-}
-
-/// Calls `f` on every line of `path`. A line longer than [`MAX_LINE`] is passed cut to that
-/// length (which fails to parse). Stops early when `f` returns `false`.
-pub fn for_each_line(path: &Path, mut f: impl FnMut(RawLine<'_>) -> bool) -> Result<(), io::Error> {
-    let file = open_for_reading(path)?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    let mut buf = Vec::with_capacity(1024);
-    let mut number = 0u64;
-    loop {
-        buf.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        number += 1;
-        let terminated = buf.last() == Some(&b'\n');
-        if terminated {
-            buf.pop();
-        } else if buf.len() > MAX_LINE {
-            // Skip the rest of the overlong line without holding it in memory.
-            reader.skip_until(b'\n')?;
-        }
-        let keep_going = f(RawLine {
-            number,
-            bytes: &buf,
-            terminated: terminated || buf.len() > MAX_LINE,
-        });
-        if !keep_going {
-            return Ok(());
-        }
-    }
-}
-
-/// The last line of an open log (`size` bytes) and why it is unusable, if it is.
-pub(super) fn read_last_line(file: &File, size: u64) -> io::Result<Result<Vec<u8>, String>> {
-    let want = size.min(MAX_LINE as u64 + 1);
-    let start = size - want;
-    let mut buf = vec![0u8; want as usize];
-    file.read_exact_at(&mut buf, start)?;
-    if buf.last() != Some(&b'\n') {
-        return Ok(Err("the last line is incomplete (no newline)".into()));
-    }
-    buf.pop();
-    match buf.iter().rposition(|&b| b == b'\n') {
-        Some(i) => Ok(Ok(buf[i + 1..].to_vec())),
-        None if start == 0 => Ok(Ok(buf)),
-        None => Ok(Err("the last line is too long".into())),
-    }
-}
-
-pub(super) fn rotated_name(log: &Path, n: u32) -> PathBuf {
-    suffixed(log, &format!(".{n}"))
-}
-
-/// The rotated files of `log` that exist, oldest first, followed by `log` itself.
-pub fn with_rotated(log: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = (1..=KEEP_ROTATED)
-        .rev()
-        .map(|n| rotated_name(log, n))
-        .filter(|p| p.symlink_metadata().is_ok())
-        .collect();
-    out.push(log.to_path_buf());
-    out
-}
-
-/// The log a file belongs to: `LOG` for a rotated `LOG.N` (N from 1 to [`KEEP_ROTATED`]),
-/// else the file itself.
-pub fn base_log(file: &Path) -> PathBuf {
-    let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
-        return file.to_path_buf();
-    };
-    match name.rsplit_once('.') {
-        Some((base, n))
-            if !base.is_empty() && digits(n).is_some_and(|n| (1..=KEEP_ROTATED).contains(&n)) =>
-        {
-            file.with_file_name(base)
-        }
-        _ => file.to_path_buf(),
-    }
-}
+use super::files::for_each_line;
+use super::files::RawLine;
+use super::head::HeadRecord;
+use super::line::{check_line_form, LineError};
+use super::{line_hash, EventKind, MAX_LINE};
 
 /// How the checked chain begins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,10 +18,10 @@ pub fn base_log(file: &Path) -> PathBuf {
 pub enum Start {
     /// No entries at all.
     Empty,
-    /// Seq 1 under a fresh log id: nothing is missing before it.
+    /// Seq 1 under a fresh anchor: nothing is missing before it.
     Beginning,
     /// A `rotate` entry whose previous file was not given: rotated out (only
-    /// [`KEEP_ROTATED`] files are kept), or not passed (`--rotated`). The entries before
+    /// `KEEP_ROTATED` files are kept), or not passed (`--rotated`). The entries before
     /// `seq` are not checked.
     Rotated { seq: u64 },
     /// The writer found the chain before this one broken (`reason`: `corrupt-tail`,
@@ -166,7 +61,8 @@ pub struct VerifyReport {
     pub last_seq: Option<u64>,
     /// Hash of the last line; `None` if there were no entries.
     pub last_hash: Option<String>,
-    /// The `prev` of the first entry: the log id, or the last hash of a file not given.
+    /// The `prev` of the first entry: a chain's random anchor, or the last hash of a file not
+    /// given.
     pub anchor: Option<String>,
     /// Where the expected hash was found (file, line), if one was given.
     pub expected_at: Option<(PathBuf, u64)>,
@@ -179,7 +75,7 @@ pub enum VerifyError {
     Broken {
         file: PathBuf,
         line: u64,
-        why: String,
+        why: ChainError,
     },
     #[error(
         "the expected hash {expected} is not in the log (it ends at {}): \
@@ -220,6 +116,50 @@ pub enum VerifyError {
     },
     #[error("no log files given")]
     NoFiles,
+}
+
+/// Why the chain breaks at a line.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("incomplete line (no newline at the end of the file)")]
+    Incomplete,
+    #[error("empty line")]
+    Empty,
+    #[error("line longer than {MAX_LINE} bytes")]
+    TooLong,
+    /// The line itself is not a valid entry.
+    #[error(transparent)]
+    Line(#[from] LineError),
+    #[error(
+        "a file after the first must start with its rotate entry; lines are missing or the \
+         files are out of order"
+    )]
+    NoRotateEntry,
+    /// A `rotate` entry that starts a new chain, in the middle of the files checked.
+    #[error(
+        "the chain was restarted here ({reason}: {}): the writer found the log before it \
+         broken, so the entries before this line are not vouched for; check the earlier file \
+         alone to see where it breaks",
+        detail.as_deref().unwrap_or("no detail")
+    )]
+    Restarted {
+        reason: String,
+        detail: Option<String>,
+    },
+    #[error(
+        "prev does not match the hash of the line before: a line was inserted, deleted or \
+         moved before this one (or the files are out of order){}",
+        if *at_boundary { " at this file boundary" } else { "" }
+    )]
+    PrevMismatch { at_boundary: bool },
+    #[error("seq {seq} does not follow {last}")]
+    SeqGap { seq: u64, last: u64 },
+    /// The first line is neither seq 1 nor a `rotate` entry.
+    #[error(
+        "the chain starts at seq {seq} with a {} entry: the lines before it are missing",
+        event.as_str()
+    )]
+    StartsLate { seq: u64, event: EventKind },
 }
 
 /// Reasons of `rotate` entries that start a new chain rather than continue one.
@@ -335,45 +275,38 @@ fn check_line(
     raw: &RawLine<'_>,
     starts_later_file: bool,
     report: &mut VerifyReport,
-) -> Result<(u64, String), String> {
+) -> Result<(u64, String), ChainError> {
     if !raw.terminated {
-        return Err("incomplete line (no newline at the end of the file)".into());
+        return Err(ChainError::Incomplete);
     }
     if raw.bytes.is_empty() {
-        return Err("empty line".into());
+        return Err(ChainError::Empty);
     }
     if raw.bytes.len() > MAX_LINE {
-        return Err(format!("line longer than {MAX_LINE} bytes"));
+        return Err(ChainError::TooLong);
     }
     let entry = check_line_form(key, raw.bytes)?;
     match (&report.last_hash, report.last_seq) {
         (Some(last_hash), Some(last_seq)) => {
             if starts_later_file && entry.event != EventKind::Rotate {
-                return Err("a file after the first must start with its rotate entry; \
-                     lines are missing or the files are out of order"
-                    .into());
+                return Err(ChainError::NoRotateEntry);
             }
             if entry.prev != *last_hash {
                 if let Some(reason) = restart_reason(entry.reason.as_deref()) {
-                    return Err(format!(
-                        "the chain was restarted here ({reason}: {}): the writer found the \
-                         log before it broken, so the entries before this line are not \
-                         vouched for; check the earlier file alone to see where it breaks",
-                        entry.detail.as_deref().unwrap_or("no detail")
-                    ));
+                    return Err(ChainError::Restarted {
+                        reason: reason.to_string(),
+                        detail: entry.detail,
+                    });
                 }
-                return Err(format!(
-                    "prev does not match the hash of the line before: a line was inserted, \
-                     deleted or moved before this one (or the files are out of order){}",
-                    if starts_later_file {
-                        " at this file boundary"
-                    } else {
-                        ""
-                    }
-                ));
+                return Err(ChainError::PrevMismatch {
+                    at_boundary: starts_later_file,
+                });
             }
             if entry.seq != last_seq.wrapping_add(1) {
-                return Err(format!("seq {} does not follow {last_seq}", entry.seq));
+                return Err(ChainError::SeqGap {
+                    seq: entry.seq,
+                    last: last_seq,
+                });
             }
         }
         _ => {
@@ -389,11 +322,10 @@ fn check_line(
             } else if entry.seq == 1 {
                 Start::Beginning
             } else {
-                return Err(format!(
-                    "the chain starts at seq {} with a {} entry: the lines before it are missing",
-                    entry.seq,
-                    entry.event.as_str()
-                ));
+                return Err(ChainError::StartsLate {
+                    seq: entry.seq,
+                    event: entry.event,
+                });
             };
             report.anchor = Some(entry.prev.clone());
             report.first_seq = Some(entry.seq);
@@ -408,128 +340,4 @@ fn check_line(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs;
-
-    /// A log written by tvault before `count` and the key outside the store existed.
-    const LEGACY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/audit-legacy");
-
-    fn legacy_key() -> Vec<u8> {
-        let text = fs::read_to_string(Path::new(LEGACY_DIR).join("legacy.key")).unwrap();
-        hex::decode(text.trim()).unwrap()
-    }
-
-    #[test]
-    fn logs_written_before_counted_lines_still_verify() {
-        let log = Path::new(LEGACY_DIR).join("audit.jsonl");
-        let files = with_rotated(&log);
-        assert_eq!(files.len(), 2);
-        let report = verify(&files, Some(&legacy_key()), None, None).unwrap();
-        assert_eq!(report.entries, 8);
-        assert_eq!(report.events, 8);
-        assert_eq!(report.start, Start::Beginning);
-        // The newest file alone starts at its rotate entry.
-        let report = verify(std::slice::from_ref(&log), Some(&legacy_key()), None, None).unwrap();
-        assert_eq!(report.start, Start::Rotated { seq: 6 });
-        assert!(verify(&files, Some(&[1u8; 32]), None, None).is_err());
-    }
-
-    #[test]
-    fn without_a_key_the_hash_chain_is_still_checked() {
-        let log = Path::new(LEGACY_DIR).join("audit.jsonl.1");
-        let report = verify(std::slice::from_ref(&log), None, None, None).unwrap();
-        assert!(!report.authenticated);
-        assert_eq!(report.entries, 5);
-        let dir = tempfile::tempdir().unwrap();
-        let copy = dir.path().join("audit.jsonl");
-        let text = fs::read_to_string(&log).unwrap();
-        let mut lines: Vec<&str> = text.lines().collect();
-        lines.remove(2);
-        fs::write(&copy, lines.join("\n") + "\n").unwrap();
-        match verify(&[copy], None, None, None) {
-            Err(VerifyError::Broken { line: 3, why, .. }) => assert!(why.contains("prev"), "{why}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn head_records_catch_a_cut_tail() {
-        let log = Path::new(LEGACY_DIR).join("audit.jsonl.1");
-        let key = legacy_key();
-        let full = verify(std::slice::from_ref(&log), Some(&key), None, None).unwrap();
-        let last = full.last_hash.clone().unwrap();
-        let at_end = HeadRecord {
-            seq: 5,
-            hash: last.clone(),
-        };
-        let report = verify(std::slice::from_ref(&log), Some(&key), None, Some(&at_end)).unwrap();
-        assert_eq!(report.head, HeadCheck::Matched { seq: 5 });
-        let ahead = HeadRecord {
-            seq: 7,
-            hash: "0".repeat(64),
-        };
-        assert!(matches!(
-            verify(std::slice::from_ref(&log), Some(&key), None, Some(&ahead)),
-            Err(VerifyError::BehindHead {
-                seq: 7,
-                last_seq: Some(5),
-                ..
-            })
-        ));
-        let other = HeadRecord {
-            seq: 3,
-            hash: "0".repeat(64),
-        };
-        assert!(matches!(
-            verify(std::slice::from_ref(&log), Some(&key), None, Some(&other)),
-            Err(VerifyError::HeadMismatch {
-                seq: 3,
-                line: 3,
-                ..
-            })
-        ));
-        // The newest file alone starts after the recorded entry: not checked, not an error.
-        let newest = Path::new(LEGACY_DIR).join("audit.jsonl");
-        let report = verify(
-            std::slice::from_ref(&newest),
-            Some(&key),
-            None,
-            Some(&at_end),
-        )
-        .unwrap();
-        assert_eq!(report.head, HeadCheck::Earlier { seq: 5 });
-    }
-
-    #[test]
-    fn rotated_names() {
-        assert_eq!(base_log(Path::new("/a/x.jsonl.3")), Path::new("/a/x.jsonl"));
-        assert_eq!(base_log(Path::new("/a/x.jsonl")), Path::new("/a/x.jsonl"));
-        assert_eq!(
-            base_log(Path::new("/a/x.jsonl.2024")),
-            Path::new("/a/x.jsonl.2024"),
-            "only the suffixes rotation makes"
-        );
-    }
-
-    #[test]
-    fn fifos_and_overlong_lines_do_not_hang_or_exhaust_the_reader() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(for_each_line(&fifo, |_| true).is_err());
-        let long = dir.path().join("long");
-        let mut bytes = vec![b'x'; 3 * MAX_LINE];
-        bytes.extend_from_slice(b"\n{}\n");
-        fs::write(&long, bytes).unwrap();
-        let mut seen = Vec::new();
-        for_each_line(&long, |raw| {
-            seen.push((raw.number, raw.bytes.len()));
-            true
-        })
-        .unwrap();
-        assert_eq!(seen, [(1, MAX_LINE + 1), (2, 2)]);
-    }
-}
+mod tests;
