@@ -528,8 +528,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     // link a store writer planted there.
     let opened = match opts.audit_log {
         None => store
-            .gate()
-            .open_dir(crate::store::META_DIR)
+            .audit_dir()
             .map_err(DaemonError::from)
             .and_then(|dir| {
                 AuditLog::open_in(dir, &audit_path, &key_path, opts.audit_max_size)

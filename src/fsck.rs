@@ -19,7 +19,7 @@ use crate::crypto::PrivateKey;
 use crate::fsutil;
 use crate::keyring::{self, Keyring};
 use crate::store::{
-    self, Entry, Gate, Kind as PathKind, Store, StoreError, CONTAINER_EXT, MAX_KEYRING_LEN,
+    self, Backend, Entry, Kind as PathKind, Store, StoreError, CONTAINER_EXT, MAX_KEYRING_LEN,
     MAX_POLICY_LEN, META_DIR, RECIPIENTS_FILE,
 };
 
@@ -160,11 +160,11 @@ impl Report {
 /// Checks the store at `root`. Fails only when `root` is not a store at all (no `.tvault`
 /// directory) or cannot be listed; everything else is reported as a [`Problem`].
 pub fn check(root: &Path, options: &Options) -> Result<Report, StoreError> {
-    let gate = open_gate(root)?;
+    let backend = open_backend(root)?;
     let mut report = Report::default();
     let mut fsck = Fsck {
         root,
-        gate: &gate,
+        backend: &*backend,
         options,
         report: &mut report,
         users: BTreeMap::new(),
@@ -176,13 +176,13 @@ pub fn check(root: &Path, options: &Options) -> Result<Report, StoreError> {
 }
 
 /// The store root, which must hold a `.tvault` directory (not a link to one).
-fn open_gate(root: &Path) -> Result<Gate, StoreError> {
-    let gate = match Gate::open(root) {
+fn open_backend(root: &Path) -> Result<Box<dyn Backend>, StoreError> {
+    let backend = match store::backend_at(root, false) {
         Err(e) if e.is_not_found() => return Err(StoreError::NotAStore(root.to_path_buf())),
         other => other?,
     };
-    match gate.kind(META_DIR)? {
-        Some(PathKind::Dir) => Ok(gate),
+    match backend.kind(META_DIR)? {
+        Some(PathKind::Dir) => Ok(backend),
         _ => Err(StoreError::NotAStore(root.to_path_buf())),
     }
 }
@@ -190,12 +190,12 @@ fn open_gate(root: &Path) -> Result<Gate, StoreError> {
 /// The keyring of user `name` in the store at `root`, read like `Store::user` but without
 /// needing a valid store.json (so that a damaged store can still be checked with a key).
 pub fn read_keyring(root: &Path, name: &str) -> Result<Keyring, StoreError> {
-    store::read_keyring(&open_gate(root)?, name)
+    store::read_keyring(&*open_backend(root)?, name)
 }
 
 struct Fsck<'a> {
     root: &'a Path,
-    gate: &'a Gate,
+    backend: &'a dyn Backend,
     options: &'a Options<'a>,
     report: &'a mut Report,
     /// Keyrings that parsed, by name (to check key-slot labels and policies against).
@@ -205,7 +205,7 @@ struct Fsck<'a> {
 impl Fsck<'_> {
     /// Entries of store directory `rel`, sorted by name so that reports are stable.
     fn sorted_entries(&self, rel: &str) -> Result<Vec<Entry>, StoreError> {
-        let mut entries = self.gate.list(rel)?;
+        let mut entries = self.backend.list(rel)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }
@@ -220,7 +220,7 @@ impl Fsck<'_> {
 
     /// Reports a link or special file: tvault never follows, opens or shows one.
     fn special(&mut self, rel: &str, kind: PathKind) {
-        let path = self.gate.display_path(rel);
+        let path = self.backend.display_path(rel);
         let why = match kind {
             PathKind::Symlink => "symbolic link: never followed or shown by tvault (a store writer may have planted it; remove it)",
             _ => "FIFO, socket or device: never opened or shown by tvault (remove it)",
@@ -270,7 +270,7 @@ impl Fsck<'_> {
 
     fn keyrings(&mut self) {
         let dir_rel = format!("{META_DIR}/users");
-        let dir = self.gate.display_path(&dir_rel);
+        let dir = self.backend.display_path(&dir_rel);
         let entries = match self.sorted_entries(&dir_rel) {
             Ok(entries) => entries,
             Err(e) if e.is_not_found() => {
@@ -290,7 +290,7 @@ impl Fsck<'_> {
         let mut uids: BTreeMap<u32, String> = BTreeMap::new();
         for entry in entries {
             let rel = Self::join(&dir_rel, &entry.name);
-            let path = self.gate.display_path(&rel);
+            let path = self.backend.display_path(&rel);
             let file_name = entry.name.clone();
             if entry.kind != PathKind::File {
                 if entry.kind != PathKind::Dir {
@@ -311,7 +311,7 @@ impl Fsck<'_> {
                 continue;
             };
             self.report.keyrings += 1;
-            let bytes = match self.gate.read_capped(&rel, MAX_KEYRING_LEN) {
+            let bytes = match self.backend.read_capped(&rel, MAX_KEYRING_LEN) {
                 Ok(b) => b,
                 Err(e) => {
                     self.store_error(&path, e);
@@ -362,7 +362,7 @@ impl Fsck<'_> {
             Ok(entries) => entries,
             // The root itself must be listable; a subdirectory that is not is reported.
             Err(e) if !dir.is_empty() => {
-                self.store_error(&self.gate.display_path(dir), e);
+                self.store_error(&self.backend.display_path(dir), e);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -373,7 +373,7 @@ impl Fsck<'_> {
                 continue;
             }
             let rel = Self::join(dir, &name);
-            let path = self.gate.display_path(&rel);
+            let path = self.backend.display_path(&rel);
             match entry.kind {
                 PathKind::Dir => self.tree(&rel)?,
                 PathKind::Symlink | PathKind::Other => self.special(&rel, entry.kind),
@@ -397,7 +397,7 @@ impl Fsck<'_> {
     }
 
     fn temp_file(&mut self, rel: &str) {
-        let path = &self.gate.display_path(rel);
+        let path = &self.backend.display_path(rel);
         const WHAT: &str = "leftover temporary file from an interrupted write";
         if !self.options.remove_temp {
             self.report.warning(
@@ -407,10 +407,11 @@ impl Fsck<'_> {
             );
             return;
         }
-        let age = self.gate.stat(rel).map(|st| {
-            let modified = st.map_or(0, |st| st.st_mtime.max(0) as u64);
-            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(modified);
-            SystemTime::now().duration_since(t).unwrap_or_default()
+        let age = self.backend.stat(rel).map(|st| {
+            let modified = st.map_or(SystemTime::UNIX_EPOCH, |st| st.meta.mtime);
+            SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default()
         });
         match age {
             Ok(age) if age < TEMP_MIN_AGE => self.report.warning(
@@ -421,7 +422,7 @@ impl Fsck<'_> {
                     age.as_secs()
                 ),
             ),
-            Ok(_) => match self.gate.remove_file(rel) {
+            Ok(_) => match self.backend.remove_file(rel) {
                 Ok(()) => {
                     self.report
                         .warning(Kind::TempFile, path, format!("{WHAT}: removed"));
@@ -440,8 +441,8 @@ impl Fsck<'_> {
     }
 
     fn policy(&mut self, rel: &str) {
-        let path = &self.gate.display_path(rel);
-        let text = match self.gate.read_capped(rel, MAX_POLICY_LEN) {
+        let path = &self.backend.display_path(rel);
+        let text = match self.backend.read_capped(rel, MAX_POLICY_LEN) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => {
                 self.store_error(path, e);
@@ -460,9 +461,9 @@ impl Fsck<'_> {
     }
 
     fn container(&mut self, rel: &str) {
-        let path = &self.gate.display_path(rel);
+        let path = &self.backend.display_path(rel);
         self.report.containers += 1;
-        let file = match self.gate.open_file(rel) {
+        let file = match self.backend.open(rel) {
             Ok(f) => f,
             Err(e) => {
                 self.store_error(path, e);

@@ -323,12 +323,7 @@ pub fn put(
     }
     // Everything is checked before anything is written: one bad file refuses the batch.
     for item in &items {
-        if !force
-            && store
-                .gate()
-                .kind(&store::container_rel(&item.rel)?)?
-                .is_some()
-        {
+        if !force && store.taken(&item.rel)? {
             return Err(StoreError::FileExists(item.rel.clone()).into());
         }
         if is_safetensors(&item.rel) {
@@ -363,7 +358,7 @@ pub fn put(
 }
 
 fn copy_plaintext(
-    reader: &Reader<std::fs::File>,
+    reader: &Reader<store::Blob>,
     out: &mut dyn Write,
     bar: &ProgressBar,
 ) -> CliResult {
@@ -425,9 +420,7 @@ pub fn get(path: &Path, rel: &str, output: &Path, user: &str, pass: &PassphraseA
     Ok(())
 }
 
-fn header_from_reader(
-    reader: &Reader<std::fs::File>,
-) -> Result<Header, Box<dyn std::error::Error>> {
+fn header_from_reader(reader: &Reader<store::Blob>) -> Result<Header, Box<dyn std::error::Error>> {
     let mut prefix = [0u8; 8];
     if reader.read_at(0, &mut prefix)? < 8 {
         return Err(error(
@@ -566,7 +559,7 @@ fn audit_store_change(
     }
     // The store's own log, in `.tvault` opened through the store gate (no planted link is
     // followed).
-    let recorded = match store.gate().open_dir(crate::store::META_DIR) {
+    let recorded = match store.audit_dir() {
         Ok(dir) => AuditLog::open_in(dir, &log, &key, None)
             .and_then(|l| l.record(&event).and_then(|()| l.close()))
             .map_err(|e| e.to_string()),

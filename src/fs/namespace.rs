@@ -277,16 +277,16 @@ impl Core {
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let st = self.store.gate().statvfs()?;
+        let usage = self.store.usage()?;
         Ok(StatFs {
-            blocks: st.f_blocks,
-            bfree: st.f_bfree,
-            bavail: st.f_bavail,
-            files: st.f_files,
-            ffree: st.f_ffree,
-            bsize: st.f_bsize as u32,
+            blocks: usage.blocks,
+            bfree: usage.blocks_free,
+            bavail: usage.blocks_available,
+            files: usage.files,
+            ffree: usage.files_free,
+            bsize: usage.block_size as u32,
             namelen: MAX_NAME_LEN as u32,
-            frsize: st.f_frsize as u32,
+            frsize: usage.fragment_size as u32,
         })
     }
 

@@ -13,7 +13,6 @@
 //! Lock order: `live`, `ids` and `pages` are leaves, never held while another lock is taken.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,6 +23,7 @@ use super::limits::Charge;
 use crate::container::Reader;
 use crate::crypto::{FILE_ID_LEN, MAC_LEN};
 use crate::safetensors;
+use crate::store::Blob;
 use crate::sync::lock;
 
 /// File id and header MAC of an authenticated container.
@@ -38,7 +38,7 @@ pub(crate) struct FileVersion {
     /// Namespace of this version's chunks in the cache.
     pub id: u64,
     pub key: VersionKey,
-    pub reader: Reader<File>,
+    pub reader: Reader<Blob>,
     /// Parsed header of a `.safetensors` file, for tensor-aware prefetch.
     pub tensors: Option<safetensors::Header>,
     /// Read handles open on this version; prefetching for a version nobody has open any
@@ -49,7 +49,7 @@ pub(crate) struct FileVersion {
 }
 
 impl FileVersion {
-    pub(crate) fn new(id: u64, reader: Reader<File>) -> Self {
+    pub(crate) fn new(id: u64, reader: Reader<Blob>) -> Self {
         FileVersion {
             id,
             key: (reader.header().file_id, *reader.mac()),

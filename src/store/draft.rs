@@ -3,14 +3,12 @@
 //! wiped when the draft is committed or dropped). Dropping an uncommitted draft removes its
 //! temporary file; committing replaces the target atomically.
 
-use std::fs::File;
-
-use super::{container_err, container_rel, Result, Store, TempFile, FILE_MODE};
+use super::{container_err, container_rel, Blob, Result, Stage, Store, FILE_MODE};
 use crate::container::{self, Draft, Reader};
 use crate::crypto::{PublicKey, SecretKey};
 
 pub struct StoreDraft {
-    temp: TempFile,
+    stage: Box<dyn Stage>,
     draft: Draft,
     key: SecretKey,
 }
@@ -18,25 +16,25 @@ pub struct StoreDraft {
 impl Store {
     /// Starts a new version of `rel`, encrypted to `recipients` in chunks of `2^chunk_log2`
     /// bytes, under a data key generated now.
-    pub fn start_draft(
+    pub(crate) fn start_draft(
         &self,
         rel: &str,
         chunk_log2: u8,
         recipients: &[(String, PublicKey)],
     ) -> Result<StoreDraft> {
         let target = container_rel(rel)?;
-        let path = self.gate.display_path(&target);
+        let path = self.backend.display_path(&target);
         let key = SecretKey::generate().map_err(|e| container_err(&path)(e.into()))?;
-        let (temp, file) = self.gate.create_temp_beside(&target, FILE_MODE)?;
+        let (stage, file) = self.backend.stage(&target, FILE_MODE)?;
         let draft =
             Draft::create(file, &key, chunk_log2, recipients).map_err(container_err(&path))?;
-        Ok(StoreDraft { temp, draft, key })
+        Ok(StoreDraft { stage, draft, key })
     }
 }
 
 impl StoreDraft {
     /// Seals chunk `index` (replacing an earlier seal of it with a fresh nonce).
-    pub fn seal(
+    pub(crate) fn seal(
         &mut self,
         index: u64,
         plain: &[u8],
@@ -47,17 +45,17 @@ impl StoreDraft {
     }
 
     /// (length, final flag) of chunk `index` if it is sealed.
-    pub fn sealed(&self, index: u64) -> Option<(usize, bool)> {
+    pub(crate) fn sealed(&self, index: u64) -> Option<(usize, bool)> {
         self.draft.sealed(index)
     }
 
     /// Decrypts sealed chunk `index` into `out`.
-    pub fn open(&self, index: u64, out: &mut [u8]) -> container::Result<usize> {
+    pub(crate) fn open(&self, index: u64, out: &mut [u8]) -> container::Result<usize> {
         self.draft.open(index, out)
     }
 
     /// Forgets the chunks from `count` on (after a truncation).
-    pub fn forget_from(&mut self, count: u64) {
+    pub(crate) fn forget_from(&mut self, count: u64) {
         self.draft.forget_from(count)
     }
 
@@ -65,15 +63,20 @@ impl StoreDraft {
     /// place at `rel` (where the file is now: it may have been renamed since the draft
     /// started). Returns the committed version, read back from the file just written and
     /// authenticated under the draft's key. On failure `rel` keeps its old version.
-    pub fn commit(self, store: &Store, rel: &str, plaintext_len: u64) -> Result<Reader<File>> {
+    pub(crate) fn commit(
+        self,
+        store: &Store,
+        rel: &str,
+        plaintext_len: u64,
+    ) -> Result<Reader<Blob>> {
         let target = container_rel(rel)?;
-        let path = store.gate.display_path(&target);
+        let path = store.backend.display_path(&target);
         let file = self
             .draft
             .finish(plaintext_len)
             .map_err(container_err(&path))?;
-        self.temp.commit(&store.gate, &file, &target)?;
-        container::Container::parse(file)
+        let blob = self.stage.commit(file, &target)?;
+        container::Container::parse(blob)
             .and_then(|c| c.open(&self.key))
             .map_err(container_err(&path))
     }
