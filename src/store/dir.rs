@@ -435,10 +435,25 @@ pub struct TempFile {
 
 impl TempFile {
     /// Makes `file` (this temporary file's content) durable and renames it over `target`.
-    pub fn commit(mut self, gate: &Gate, file: &File, target: &str) -> Result<()> {
+    pub fn commit(self, gate: &Gate, file: &File, target: &str) -> Result<()> {
+        self.commit_with(gate, file, target, rfs::RenameFlags::empty())
+    }
+
+    /// As [`TempFile::commit`], failing (`EEXIST`) if something is at `target` already.
+    pub fn commit_new(self, gate: &Gate, file: &File, target: &str) -> Result<()> {
+        self.commit_with(gate, file, target, rfs::RenameFlags::NOREPLACE)
+    }
+
+    fn commit_with(
+        mut self,
+        gate: &Gate,
+        file: &File,
+        target: &str,
+        flags: rfs::RenameFlags,
+    ) -> Result<()> {
         file.sync_all().map_err(|e| gate.io_err(&self.rel, e))?;
         let (to_dir, to_name) = gate.parent(target)?;
-        rfs::renameat(&self.dir, self.name.as_str(), &to_dir, to_name)
+        rfs::renameat_with(&self.dir, self.name.as_str(), &to_dir, to_name, flags)
             .map_err(|e| gate.err(target, e))?;
         // Renamed: nothing left to remove (the directory fd still closes on drop).
         self.pending = false;

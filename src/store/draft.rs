@@ -65,14 +65,26 @@ impl StoreDraft {
     /// place at `rel` (where the file is now: it may have been renamed since the draft
     /// started). Returns the committed version, read back from the file just written and
     /// authenticated under the draft's key. On failure `rel` keeps its old version.
-    pub fn commit(self, store: &Store, rel: &str, plaintext_len: u64) -> Result<Reader<File>> {
+    /// With `new`, the file must not exist yet (the first version of a file being
+    /// created): `EEXIST` if another one was put there meanwhile, which is not replaced.
+    pub fn commit(
+        self,
+        store: &Store,
+        rel: &str,
+        plaintext_len: u64,
+        new: bool,
+    ) -> Result<Reader<File>> {
         let target = container_rel(rel)?;
         let path = store.gate.display_path(&target);
         let file = self
             .draft
             .finish(plaintext_len)
             .map_err(container_err(&path))?;
-        self.temp.commit(&store.gate, &file, &target)?;
+        if new {
+            self.temp.commit_new(&store.gate, &file, &target)?;
+        } else {
+            self.temp.commit(&store.gate, &file, &target)?;
+        }
         container::Container::parse(file)
             .and_then(|c| c.open(&self.key))
             .map_err(container_err(&path))
