@@ -547,3 +547,28 @@ fn a_create_racing_another_create_does_not_replace_the_file_it_made() {
     assert_eq!(errno(created), libc::EEXIST);
     assert_eq!(fx.read_all(BOB, "f").unwrap(), b"bob's weights");
 }
+
+#[test]
+fn a_rename_onto_a_free_name_does_not_replace_a_file_made_there_meanwhile() {
+    let fx = fixture();
+    fx.put(ALICE, "a", b"alice's");
+    fx.journal.take();
+    // Alice's rename is authorized with nothing at "b"; before it acts, bob creates "b".
+    // Alice holds no slot for it: replacing it is not what was authorized.
+    let core = fx.core.clone();
+    *crate::sync::lock(&fx.journal.hook) = Some((
+        Box::new(|e: &Event| e.kind == EventKind::Rename && e.decision == Some(Decision::Allow)),
+        Box::new(move || {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+            let (_, opened) = core.create(caller(BOB), ROOT, name("b"), flags).unwrap();
+            core.write(opened.fh, 0, b"bob's weights").unwrap();
+            core.release(opened.fh).unwrap();
+        }),
+    ));
+    let renamed = fx
+        .core
+        .rename(caller(ALICE), (ROOT, name("a")), (ROOT, name("b")), false);
+    assert_eq!(errno(renamed), libc::EEXIST);
+    assert_eq!(fx.read_all(BOB, "b").unwrap(), b"bob's weights");
+    assert_eq!(fx.read_all(ALICE, "a").unwrap(), b"alice's");
+}
