@@ -208,12 +208,19 @@ impl Core {
                 } else {
                     return Err(FsError::new(libc::ENOENT).into());
                 }
+                // Nothing at the target was authorized to be replaced: one put there
+                // before the act (another caller's create) is not replaced (`EEXIST`).
+                let noreplace = noreplace || !(to_file || to_dir);
                 Ok(Allowed {
                     user,
-                    value: from_file,
+                    value: (from_file, noreplace),
                 })
             },
-            |Allowed { value: is_file, .. }, _| {
+            |Allowed {
+                 value: (is_file, noreplace),
+                 ..
+             },
+             _| {
                 if is_file {
                     self.store.rename_file(&from, &to, noreplace)?;
                 } else {

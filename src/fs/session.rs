@@ -324,7 +324,9 @@ impl WriteSession {
         let Some(draft) = self.draft.take() else {
             return Ok(None);
         };
-        let reader = draft.commit(store, rel, self.size)?;
+        // A session without a base makes a new file: it never replaces one that another
+        // caller put there after this one's create was authorized.
+        let reader = draft.commit(store, rel, self.size, self.base.is_none())?;
         self.modified = false;
         // Later writes in this session build on what was just committed.
         let version = FileVersion::new(next_id, reader);

@@ -34,7 +34,13 @@ struct Journal {
     events: Mutex<Vec<Event>>,
     failing: AtomicBool,
     probe: Mutex<Option<Probe>>,
+    /// Runs once, at the first event it matches (taken out first, so what it does is
+    /// recorded without it): another caller's operation between authorize and act.
+    hook: Mutex<Option<Hook>>,
 }
+
+/// (which event, what to do then).
+type Hook = (Box<dyn Fn(&Event) -> bool + Send>, Box<dyn FnOnce() + Send>);
 
 impl Recorder for Journal {
     fn record(&self, event: &Event) -> Result<(), AuditError> {
@@ -46,6 +52,19 @@ impl Recorder for Journal {
         }
         if let Some(probe) = &*crate::sync::lock(&self.probe) {
             probe(event);
+        }
+        let hook = {
+            let mut hook = crate::sync::lock(&self.hook);
+            match hook.take() {
+                Some((matches, run)) if matches(event) => Some(run),
+                other => {
+                    *hook = other;
+                    None
+                }
+            }
+        };
+        if let Some(run) = hook {
+            run();
         }
         crate::sync::lock(&self.events).push(event.clone());
         Ok(())
@@ -501,4 +520,55 @@ fn commits_do_not_leak_descriptors() {
         "{before} descriptors before, {after} after"
     );
     assert_eq!(fx.read_all(ALICE, "f").unwrap(), 199u32.to_le_bytes());
+}
+
+#[test]
+fn a_create_racing_another_create_does_not_replace_the_file_it_made() {
+    let fx = fixture();
+    // Between alice's create being authorized (no file there) and its act, bob creates
+    // the same name and writes to it. Alice holds no slot for bob's file: her create must
+    // not replace it.
+    let core = fx.core.clone();
+    *crate::sync::lock(&fx.journal.hook) = Some((
+        Box::new(|e: &Event| {
+            e.kind == EventKind::Create
+                && e.uid == Some(ALICE)
+                && e.decision == Some(Decision::Allow)
+        }),
+        Box::new(move || {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+            let (_, opened) = core.create(caller(BOB), ROOT, name("f"), flags).unwrap();
+            core.write(opened.fh, 0, b"bob's weights").unwrap();
+            core.release(opened.fh).unwrap();
+        }),
+    ));
+    let flags = libc::O_WRONLY | libc::O_CREAT;
+    let created = fx.core.create(caller(ALICE), ROOT, name("f"), flags);
+    assert_eq!(errno(created), libc::EEXIST);
+    assert_eq!(fx.read_all(BOB, "f").unwrap(), b"bob's weights");
+}
+
+#[test]
+fn a_rename_onto_a_free_name_does_not_replace_a_file_made_there_meanwhile() {
+    let fx = fixture();
+    fx.put(ALICE, "a", b"alice's");
+    fx.journal.take();
+    // Alice's rename is authorized with nothing at "b"; before it acts, bob creates "b".
+    // Alice holds no slot for it: replacing it is not what was authorized.
+    let core = fx.core.clone();
+    *crate::sync::lock(&fx.journal.hook) = Some((
+        Box::new(|e: &Event| e.kind == EventKind::Rename && e.decision == Some(Decision::Allow)),
+        Box::new(move || {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+            let (_, opened) = core.create(caller(BOB), ROOT, name("b"), flags).unwrap();
+            core.write(opened.fh, 0, b"bob's weights").unwrap();
+            core.release(opened.fh).unwrap();
+        }),
+    ));
+    let renamed = fx
+        .core
+        .rename(caller(ALICE), (ROOT, name("a")), (ROOT, name("b")), false);
+    assert_eq!(errno(renamed), libc::EEXIST);
+    assert_eq!(fx.read_all(BOB, "b").unwrap(), b"bob's weights");
+    assert_eq!(fx.read_all(ALICE, "a").unwrap(), b"alice's");
 }

@@ -134,9 +134,10 @@ impl Source for Blob {
 /// uncommitted removes it.
 pub trait Stage: Send {
     /// Makes `file` (the one `stage` returned, now complete) durable and puts it at `target`
-    /// atomically, replacing what is there. `target` may differ from the path it was staged
-    /// for (the file was renamed meanwhile). Returns the committed content, for reading back.
-    fn commit(self: Box<Self>, file: File, target: &str) -> Result<Blob>;
+    /// atomically, replacing what is there unless `noreplace` (then `EEXIST`, nothing
+    /// replaced). `target` may differ from the path it was staged for (the file was renamed
+    /// meanwhile). Returns the committed content, for reading back.
+    fn commit(self: Box<Self>, file: File, target: &str, noreplace: bool) -> Result<Blob>;
 }
 
 /// The backing storage of a store. See the module doc for the contract every implementation
@@ -249,5 +250,5 @@ pub(crate) fn write_atomic<B: Backend + ?Sized>(
     }
     let (stage, mut file) = backend.stage(rel, mode)?;
     fill(&mut file)?;
-    stage.commit(file, rel).map(drop)
+    stage.commit(file, rel, false).map(drop)
 }

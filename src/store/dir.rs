@@ -379,13 +379,18 @@ struct TempFile {
 }
 
 impl Stage for TempFile {
-    fn commit(mut self: Box<Self>, file: File, target: &str) -> Result<Blob> {
+    fn commit(mut self: Box<Self>, file: File, target: &str, noreplace: bool) -> Result<Blob> {
         let gate = &self.gate;
+        let flags = if noreplace {
+            rfs::RenameFlags::NOREPLACE
+        } else {
+            rfs::RenameFlags::empty()
+        };
         file.sync_all().map_err(|e| gate.io_err(&self.rel, e))?;
         // Before the rename: once it is in place, the commit has happened.
         let st = rfs::fstat(&file).map_err(|e| gate.err(&self.rel, e))?;
         let (to_dir, to_name) = gate.parent(target)?;
-        rfs::renameat(&self.dir, self.name.as_str(), &to_dir, to_name)
+        rfs::renameat_with(&self.dir, self.name.as_str(), &to_dir, to_name, flags)
             .map_err(|e| gate.err(target, e))?;
         // Renamed: nothing left to remove (the directory fd still closes on drop).
         self.pending = false;
@@ -518,7 +523,7 @@ mod tests {
         // Not visible at the target until committed.
         assert_eq!(std::fs::read(dir.path().join("m/a")).unwrap(), b"old");
         assert_eq!(names(&dir.path().join("m")).len(), 3, "a, n and the stage");
-        let blob = stage.commit(file, "m/a").unwrap();
+        let blob = stage.commit(file, "m/a", false).unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("m/a")).unwrap(),
             b"new content"
@@ -531,9 +536,16 @@ mod tests {
         let (stage, mut file) = b.stage("m/a", 0o600).unwrap();
         file.write_all(b"moved").unwrap();
         b.rename("m/a", "m/n/b", true).unwrap();
-        stage.commit(file, "m/n/b").unwrap();
+        stage.commit(file, "m/n/b", false).unwrap();
         assert_eq!(std::fs::read(dir.path().join("m/n/b")).unwrap(), b"moved");
         assert_eq!(names(&dir.path().join("m")), ["n"]);
+        // With noreplace, an existing target stays and the staged file goes.
+        let (stage, mut file) = b.stage("m/n/b", 0o600).unwrap();
+        file.write_all(b"second").unwrap();
+        let refused = stage.commit(file, "m/n/b", true).err().unwrap();
+        assert!(refused.to_string().contains("exists"), "{refused}");
+        assert_eq!(names(&dir.path().join("m/n")), ["b"]);
+        assert_eq!(std::fs::read(dir.path().join("m/n/b")).unwrap(), b"moved");
         // Dropped uncommitted: nothing is left, the target untouched.
         let (stage, mut file) = b.stage("m/n/b", 0o600).unwrap();
         file.write_all(b"lost").unwrap();

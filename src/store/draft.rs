@@ -63,11 +63,14 @@ impl StoreDraft {
     /// place at `rel` (where the file is now: it may have been renamed since the draft
     /// started). Returns the committed version, read back from the file just written and
     /// authenticated under the draft's key. On failure `rel` keeps its old version.
+    /// With `new`, the file must not exist yet (the first version of a file being
+    /// created): `EEXIST` if another one was put there meanwhile, which is not replaced.
     pub(crate) fn commit(
         self,
         store: &Store,
         rel: &str,
         plaintext_len: u64,
+        new: bool,
     ) -> Result<Reader<Blob>> {
         let target = container_rel(rel)?;
         let path = store.backend.display_path(&target);
@@ -75,7 +78,7 @@ impl StoreDraft {
             .draft
             .finish(plaintext_len)
             .map_err(container_err(&path))?;
-        let blob = self.stage.commit(file, &target)?;
+        let blob = self.stage.commit(file, &target, new)?;
         container::Container::parse(blob)
             .and_then(|c| c.open(&self.key))
             .map_err(container_err(&path))
