@@ -35,6 +35,8 @@ pub enum WriteError {
     Crypto(#[from] crate::crypto::CryptoError),
     #[error("file is too large")]
     TooLarge,
+    #[error("no draft to seal into")]
+    NoDraft,
 }
 
 impl WriteError {
@@ -382,7 +384,5 @@ impl Drop for WriteSession {
 }
 
 fn no_draft() -> WriteError {
-    WriteError::Container(container::ContainerError::Malformed(
-        "no draft to seal into".into(),
-    ))
+    WriteError::NoDraft
 }
