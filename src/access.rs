@@ -2,7 +2,8 @@
 //!
 //! A uid is mapped to the one keyring registered for it in the store. Unlocking unseals that
 //! keyring's private key; data keys are then unwrapped from key slots on first use and kept in
-//! the session, in memory only, until the uid locks or the mount ends (all zeroized on drop).
+//! the session, in memory only, until the uid locks or the mount ends. Each key sits in an
+//! allocation of its own, page-locked through `memlock` and wiped on drop.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,21 +13,28 @@ use std::time::{Duration, Instant};
 use crate::container::{Container, ContainerError};
 use crate::crypto::{KdfParams, PrivateKey, SecretKey, FILE_ID_LEN};
 use crate::keyring::KeyringError;
+use crate::memlock::Locked;
 use crate::store::{Store, StoreError};
 
 /// Why an open was refused; `code()` is the stable reason string used in logs and the audit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum Denial {
     /// The uid has no keyring in the store.
+    #[error("no keyring for this uid")]
     NoKeyring,
     /// The uid has a keyring but has not unlocked it (or locked it).
+    #[error("the uid has not unlocked its keyring")]
     Locked,
     /// The uid's user holds no key slot for this file.
+    #[error("no key slot for this user")]
     NoKeySlot,
-    /// The slot or header did not authenticate under the user's key.
-    Integrity(String),
+    /// The slot or header did not authenticate under the user's key. Never an I/O error
+    /// (`ContainerError::Io`): failing to read a file says nothing about tampering.
+    #[error(transparent)]
+    Integrity(ContainerError),
     /// The store could not be read.
-    StoreError(String),
+    #[error(transparent)]
+    StoreError(#[from] StoreError),
 }
 
 impl Denial {
@@ -53,31 +61,12 @@ pub struct DataKey {
 pub struct UserSession {
     pub uid: u32,
     pub name: String,
-    private: PrivateKey,
-    data_keys: Mutex<HashMap<[u8; FILE_ID_LEN], SecretKey>>,
+    /// Kept out of swap (best effort: an unprivileged daemon may lack the mlock limit).
+    private: Locked<PrivateKey>,
+    /// Each key boxed and locked on its own: the map's growth moves pointers, never keys, and
+    /// removing or clearing an entry wipes its key.
+    data_keys: Mutex<HashMap<[u8; FILE_ID_LEN], Locked<SecretKey>>>,
     locked: AtomicBool,
-}
-
-/// Keeps the pages holding an unlocked user's private key out of swap (best effort: an
-/// unprivileged daemon may lack the mlock limit). Unlocked again when the session drops.
-fn lock_in_memory(session: &Arc<UserSession>) {
-    let ptr: *const UserSession = Arc::as_ptr(session);
-    // SAFETY: locks the pages of a live allocation; `UserSession::drop` unlocks them.
-    if unsafe { libc::mlock(ptr.cast(), std::mem::size_of::<UserSession>()) } != 0 {
-        log::debug!(
-            "mlock of a session key: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-impl Drop for UserSession {
-    fn drop(&mut self) {
-        let ptr: *const UserSession = self;
-        // SAFETY: the allocation is still live during drop; unlocking unlocked pages is
-        // harmless.
-        unsafe { libc::munlock(ptr.cast(), std::mem::size_of::<UserSession>()) };
-    }
 }
 
 impl UserSession {
@@ -96,7 +85,7 @@ impl UserSession {
         let file_id = container.header().file_id;
         if let Some(key) = self.keys().get(&file_id) {
             return Ok(DataKey {
-                key: key.clone(),
+                key: SecretKey::clone(key),
                 checked: true,
             });
         }
@@ -104,7 +93,8 @@ impl UserSession {
             .unwrap_key(&self.name, &self.private)
             .map_err(|e| match e {
                 ContainerError::NoSlot(_) => Denial::NoKeySlot,
-                e => Denial::Integrity(e.to_string()),
+                // Unwrapping reads nothing: what fails here is the slot's authentication.
+                e => Denial::Integrity(e),
             })?;
         Ok(DataKey {
             key,
@@ -115,10 +105,10 @@ impl UserSession {
     /// Keeps the data key of file `file_id` for later opens, once the header MAC it commits
     /// to has been checked.
     pub fn remember_key(&self, file_id: [u8; FILE_ID_LEN], key: SecretKey) {
-        self.keys().insert(file_id, key);
+        self.keys().insert(file_id, Locked::new(key));
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; FILE_ID_LEN], SecretKey>> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<[u8; FILE_ID_LEN], Locked<SecretKey>>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
         self.data_keys.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -141,8 +131,11 @@ pub enum UnlockError {
         name: String,
         source: crate::crypto::CryptoError,
     },
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The keyring could not be used (other than a wrong passphrase).
+    #[error(transparent)]
+    Keyring(KeyringError),
 }
 
 /// Consecutive failed unlocks of one uid and when the next attempt is allowed.
@@ -316,7 +309,7 @@ impl Access {
         let keyring = match store.user_by_uid(uid) {
             Ok(Some(k)) => k,
             Ok(None) => return Err(UnlockError::NoKeyring(uid)),
-            Err(e) => return Err(UnlockError::Store(e.to_string())),
+            Err(e) => return Err(UnlockError::Store(e)),
         };
         // Refused before it waits or allocates anything: an over-cap keyring (sealed before the
         // caps, or written by hand) must not cost the daemon its memory.
@@ -349,7 +342,7 @@ impl Access {
                     self.record_failure(uid);
                     return Err(UnlockError::WrongPassphrase(name));
                 }
-                Err(e) => return Err(UnlockError::Store(e.to_string())),
+                Err(e) => return Err(UnlockError::Keyring(e)),
             }
         };
         self.backoff
@@ -362,11 +355,10 @@ impl Access {
             let session = Arc::new(UserSession {
                 uid,
                 name: keyring.name.clone(),
-                private,
+                private: Locked::new(private),
                 data_keys: Mutex::new(HashMap::new()),
                 locked: AtomicBool::new(false),
             });
-            lock_in_memory(&session);
             if let Some(old) = sessions.insert(uid, session) {
                 old.locked.store(true, Ordering::Release);
             }
@@ -440,7 +432,7 @@ impl Access {
             return Err(match store.user_by_uid(uid) {
                 Ok(Some(_)) => Denial::Locked,
                 Ok(None) => Denial::NoKeyring,
-                Err(e) => Denial::StoreError(e.to_string()),
+                Err(e) => Denial::StoreError(e),
             });
         };
         // Checked on every open, so a revoked slot refuses at once even if the key is cached.
@@ -449,12 +441,6 @@ impl Access {
         }
         let key = session.data_key(container)?;
         Ok((session, key))
-    }
-}
-
-impl From<StoreError> for Denial {
-    fn from(e: StoreError) -> Self {
-        Denial::StoreError(e.to_string())
     }
 }
 

@@ -370,7 +370,7 @@ impl Handler for DaemonControl {
                             UnlockError::WrongPassphrase(_) => "wrong-passphrase",
                             UnlockError::RateLimited { .. } => "rate-limited",
                             UnlockError::KdfOverCap { .. } => "kdf-over-cap",
-                            UnlockError::Store(_) => "store-error",
+                            UnlockError::Store(_) | UnlockError::Keyring(_) => "store-error",
                         };
                         let _ = self
                             .shared

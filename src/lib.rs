@@ -16,5 +16,6 @@ pub mod fs;
 pub mod fsck;
 pub mod fsutil;
 pub mod keyring;
+mod memlock;
 pub mod safetensors;
 pub mod store;

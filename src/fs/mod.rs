@@ -475,16 +475,15 @@ impl Shared {
             }
             e => OpenError::Errno(store_errno(&e)),
         })?;
-        let container = Container::parse(file)
-            .map_err(|e| OpenError::Denied(Denial::Integrity(format!("{rel}: {e}"))))?;
+        let integrity = |e: ContainerError| match e {
+            ContainerError::Io(e) => OpenError::Errno(Errno::from(e)),
+            e => OpenError::Denied(Denial::Integrity(e)),
+        };
+        let container = Container::parse(file).map_err(integrity)?;
         let (session, data_key) = self
             .access
             .authorize(&self.store, uid, &container)
             .map_err(OpenError::Denied)?;
-        let integrity = |e: ContainerError| match e {
-            ContainerError::Io(e) => OpenError::Errno(Errno::from(e)),
-            e => OpenError::Denied(Denial::Integrity(e.to_string())),
-        };
         // The chunk table is held in memory while the file is open: charged to the opener
         // before it is read, so that a crafted header cannot make the daemon allocate more.
         let table_len = container.table_len();
@@ -814,7 +813,7 @@ impl Shared {
         match self.open_file(uid, rel) {
             Ok(_) => Ok(()),
             Err(OpenError::Errno(e)) => Err(e),
-            Err(OpenError::Denied(Denial::Integrity(why) | Denial::StoreError(why))) => {
+            Err(OpenError::Denied(why @ (Denial::Integrity(_) | Denial::StoreError(_)))) => {
                 log::error!("{rel}: {why}");
                 Err(Errno::EIO)
             }
@@ -1196,11 +1195,11 @@ impl Filesystem for TvaultFs {
                             Event::from_pid(EventKind::IntegrityFailure, pid)
                                 .uid(uid)
                                 .path(&rel)
-                                .detail(why.as_str()),
+                                .detail(why.to_string()),
                         );
                     }
                     match denial {
-                        Denial::Integrity(why) | Denial::StoreError(why) => {
+                        why @ (Denial::Integrity(_) | Denial::StoreError(_)) => {
                             log::error!("{rel}: {why}");
                             reply.error(Errno::EIO)
                         }
