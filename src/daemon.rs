@@ -282,6 +282,31 @@ impl Unmount {
     }
 }
 
+/// Why the daemon refused a control request; the `Display` is the reply's error text.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Unlock(UnlockError),
+    #[error("the audit log cannot be written; unlock refused")]
+    UnlockNotAudited(#[source] audit::AuditError),
+    #[error("uid {0} is not unlocked on this mount")]
+    NotUnlocked(u32),
+    #[error(
+        "{} file(s) still open by uid {uid}: {}; close them, or use --force to lock anyway \
+         (reads on them then fail, and mappings get SIGBUS)",
+        open.len(),
+        open.join(", ")
+    )]
+    FilesOpen { uid: u32, open: Vec<String> },
+    /// Something only root or the daemon's owner may do.
+    #[error("only root or the user who mounted may {0}")]
+    NotOwner(&'static str),
+    #[error("unknown audit event {0:?}")]
+    UnknownAuditEvent(String),
+    #[error(transparent)]
+    Audit(audit::AuditError),
+}
+
 struct DaemonControl {
     shared: Arc<Shared>,
     unmount: Arc<Unmount>,
@@ -341,7 +366,9 @@ impl DaemonControl {
 }
 
 impl Handler for DaemonControl {
-    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
+    type Error = Refusal;
+
+    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, Refusal> {
         let comm = crate::fs::process_name(peer.pid as u32);
         match request {
             Request::Unlock { passphrase } => {
@@ -352,15 +379,14 @@ impl Handler for DaemonControl {
                 let event = |kind| Event::from_pid(kind, peer.pid as u32).uid(peer.uid);
                 match result {
                     Ok(user) => {
-                        if self
+                        let recorded = self
                             .shared
                             .audit
-                            .record(&event(EventKind::Unlock).user(&user).allow())
-                            .is_err()
-                        {
+                            .record(&event(EventKind::Unlock).user(&user).allow());
+                        if let Err(e) = recorded {
                             // Fail closed: no unaudited session.
                             self.shared.access.lock(peer.uid);
-                            return Err("the audit log cannot be written; unlock refused".into());
+                            return Err(Refusal::UnlockNotAudited(e));
                         }
                         Ok(json!({"user": user, "uid": peer.uid}))
                     }
@@ -372,17 +398,20 @@ impl Handler for DaemonControl {
                             UnlockError::KdfOverCap { .. } => "kdf-over-cap",
                             UnlockError::Store(_) | UnlockError::Keyring(_) => "store-error",
                         };
-                        let _ = self
+                        if let Err(audit) = self
                             .shared
                             .audit
-                            .record(&event(EventKind::UnlockFailed).deny(reason));
-                        Err(e.to_string())
+                            .record(&event(EventKind::UnlockFailed).deny(reason))
+                        {
+                            log::error!("audit log: failed unlock of uid {}: {audit}", peer.uid);
+                        }
+                        Err(Refusal::Unlock(e))
                     }
                 }
             }
             Request::Lock { force } => {
                 let Some(session) = self.shared.access.session(peer.uid) else {
-                    return Err(format!("uid {} is not unlocked on this mount", peer.uid));
+                    return Err(Refusal::NotUnlocked(peer.uid));
                 };
                 let open: Vec<String> = self
                     .shared
@@ -392,13 +421,10 @@ impl Handler for DaemonControl {
                     .map(|f| f.path)
                     .collect();
                 if !open.is_empty() && !force {
-                    return Err(format!(
-                        "{} file(s) still open by uid {}: {}; close them, or use --force to lock anyway \
-                         (reads on them then fail, and mappings get SIGBUS)",
-                        open.len(),
-                        peer.uid,
-                        open.join(", ")
-                    ));
+                    return Err(Refusal::FilesOpen {
+                        uid: peer.uid,
+                        open,
+                    });
                 }
                 self.shared.access.lock(peer.uid);
                 let invalidated = self.shared.invalidate_open_files_of(peer.uid);
@@ -406,12 +432,15 @@ impl Handler for DaemonControl {
                 if self.shared.access.sessions().is_empty() {
                     self.shared.forget_plaintext();
                 }
-                let _ = self.shared.audit.record(
+                // The lock has happened either way: refusing to report it would not undo it.
+                if let Err(e) = self.shared.audit.record(
                     &Event::from_pid(EventKind::Lock, peer.pid as u32)
                         .uid(peer.uid)
                         .user(&session.name)
                         .detail(format!("force={force} invalidated={invalidated}")),
-                );
+                ) {
+                    log::error!("audit log: lock of uid {}: {e}", peer.uid);
+                }
                 Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
             }
             Request::Status => Ok(self.status(peer)),
@@ -424,12 +453,12 @@ impl Handler for DaemonControl {
             } => {
                 // Only whoever could write the audit log directly may add to it.
                 if peer.uid != 0 && peer.uid != self.owner_uid {
-                    return Err("only root or the user who mounted may add audit entries".into());
+                    return Err(Refusal::NotOwner("add audit entries"));
                 }
                 let kind = match event.as_str() {
                     "grant" => EventKind::Grant,
                     "revoke" => EventKind::Revoke,
-                    other => return Err(format!("unknown audit event {other:?}")),
+                    other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
                 };
                 let mut e = Event::from_pid(kind, peer.pid as u32)
                     .uid(peer.uid)
@@ -442,12 +471,12 @@ impl Handler for DaemonControl {
                 if let Some(detail) = detail {
                     e = e.detail(detail);
                 }
-                self.shared.audit.record(&e).map_err(|e| e.to_string())?;
+                self.shared.audit.record(&e).map_err(Refusal::Audit)?;
                 Ok(json!({}))
             }
             Request::Umount => {
                 if peer.uid != 0 && peer.uid != self.owner_uid {
-                    return Err("only root or the user who mounted may unmount".into());
+                    return Err(Refusal::NotOwner("unmount"));
                 }
                 log::info!(
                     "unmount requested by uid {} (pid {}, {comm})",

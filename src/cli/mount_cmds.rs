@@ -148,12 +148,13 @@ pub fn unlock(mountpoint: &Path, pass: &PassphraseArgs) -> CliResult {
         pass.passphrase_file.as_deref(),
         false,
     )?;
-    let text = String::from_utf8(phrase.to_vec()).map_err(|_| "the passphrase is not UTF-8")?;
-    let reply = control::call(
-        mountpoint,
-        &Request::Unlock { passphrase: text },
-        UNLOCK_TIMEOUT,
-    )?;
+    // Checked in place: a failed `String::from_utf8` would drop an unwiped copy.
+    let text = std::str::from_utf8(&phrase).map_err(|_| "the passphrase is not UTF-8")?;
+    // `Request` wipes the passphrase when dropped.
+    let request = Request::Unlock {
+        passphrase: text.to_owned(),
+    };
+    let reply = control::call(mountpoint, &request, UNLOCK_TIMEOUT)?;
     println!(
         "unlocked {} (uid {uid}) on {}",
         reply["user"].as_str().unwrap_or("?"),
