@@ -14,19 +14,19 @@ use crate::crypto::{
     MAC_LEN, NONCE_LEN, TAG_LEN, WRAPPED_KEY_LEN,
 };
 
-pub const MAGIC: [u8; 4] = *b"TVLT";
-pub const VERSION: u16 = 1;
+pub(crate) const MAGIC: [u8; 4] = *b"TVLT";
+pub(crate) const VERSION: u16 = 1;
 pub const FIXED_HEADER_LEN: usize = 64;
 /// The header MAC covers the fixed header up to the slot-section length, which is excluded so
 /// that key slots can be added or removed by someone who does not hold the data key.
 pub const MACED_HEADER_LEN: usize = 60;
 pub const TABLE_ENTRY_LEN: usize = NONCE_LEN + TAG_LEN;
-pub const MIN_CHUNK_LOG2: u8 = 12;
-pub const MAX_CHUNK_LOG2: u8 = 20;
-pub const DEFAULT_CHUNK_LOG2: u8 = 16;
+pub(crate) const MIN_CHUNK_LOG2: u8 = 12;
+pub(crate) const MAX_CHUNK_LOG2: u8 = 20;
+pub(crate) const DEFAULT_CHUNK_LOG2: u8 = 16;
 /// Bounds what a hostile file can make a parser allocate for key slots.
 pub const MAX_SLOTS_LEN: u32 = 1 << 20;
-pub const MAX_LABEL_LEN: usize = 255;
+pub(crate) const MAX_LABEL_LEN: usize = 255;
 const SLOT_FIXED_LEN: usize = 32 + NONCE_LEN + WRAPPED_KEY_LEN;
 const SLOT_AAD_PREFIX: &[u8] = b"tensorvault v1 slot";
 
@@ -113,7 +113,7 @@ pub enum ContainerError {
     Io(#[from] io::Error),
 }
 
-pub type Result<T> = std::result::Result<T, ContainerError>;
+pub(crate) type Result<T> = std::result::Result<T, ContainerError>;
 
 /// Number of chunks for a plaintext length. An empty file still has one (empty, final) chunk,
 /// so that truncating a file to nothing is detected like any other truncation.
@@ -287,7 +287,7 @@ impl KeySlot {
         })
     }
 
-    pub fn open(&self, file_id: &[u8; FILE_ID_LEN], key: &PrivateKey) -> Result<SecretKey> {
+    pub(crate) fn open(&self, file_id: &[u8; FILE_ID_LEN], key: &PrivateKey) -> Result<SecretKey> {
         crypto::unwrap_key(key, &self.wrapped, &slot_aad(file_id, &self.label))
             .map_err(|_| ContainerError::SlotAuthentication(self.label.clone()))
     }
@@ -315,7 +315,7 @@ pub fn encode_slots(slots: &[KeySlot]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-pub fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
+pub(crate) fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
     let (count, mut rest) = match bytes {
         [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
         _ => return Err(ContainerError::NoSlotCount(bytes.len())),
@@ -409,7 +409,7 @@ impl<S: Source + ?Sized> Source for &S {
 
 /// The largest chunk table the CLI reads into memory (a store writer can make a sparse file
 /// whose header claims billions of chunks). The mount passes its own, smaller bound.
-pub const MAX_TABLE_LEN: u64 = 1 << 30;
+pub(crate) const MAX_TABLE_LEN: u64 = 1 << 30;
 
 /// A structurally checked container whose contents are not yet authenticated. Opening it
 /// needs the data key, obtained from one of its key slots. Only the fixed header and the key
@@ -465,7 +465,7 @@ impl<B: Source> Container<B> {
     }
 
     /// Bytes of the chunk table plus the MAC, which `open` reads into memory.
-    pub fn table_len(&self) -> u64 {
+    pub(crate) fn table_len(&self) -> u64 {
         self.layout.total - self.layout.table
     }
 
@@ -556,17 +556,17 @@ pub struct Reader<B> {
 }
 
 impl<B: Source> Reader<B> {
-    pub fn header(&self) -> &FixedHeader {
+    pub(crate) fn header(&self) -> &FixedHeader {
         &self.header
     }
 
-    pub fn slots(&self) -> &[KeySlot] {
+    pub(crate) fn slots(&self) -> &[KeySlot] {
         &self.slots
     }
 
     /// The authenticated header MAC. With the file id it names this exact version: another
     /// data key, header or chunk table gives another MAC.
-    pub fn mac(&self) -> &[u8; MAC_LEN] {
+    pub(crate) fn mac(&self) -> &[u8; MAC_LEN] {
         &self.mac
     }
 
@@ -823,7 +823,7 @@ pub struct Draft {
 
 impl Draft {
     /// Writes the header placeholder and key slots for `recipients` into `file` (empty).
-    pub fn create(
+    pub(crate) fn create(
         file: std::fs::File,
         data_key: &SecretKey,
         chunk_log2: u8,
@@ -843,13 +843,13 @@ impl Draft {
         })
     }
 
-    pub fn chunk_size(&self) -> u64 {
+    pub(crate) fn chunk_size(&self) -> u64 {
         self.header.chunk_size()
     }
 
     /// Seals `plaintext` as chunk `index` (overwriting any earlier version of that chunk).
     /// `scratch` is reused as the encryption buffer to avoid an allocation per chunk.
-    pub fn seal(
+    pub(crate) fn seal(
         &mut self,
         index: u64,
         plaintext: &[u8],
@@ -884,13 +884,13 @@ impl Draft {
     }
 
     /// (length, last flag) of chunk `index` if it has been sealed.
-    pub fn sealed(&self, index: u64) -> Option<(usize, bool)> {
+    pub(crate) fn sealed(&self, index: u64) -> Option<(usize, bool)> {
         let entry = self.table.get(&index)?;
         Some((entry.len as usize, entry.last))
     }
 
     /// Decrypts sealed chunk `index` into the front of `out`; returns its length.
-    pub fn open(&self, index: u64, out: &mut [u8]) -> Result<usize> {
+    pub(crate) fn open(&self, index: u64, out: &mut [u8]) -> Result<usize> {
         use std::os::unix::fs::FileExt;
         let entry = self
             .table
@@ -914,14 +914,14 @@ impl Draft {
     }
 
     /// Forgets chunks from `count` on (after a truncation).
-    pub fn forget_from(&mut self, count: u64) {
+    pub(crate) fn forget_from(&mut self, count: u64) {
         drop(self.table.split_off(&count));
     }
 
     /// Completes the container for a plaintext of `plaintext_len` bytes: every chunk must be
     /// sealed with its exact length, and only the final one marked last. Writes the table,
     /// the MAC and then the real header, cuts the file to size and returns it (not synced).
-    pub fn finish(mut self, plaintext_len: u64) -> Result<std::fs::File> {
+    pub(crate) fn finish(mut self, plaintext_len: u64) -> Result<std::fs::File> {
         use std::os::unix::fs::FileExt;
         self.header.plaintext_len = plaintext_len;
         let count = self.header.chunk_count();

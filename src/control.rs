@@ -63,12 +63,12 @@ impl Drop for Request {
 
 /// The connecting process, as the kernel reports it.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub uid: u32,
     pub pid: i32,
 }
 
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     /// Why a request is refused; its `Display` is the reply's `error` text.
     type Error: std::error::Error;
 
@@ -78,7 +78,7 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Requests the socket code refuses before (or instead of) the handler.
 #[derive(Debug, thiserror::Error)]
-pub enum ProtocolError {
+pub(crate) enum ProtocolError {
     #[error("daemon busy: too many connections")]
     Busy,
     #[error("request not complete within {} s", IO_TIMEOUT.as_secs())]
@@ -91,14 +91,14 @@ pub enum ProtocolError {
     Malformed(#[source] serde_json::Error),
 }
 
-pub fn runtime_dir() -> PathBuf {
+pub(crate) fn runtime_dir() -> PathBuf {
     std::env::var_os("TVAULT_RUNTIME_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/tvault"))
 }
 
 /// The socket path for a mountpoint (which must exist, to be canonicalized).
-pub fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
+pub(crate) fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
     let canonical = std::fs::canonicalize(mountpoint)?;
     let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
     Ok(runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16]))))
@@ -132,7 +132,7 @@ fn peer_cred(stream: &UnixStream) -> io::Result<Peer> {
 
 /// Binds the socket, replacing a stale one left by a dead daemon but refusing to steal one
 /// that a live daemon still answers on.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -157,7 +157,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// connection. Each uid may hold at most `MAX_PER_UID` connections at once and all uids
 /// together `MAX_CONNECTIONS`; beyond that new connections are refused, not queued, so a
 /// user who opens connections and stalls only blocks themselves.
-pub fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) -> io::Result<()> {
+pub(crate) fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     let per_uid: Arc<Mutex<HashMap<u32, usize>>> = Arc::new(Mutex::new(HashMap::new()));
     std::thread::Builder::new()
@@ -315,7 +315,7 @@ fn encode_request(request: &Request) -> Result<Zeroizing<Vec<u8>>, ClientError> 
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("{mountpoint}: no tvault daemon answers for this mountpoint ({source}); is it mounted with `tvault mount`?")]
     NoDaemon {
         mountpoint: String,
@@ -335,7 +335,11 @@ pub enum ClientError {
 }
 
 /// Sends one request to the daemon serving `mountpoint` and returns its response body.
-pub fn call(mountpoint: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
+pub(crate) fn call(
+    mountpoint: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
     let no_daemon = |source| ClientError::NoDaemon {
         mountpoint: mountpoint.display().to_string(),
         source,

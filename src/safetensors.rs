@@ -19,7 +19,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// Largest header the reference implementation will read.
-pub const MAX_HEADER_LEN: u64 = 100_000_000;
+pub(crate) const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// Size of the little-endian `u64` header length that starts every file.
 const PREFIX_LEN: u64 = 8;
@@ -82,12 +82,12 @@ impl Dtype {
     ];
 
     /// Parses the on-disk spelling (case-sensitive, like the reference).
-    pub fn parse(s: &str) -> Option<Dtype> {
+    pub(crate) fn parse(s: &str) -> Option<Dtype> {
         Self::ALL.into_iter().find(|d| d.name() == s)
     }
 
     /// The on-disk spelling, e.g. `"F8_E4M3"`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Dtype::Bool => "BOOL",
             Dtype::F4 => "F4",
@@ -115,7 +115,7 @@ impl Dtype {
     }
 
     /// Size of one element in bits; sub-byte types (F4, F6_*) are packed.
-    pub fn bits(self) -> u64 {
+    pub(crate) fn bits(self) -> u64 {
         match self {
             Dtype::F4 => 4,
             Dtype::F6E2M3 | Dtype::F6E3M2 => 6,
@@ -148,13 +148,9 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     /// Size of the tensor's data in bytes.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         // Saturating because the fields are public and may not have been validated.
         self.end.saturating_sub(self.begin)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -176,7 +172,7 @@ impl Header {
     }
 
     /// Length of the data buffer: the end of the last tensor, or 0.
-    pub fn data_len(&self) -> u64 {
+    pub(crate) fn data_len(&self) -> u64 {
         self.tensors.last().map_or(0, |t| t.end)
     }
 
@@ -267,7 +263,7 @@ pub enum SafetensorsError {
 use SafetensorsError as E;
 
 /// Reads the 8-byte prefix; checks N <= MAX_HEADER_LEN and 8 + N <= file_len.
-pub fn header_len(prefix: &[u8; 8], file_len: u64) -> Result<u64, SafetensorsError> {
+pub(crate) fn header_len(prefix: &[u8; 8], file_len: u64) -> Result<u64, SafetensorsError> {
     let n = u64::from_le_bytes(*prefix);
     check_header_len(n, file_len)?;
     Ok(n)
@@ -288,7 +284,7 @@ fn check_header_len(header_len: u64, file_len: u64) -> Result<(), SafetensorsErr
 }
 
 /// Parses the N header bytes and validates everything, including that file_len == 8 + N + data_len.
-pub fn parse_header(header_json: &[u8], file_len: u64) -> Result<Header, SafetensorsError> {
+pub(crate) fn parse_header(header_json: &[u8], file_len: u64) -> Result<Header, SafetensorsError> {
     // usize is at most 64 bits on every supported target.
     let header_len = header_json.len() as u64;
     check_header_len(header_len, file_len)?;
@@ -704,9 +700,9 @@ mod tests {
         assert_eq!(h.data_len(), 8);
         let find = |n: &str| h.tensors.iter().find(|t| t.name == n).unwrap();
         assert_eq!(find("scalar"), &infos[1]);
-        assert!(find("empty").is_empty());
+        assert_eq!(find("empty").len(), 0);
         assert_eq!(find("empty").begin, 0);
-        assert!(find("also_empty").is_empty());
+        assert_eq!(find("also_empty").len(), 0);
         assert_eq!(find("also_empty").begin, 8);
         assert_eq!(find("scalar").len(), 8);
     }

@@ -53,7 +53,12 @@ enum Command {
     Init {
         store: PathBuf,
         /// Default plaintext chunk size for files put into the store (4K to 1M, power of two)
-        #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
+        #[arg(
+            long,
+            value_name = "SIZE",
+            default_value_t = 1 << crate::container::DEFAULT_CHUNK_LOG2,
+            value_parser = parse_size
+        )]
         chunk_size: u64,
     },
     /// Manage users (keyrings)
