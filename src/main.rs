@@ -25,17 +25,7 @@ fn main() -> ExitCode {
     match tensorvault::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut msg = format!("tvault: error: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                // thiserror's "{path}: {source}" messages already include the cause.
-                if !msg.ends_with(&text) {
-                    msg.push_str(&format!(": {text}"));
-                }
-                source = cause.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("{}", tensorvault::cli::error_message(err.as_ref()));
             ExitCode::FAILURE
         }
     }

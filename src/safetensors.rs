@@ -342,6 +342,35 @@ pub fn parse(bytes: &[u8], file_len: u64) -> Result<Header, SafetensorsError> {
     parse_header(json, file_len)
 }
 
+/// Why [`read_header`] failed: reading the file, or what it read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadHeaderError<R> {
+    #[error("{0}")]
+    Read(R),
+    #[error(transparent)]
+    Invalid(#[from] SafetensorsError),
+}
+
+/// Reads and validates the header of a file of `file_len` bytes through `read_exact_at`,
+/// which fills its buffer from the given file offset: the 8-byte length, then exactly the JSON
+/// it announces (checked against `file_len` before anything is allocated for it). The JSON
+/// buffer is wiped afterwards: for a stored file it is decrypted plaintext.
+pub(crate) fn read_header<R>(
+    file_len: u64,
+    mut read_exact_at: impl FnMut(u64, &mut [u8]) -> Result<(), R>,
+) -> Result<Header, ReadHeaderError<R>> {
+    if file_len < PREFIX_LEN {
+        return Err(E::FileTooShort { file_len }.into());
+    }
+    let mut prefix = [0u8; PREFIX_LEN as usize];
+    read_exact_at(0, &mut prefix).map_err(ReadHeaderError::Read)?;
+    // At most MAX_HEADER_LEN, so it fits in usize.
+    let n = header_len(&prefix, file_len)?;
+    let mut json = zeroize::Zeroizing::new(vec![0u8; n as usize]);
+    read_exact_at(PREFIX_LEN, &mut json).map_err(ReadHeaderError::Read)?;
+    Ok(parse_header(&json, file_len)?)
+}
+
 /// Where the JSON walk stopped. serde errors carry only text, so the visitor
 /// records here what it knows, and `read_json` turns it into a precise error.
 enum Stop {
@@ -653,6 +682,44 @@ mod tests {
             parse(&bytes[..h.data_start() as usize], bytes.len() as u64),
             Ok(h)
         );
+    }
+
+    type Read = Result<Header, ReadHeaderError<&'static str>>;
+
+    /// `read_header` over `bytes`, and the (offset, length) of each read it made.
+    fn read_from(bytes: &[u8]) -> (Read, Vec<(u64, usize)>) {
+        let mut reads = Vec::new();
+        let result = read_header(bytes.len() as u64, |offset, buf| {
+            reads.push((offset, buf.len()));
+            let at = offset as usize;
+            let src = bytes.get(at..at + buf.len()).ok_or("past the end")?;
+            buf.copy_from_slice(src);
+            Ok(())
+        });
+        (result, reads)
+    }
+
+    #[test]
+    fn read_header_reads_only_the_header() {
+        let (bytes, infos) = build(&[("w", Dtype::F32, &[1000])], &[]);
+        let (result, reads) = read_from(&bytes);
+        let h = result.unwrap();
+        assert_eq!(h.tensors, infos);
+        assert_eq!(reads, [(0, 8), (8, h.header_len as usize)]);
+        // A length beyond the file is refused before the JSON is read or allocated.
+        let (result, reads) = read_from(&bytes[..20]);
+        assert!(matches!(
+            result,
+            Err(ReadHeaderError::Invalid(E::HeaderBeyondFile { .. }))
+        ));
+        assert_eq!(reads, [(0, 8)]);
+        assert!(matches!(
+            read_from(&[1, 2, 3]).0,
+            Err(ReadHeaderError::Invalid(E::FileTooShort { file_len: 3 }))
+        ));
+        // The reader's own failure comes back as it is.
+        let failing = read_header(100, |_, _| Err("EIO"));
+        assert!(matches!(failing, Err(ReadHeaderError::Read("EIO"))));
     }
 
     #[test]
