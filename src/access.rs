@@ -391,16 +391,17 @@ impl Access {
     }
 
     /// Forgets `uid`'s keys. Handles that hold the session see `is_locked()` from now on.
-    /// The keys are zeroized when the last reference to the session goes.
-    pub fn lock(&self, uid: u32) -> Option<Arc<UserSession>> {
-        let session = self
+    /// Its data keys are wiped now, its private key when the last handle on it goes.
+    pub fn lock(&self, uid: u32) {
+        let removed = self
             .sessions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid)?;
-        session.locked.store(true, Ordering::Release);
-        session.keys().clear();
-        Some(session)
+            .remove(&uid);
+        if let Some(session) = removed {
+            session.locked.store(true, Ordering::Release);
+            session.keys().clear();
+        }
     }
 
     /// Forgets every session (at unmount).
