@@ -419,7 +419,9 @@ mod tests {
         };
         let ok = call_raw(b"{\"op\":\"status\"}\n");
         assert_eq!(ok["ok"], true);
-        assert_eq!(ok["uid"], unsafe { libc::getuid() });
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(ok["uid"], uid);
         assert_eq!(call_raw(b"{\"op\":\"umount\"}\n")["error"], "nope");
         assert_eq!(call_raw(b"garbage\n")["ok"], false);
         assert_eq!(call_raw(b"")["error"], "empty request");

@@ -139,7 +139,7 @@ pub fn is_mount_point(path: &Path) -> bool {
 /// with `fusermount3 -uz` when not root.
 pub fn detach(mountpoint: &Path) -> std::io::Result<()> {
     let path = CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated path.
+    // SAFETY: `path` is NUL-terminated and outlives the call, which only reads it.
     if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
         return Ok(());
     }
@@ -195,7 +195,8 @@ fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit write and read a properly sized rlimit.
+    // SAFETY: getrlimit writes, and setrlimit reads, a properly sized rlimit that lives on
+    // this stack frame; neither keeps the pointer.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             log::warn!(
@@ -244,7 +245,8 @@ fn set_readahead(mountpoint: &Path, bytes: u64) {
 }
 
 fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain signal-mask manipulation on a zero-initialised sigset_t.
+    // SAFETY: sigset_t is plain data, so all zeros is a valid value; sigemptyset and
+    // sigaddset write only `set`, and pthread_sigmask reads it (no old mask is asked for).
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -275,7 +277,7 @@ impl Unmount {
             // handle closes.
             log::warn!("unmount: {e}; detaching lazily");
             if let Ok(path) = CString::new(self.mountpoint.as_os_str().as_encoded_bytes()) {
-                // SAFETY: valid NUL-terminated path.
+                // SAFETY: `path` is NUL-terminated and outlives the call, which only reads it.
                 unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
             }
         }
@@ -636,7 +638,8 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         .name("tvault-signals".into())
         .spawn(move || loop {
             let mut sig = 0;
-            // SAFETY: waits on the set blocked above.
+            // SAFETY: `signals` is the initialised set blocked above and `sig` a valid int to
+            // write; sigwait keeps neither pointer.
             if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
                 if sig == libc::SIGHUP {
                     if let Err(e) = signal_audit.rotate() {

@@ -43,7 +43,9 @@ fn redirect(target: i32, path: Option<&Path>) -> std::io::Result<()> {
             .open(p)?,
         None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
     };
-    // SAFETY: dup2 onto a standard descriptor; `file` stays valid for the call.
+    // SAFETY: both descriptors are open for the call (`file` lives until the end of this
+    // function); dup2 makes `target` refer to the file, so whatever uses it still holds an
+    // open descriptor.
     if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), target) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
