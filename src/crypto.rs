@@ -171,7 +171,8 @@ impl FileKeys {
     }
 
     /// Decrypts `ciphertext` into `out` (same length) without an intermediate copy: the
-    /// read path decrypts straight from the mapped container. On failure `out` is zeroed.
+    /// read path decrypts from the ciphertext it read into a scratch buffer straight into
+    /// the chunk's buffer. On failure `out` is zeroed.
     pub fn open_chunk_into(
         &self,
         index: u64,
