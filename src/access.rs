@@ -2,31 +2,39 @@
 //!
 //! A uid is mapped to the one keyring registered for it in the store. Unlocking unseals that
 //! keyring's private key; data keys are then unwrapped from key slots on first use and kept in
-//! the session, in memory only, until the uid locks or the mount ends (all zeroized on drop).
+//! the session, in memory only, until the uid locks or the mount ends. Each key sits in an
+//! allocation of its own, page-locked through `memlock` and wiped on drop.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::container::{Container, ContainerError};
+use crate::container::{Container, ContainerError, Reader};
 use crate::crypto::{KdfParams, PrivateKey, SecretKey, FILE_ID_LEN};
 use crate::keyring::KeyringError;
+use crate::memlock::Locked;
 use crate::store::{Store, StoreError};
 
 /// Why an open was refused; `code()` is the stable reason string used in logs and the audit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum Denial {
     /// The uid has no keyring in the store.
+    #[error("no keyring for this uid")]
     NoKeyring,
     /// The uid has a keyring but has not unlocked it (or locked it).
+    #[error("the uid has not unlocked its keyring")]
     Locked,
     /// The uid's user holds no key slot for this file.
+    #[error("no key slot for this user")]
     NoKeySlot,
-    /// The slot or header did not authenticate under the user's key.
-    Integrity(String),
+    /// The slot or header did not authenticate under the user's key. Never an I/O error
+    /// (`ContainerError::Io`): failing to read a file says nothing about tampering.
+    #[error(transparent)]
+    Integrity(ContainerError),
     /// The store could not be read.
-    StoreError(String),
+    #[error(transparent)]
+    StoreError(#[from] StoreError),
 }
 
 impl Denial {
@@ -41,11 +49,31 @@ impl Denial {
     }
 }
 
-/// A data key handed out for an open.
-pub struct DataKey {
-    pub key: SecretKey,
+/// A data key handed out for an open, not yet known to be this file's: the slot only proves
+/// it was wrapped for this user and file id. The only use of it is [`SlotKey::open`], which
+/// authenticates the header and chunk table under it and only then lets the session
+/// remember a freshly unwrapped key, so no key is ever remembered before its MAC verified.
+pub struct SlotKey {
+    key: SecretKey,
     /// Already checked against this file's header MAC: it came from the session's memory.
-    pub checked: bool,
+    remembered: bool,
+    session: Arc<UserSession>,
+}
+
+impl SlotKey {
+    /// Reads the chunk table (refused past `limit` bytes) and verifies the header MAC under
+    /// this key; on success a key unwrapped from the slot is remembered by the session.
+    pub fn open<B: crate::container::Source>(
+        self,
+        container: Container<B>,
+        limit: u64,
+    ) -> Result<Reader<B>, ContainerError> {
+        let reader = container.open_with_limit(&self.key, limit)?;
+        if !self.remembered {
+            self.session.remember_key(reader.header().file_id, self.key);
+        }
+        Ok(reader)
+    }
 }
 
 /// One unlocked user. Handles opened by the user keep a reference, so that a lock takes
@@ -53,31 +81,12 @@ pub struct DataKey {
 pub struct UserSession {
     pub uid: u32,
     pub name: String,
-    private: PrivateKey,
-    data_keys: Mutex<HashMap<[u8; FILE_ID_LEN], SecretKey>>,
+    /// Kept out of swap (best effort: an unprivileged daemon may lack the mlock limit).
+    private: Locked<PrivateKey>,
+    /// Each key boxed and locked on its own: the map's growth moves pointers, never keys, and
+    /// removing or clearing an entry wipes its key.
+    data_keys: Mutex<HashMap<[u8; FILE_ID_LEN], Locked<SecretKey>>>,
     locked: AtomicBool,
-}
-
-/// Keeps the pages holding an unlocked user's private key out of swap (best effort: an
-/// unprivileged daemon may lack the mlock limit). Unlocked again when the session drops.
-fn lock_in_memory(session: &Arc<UserSession>) {
-    let ptr: *const UserSession = Arc::as_ptr(session);
-    // SAFETY: locks the pages of a live allocation; `UserSession::drop` unlocks them.
-    if unsafe { libc::mlock(ptr.cast(), std::mem::size_of::<UserSession>()) } != 0 {
-        log::debug!(
-            "mlock of a session key: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-impl Drop for UserSession {
-    fn drop(&mut self) {
-        let ptr: *const UserSession = self;
-        // SAFETY: the allocation is still live during drop; unlocking unlocked pages is
-        // harmless.
-        unsafe { libc::munlock(ptr.cast(), std::mem::size_of::<UserSession>()) };
-    }
 }
 
 impl UserSession {
@@ -87,38 +96,41 @@ impl UserSession {
 
     /// The data key of `container` for this user: from the session's memory (checked
     /// against this file's header MAC when it was remembered), or unwrapped from the user's
-    /// slot (authenticated by the slot's AEAD, but not yet checked against the header; the
-    /// caller checks it, e.g. by [`Container::open`], then calls [`Self::remember_key`]).
+    /// slot (authenticated by the slot's AEAD, but not yet checked against the header: see
+    /// [`SlotKey`]).
     fn data_key<B: crate::container::Source>(
-        &self,
+        self: &Arc<Self>,
         container: &Container<B>,
-    ) -> Result<DataKey, Denial> {
+    ) -> Result<SlotKey, Denial> {
         let file_id = container.header().file_id;
         if let Some(key) = self.keys().get(&file_id) {
-            return Ok(DataKey {
-                key: key.clone(),
-                checked: true,
+            return Ok(SlotKey {
+                key: SecretKey::clone(key),
+                remembered: true,
+                session: self.clone(),
             });
         }
         let key = container
             .unwrap_key(&self.name, &self.private)
             .map_err(|e| match e {
                 ContainerError::NoSlot(_) => Denial::NoKeySlot,
-                e => Denial::Integrity(e.to_string()),
+                // Unwrapping reads nothing: what fails here is the slot's authentication.
+                e => Denial::Integrity(e),
             })?;
-        Ok(DataKey {
+        Ok(SlotKey {
             key,
-            checked: false,
+            remembered: false,
+            session: self.clone(),
         })
     }
 
-    /// Keeps the data key of file `file_id` for later opens, once the header MAC it commits
-    /// to has been checked.
-    pub fn remember_key(&self, file_id: [u8; FILE_ID_LEN], key: SecretKey) {
-        self.keys().insert(file_id, key);
+    /// Keeps the data key of file `file_id` for later opens (only [`SlotKey::open`] calls
+    /// it, once the header MAC the key commits to has verified).
+    fn remember_key(&self, file_id: [u8; FILE_ID_LEN], key: SecretKey) {
+        self.keys().insert(file_id, Locked::new(key));
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; FILE_ID_LEN], SecretKey>> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<[u8; FILE_ID_LEN], Locked<SecretKey>>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
         self.data_keys.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -141,8 +153,11 @@ pub enum UnlockError {
         name: String,
         source: crate::crypto::CryptoError,
     },
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The keyring could not be used (other than a wrong passphrase).
+    #[error(transparent)]
+    Keyring(KeyringError),
 }
 
 /// Consecutive failed unlocks of one uid and when the next attempt is allowed.
@@ -316,7 +331,7 @@ impl Access {
         let keyring = match store.user_by_uid(uid) {
             Ok(Some(k)) => k,
             Ok(None) => return Err(UnlockError::NoKeyring(uid)),
-            Err(e) => return Err(UnlockError::Store(e.to_string())),
+            Err(e) => return Err(UnlockError::Store(e)),
         };
         // Refused before it waits or allocates anything: an over-cap keyring (sealed before the
         // caps, or written by hand) must not cost the daemon its memory.
@@ -349,7 +364,7 @@ impl Access {
                     self.record_failure(uid);
                     return Err(UnlockError::WrongPassphrase(name));
                 }
-                Err(e) => return Err(UnlockError::Store(e.to_string())),
+                Err(e) => return Err(UnlockError::Keyring(e)),
             }
         };
         self.backoff
@@ -362,11 +377,10 @@ impl Access {
             let session = Arc::new(UserSession {
                 uid,
                 name: keyring.name.clone(),
-                private,
+                private: Locked::new(private),
                 data_keys: Mutex::new(HashMap::new()),
                 locked: AtomicBool::new(false),
             });
-            lock_in_memory(&session);
             if let Some(old) = sessions.insert(uid, session) {
                 old.locked.store(true, Ordering::Release);
             }
@@ -399,16 +413,17 @@ impl Access {
     }
 
     /// Forgets `uid`'s keys. Handles that hold the session see `is_locked()` from now on.
-    /// The keys are zeroized when the last reference to the session goes.
-    pub fn lock(&self, uid: u32) -> Option<Arc<UserSession>> {
-        let session = self
+    /// Its data keys are wiped now, its private key when the last handle on it goes.
+    pub fn lock(&self, uid: u32) {
+        let removed = self
             .sessions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid)?;
-        session.locked.store(true, Ordering::Release);
-        session.keys().clear();
-        Some(session)
+            .remove(&uid);
+        if let Some(session) = removed {
+            session.locked.store(true, Ordering::Release);
+            session.keys().clear();
+        }
     }
 
     /// Forgets every session (at unmount).
@@ -432,21 +447,19 @@ impl Access {
             .ok_or_else(|| match store.user_by_uid(uid) {
                 Ok(Some(_)) => Denial::Locked,
                 Ok(None) => Denial::NoKeyring,
-                Err(e) => Denial::StoreError(e.to_string()),
+                Err(e) => Denial::StoreError(e),
             })
     }
 
     /// The open decision: `uid` may open `container` if it has unlocked and its user holds a
-    /// slot for it. Returns the session and the data key; unless the key is marked checked,
-    /// the caller must still authenticate the header with it (the slot only proves the key
-    /// was wrapped for this user and file id), which the one MAC pass of `Container::open`
-    /// does, and then remember it.
+    /// slot for it. Returns the session and the data key, which can only be used to open the
+    /// container ([`SlotKey::open`]).
     pub fn authorize<B: crate::container::Source>(
         &self,
         store: &Store,
         uid: u32,
         container: &Container<B>,
-    ) -> Result<(Arc<UserSession>, DataKey), Denial> {
+    ) -> Result<(Arc<UserSession>, SlotKey), Denial> {
         let session = self.unlocked(store, uid)?;
         // Checked on every open, so a revoked slot refuses at once even if the key is cached.
         if container.slot(&session.name).is_none() {
@@ -454,12 +467,6 @@ impl Access {
         }
         let key = session.data_key(container)?;
         Ok((session, key))
-    }
-}
-
-impl From<StoreError> for Denial {
-    fn from(e: StoreError) -> Self {
-        Denial::StoreError(e.to_string())
     }
 }
 

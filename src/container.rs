@@ -14,34 +14,71 @@ use crate::crypto::{
     MAC_LEN, NONCE_LEN, TAG_LEN, WRAPPED_KEY_LEN,
 };
 
-pub const MAGIC: [u8; 4] = *b"TVLT";
-pub const VERSION: u16 = 1;
+pub(crate) const MAGIC: [u8; 4] = *b"TVLT";
+pub(crate) const VERSION: u16 = 1;
 pub const FIXED_HEADER_LEN: usize = 64;
 /// The header MAC covers the fixed header up to the slot-section length, which is excluded so
 /// that key slots can be added or removed by someone who does not hold the data key.
 pub const MACED_HEADER_LEN: usize = 60;
 pub const TABLE_ENTRY_LEN: usize = NONCE_LEN + TAG_LEN;
-pub const MIN_CHUNK_LOG2: u8 = 12;
-pub const MAX_CHUNK_LOG2: u8 = 20;
-pub const DEFAULT_CHUNK_LOG2: u8 = 16;
+pub(crate) const MIN_CHUNK_LOG2: u8 = 12;
+pub(crate) const MAX_CHUNK_LOG2: u8 = 20;
+pub(crate) const DEFAULT_CHUNK_LOG2: u8 = 16;
 /// Bounds what a hostile file can make a parser allocate for key slots.
 pub const MAX_SLOTS_LEN: u32 = 1 << 20;
-pub const MAX_LABEL_LEN: usize = 255;
+pub(crate) const MAX_LABEL_LEN: usize = 255;
 const SLOT_FIXED_LEN: usize = 32 + NONCE_LEN + WRAPPED_KEY_LEN;
 const SLOT_AAD_PREFIX: &[u8] = b"tensorvault v1 slot";
 
+/// What is wrong with a container, or with how one was used. The structural variants (up to
+/// `SizeMismatch`) need no key to detect; docs/FORMAT.md, "Reading", gives their order.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error("not a tensorvault container (bad magic)")]
     NotAContainer,
+    #[error("{0} bytes is shorter than the {FIXED_HEADER_LEN}-byte container header")]
+    TruncatedHeader(u64),
     #[error("unsupported container version {0} (this build reads version {VERSION})")]
     UnsupportedVersion(u16),
-    #[error("malformed container: {0}")]
-    Malformed(String),
+    #[error("invalid chunk size 2^{0}: must be a power of two from 4 KiB to 1 MiB")]
+    ChunkSize(u8),
+    #[error(
+        "invalid chunk size {0} bytes: must be a power of two from 4096 (4 KiB) to 1048576 (1 MiB)"
+    )]
+    ChunkSizeBytes(u64),
+    #[error("reserved header byte {offset} is {value:#04x}, not zero")]
+    ReservedNotZero { offset: usize, value: u8 },
+    #[error("key-slot section length {0} is out of range (2 to {MAX_SLOTS_LEN} bytes)")]
+    SlotsLenOutOfRange(u32),
+    #[error(
+        "region lengths overflow 64 bits (plaintext length {plaintext_len}, key-slot section \
+         {slots_len} bytes)"
+    )]
+    LayoutOverflow { plaintext_len: u64, slots_len: u32 },
     #[error(
         "container is {actual} bytes but its header implies {expected} (truncated or extended)"
     )]
     SizeMismatch { expected: u64, actual: u64 },
+    #[error("key-slot section of {0} bytes has no room for its 2-byte slot count")]
+    NoSlotCount(usize),
+    #[error("key-slot section ends inside slot {index} of {count}")]
+    TruncatedSlot { index: u16, count: u16 },
+    #[error("key-slot section: {0} bytes after the last slot")]
+    TrailingSlotBytes(usize),
+    #[error("key slot {index}: label is not UTF-8")]
+    LabelNotUtf8 { index: u16 },
+    #[error("empty key slot label")]
+    EmptyLabel,
+    #[error("key slot label of {0} bytes is longer than {MAX_LABEL_LEN}")]
+    LabelTooLong(usize),
+    #[error("key slot label {0:?} contains a control character")]
+    LabelControlCharacter(String),
+    #[error("two key slots for {0:?}")]
+    DuplicateSlot(String),
+    #[error("{0} key slots is too many (at most {max})", max = u16::MAX)]
+    TooManySlots(usize),
+    #[error("key-slot section of {0} bytes exceeds the {MAX_SLOTS_LEN}-byte limit")]
+    SlotsTooLarge(usize),
     #[error("no key slot for {0:?}")]
     NoSlot(String),
     #[error("key slot for {0:?} does not open with this key")]
@@ -50,25 +87,33 @@ pub enum ContainerError {
     HeaderAuthentication,
     #[error("chunk {index} failed authentication (altered, swapped or rolled back)")]
     ChunkAuthentication { index: u64 },
-    #[error("invalid chunk size 2^{0}: must be a power of two from 4 KiB to 1 MiB")]
-    ChunkSize(u8),
     #[error(
         "chunk table of {len} bytes exceeds this reader's {limit}-byte limit (a file this large needs a larger cache, or was crafted to exhaust memory)"
     )]
     TableTooLarge { len: u64, limit: u64 },
-    #[error(
-        "invalid chunk size {0} bytes: must be a power of two from 4096 (4 KiB) to 1048576 (1 MiB)"
-    )]
-    ChunkSizeBytes(u64),
-    #[error("invalid key slot label {0:?}")]
-    Label(String),
+    // The caller's mistakes, not the file's.
+    #[error("chunk {index} is past the last chunk (the file has {count})")]
+    ChunkOutOfRange { index: u64, count: u64 },
+    #[error("buffer of {have} bytes for a {need}-byte chunk")]
+    BufferTooSmall { have: usize, need: usize },
+    #[error("chunk {index} of {len} bytes exceeds the {chunk_size}-byte chunk size")]
+    ChunkTooLong {
+        index: u64,
+        len: usize,
+        chunk_size: u64,
+    },
+    #[error("chunk {0} of the draft is not sealed")]
+    ChunkNotSealed(u64),
+    #[error("chunk {index} of the draft is missing, or sealed for another length or final flag")]
+    DraftIncomplete { index: u64 },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// Reading or writing the file failed (EIO, ENOMEM, ENOSPC…): never a sign of tampering.
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
-pub type Result<T> = std::result::Result<T, ContainerError>;
+pub(crate) type Result<T> = std::result::Result<T, ContainerError>;
 
 /// Number of chunks for a plaintext length. An empty file still has one (empty, final) chunk,
 /// so that truncating a file to nothing is detected like any other truncation.
@@ -114,10 +159,7 @@ impl FixedHeader {
                 if bytes.len() >= 4 && bytes[..4] != MAGIC {
                     ContainerError::NotAContainer
                 } else {
-                    ContainerError::Malformed(format!(
-                        "{} bytes is shorter than the {FIXED_HEADER_LEN}-byte header",
-                        bytes.len()
-                    ))
+                    ContainerError::TruncatedHeader(bytes.len() as u64)
                 }
             })?;
         if b[0..4] != MAGIC {
@@ -131,19 +173,18 @@ impl FixedHeader {
         if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
             return Err(ContainerError::ChunkSize(chunk_log2));
         }
-        if b[7] != 0 || b[32..60].iter().any(|&x| x != 0) {
-            return Err(ContainerError::Malformed(
-                "reserved header bytes are not zero".into(),
-            ));
+        if let Some(offset) = (7..8).chain(32..MACED_HEADER_LEN).find(|&i| b[i] != 0) {
+            return Err(ContainerError::ReservedNotZero {
+                offset,
+                value: b[offset],
+            });
         }
         let mut file_id = [0u8; FILE_ID_LEN];
         file_id.copy_from_slice(&b[8..24]);
         let plaintext_len = u64::from_le_bytes(le8(&b[24..32]));
         let slots_len = u32::from_le_bytes([b[60], b[61], b[62], b[63]]);
         if !(2..=MAX_SLOTS_LEN).contains(&slots_len) {
-            return Err(ContainerError::Malformed(format!(
-                "key-slot section length {slots_len} is out of range"
-            )));
+            return Err(ContainerError::SlotsLenOutOfRange(slots_len));
         }
         Ok(FixedHeader {
             file_id,
@@ -209,8 +250,14 @@ pub struct KeySlot {
 }
 
 fn check_label(label: &str) -> Result<()> {
-    if label.is_empty() || label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
-        return Err(ContainerError::Label(label.to_string()));
+    if label.is_empty() {
+        return Err(ContainerError::EmptyLabel);
+    }
+    if label.len() > MAX_LABEL_LEN {
+        return Err(ContainerError::LabelTooLong(label.len()));
+    }
+    if label.chars().any(char::is_control) {
+        return Err(ContainerError::LabelControlCharacter(label.to_string()));
     }
     Ok(())
 }
@@ -240,24 +287,21 @@ impl KeySlot {
         })
     }
 
-    pub fn open(&self, file_id: &[u8; FILE_ID_LEN], key: &PrivateKey) -> Result<SecretKey> {
+    pub(crate) fn open(&self, file_id: &[u8; FILE_ID_LEN], key: &PrivateKey) -> Result<SecretKey> {
         crypto::unwrap_key(key, &self.wrapped, &slot_aad(file_id, &self.label))
             .map_err(|_| ContainerError::SlotAuthentication(self.label.clone()))
     }
 }
 
 pub fn encode_slots(slots: &[KeySlot]) -> Result<Vec<u8>> {
-    let count = u16::try_from(slots.len())
-        .map_err(|_| ContainerError::Malformed(format!("{} key slots is too many", slots.len())))?;
+    let count =
+        u16::try_from(slots.len()).map_err(|_| ContainerError::TooManySlots(slots.len()))?;
     let mut out = Vec::with_capacity(2 + slots.len() * (1 + 16 + SLOT_FIXED_LEN));
     out.extend_from_slice(&count.to_le_bytes());
     for slot in slots {
         check_label(&slot.label)?;
         if slots.iter().filter(|s| s.label == slot.label).count() > 1 {
-            return Err(ContainerError::Malformed(format!(
-                "two key slots for {:?}",
-                slot.label
-            )));
+            return Err(ContainerError::DuplicateSlot(slot.label.clone()));
         }
         out.push(slot.label.len() as u8);
         out.extend_from_slice(slot.label.as_bytes());
@@ -266,32 +310,31 @@ pub fn encode_slots(slots: &[KeySlot]) -> Result<Vec<u8>> {
         out.extend_from_slice(&slot.wrapped.sealed);
     }
     if out.len() > MAX_SLOTS_LEN as usize {
-        return Err(ContainerError::Malformed(
-            "key-slot section too large".into(),
-        ));
+        return Err(ContainerError::SlotsTooLarge(out.len()));
     }
     Ok(out)
 }
 
-pub fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
-    let bad = |why: &str| ContainerError::Malformed(format!("key-slot section: {why}"));
+pub(crate) fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
     let (count, mut rest) = match bytes {
         [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
-        _ => return Err(bad("too short")),
+        _ => return Err(ContainerError::NoSlotCount(bytes.len())),
     };
     let mut slots: Vec<KeySlot> = Vec::with_capacity(usize::from(count).min(1024));
-    for _ in 0..count {
-        let (&len, tail) = rest.split_first().ok_or_else(|| bad("truncated"))?;
+    for index in 0..count {
+        let (&len, tail) = rest
+            .split_first()
+            .ok_or(ContainerError::TruncatedSlot { index, count })?;
         let len = usize::from(len);
         if tail.len() < len + SLOT_FIXED_LEN {
-            return Err(bad("truncated"));
+            return Err(ContainerError::TruncatedSlot { index, count });
         }
         let label = std::str::from_utf8(&tail[..len])
-            .map_err(|_| bad("label is not UTF-8"))?
+            .map_err(|_| ContainerError::LabelNotUtf8 { index })?
             .to_string();
         check_label(&label)?;
         if slots.iter().any(|s| s.label == label) {
-            return Err(bad(&format!("two slots for {label:?}")));
+            return Err(ContainerError::DuplicateSlot(label));
         }
         let f = &tail[len..len + SLOT_FIXED_LEN];
         let mut wrapped = WrappedKey {
@@ -306,7 +349,7 @@ pub fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
         rest = &tail[len + SLOT_FIXED_LEN..];
     }
     if !rest.is_empty() {
-        return Err(bad("trailing bytes after the last slot"));
+        return Err(ContainerError::TrailingSlotBytes(rest.len()));
     }
     Ok(slots)
 }
@@ -366,7 +409,7 @@ impl<S: Source + ?Sized> Source for &S {
 
 /// The largest chunk table the CLI reads into memory (a store writer can make a sparse file
 /// whose header claims billions of chunks). The mount passes its own, smaller bound.
-pub const MAX_TABLE_LEN: u64 = 1 << 30;
+pub(crate) const MAX_TABLE_LEN: u64 = 1 << 30;
 
 /// A structurally checked container whose contents are not yet authenticated. Opening it
 /// needs the data key, obtained from one of its key slots. Only the fixed header and the key
@@ -387,9 +430,10 @@ impl<B: Source> Container<B> {
         let have = actual.min(FIXED_HEADER_LEN as u64) as usize;
         source.read_exact_at(&mut fixed[..have], 0)?;
         let header = FixedHeader::decode(&fixed[..have])?;
-        let layout = header
-            .layout()
-            .ok_or_else(|| ContainerError::Malformed("region lengths overflow".into()))?;
+        let layout = header.layout().ok_or(ContainerError::LayoutOverflow {
+            plaintext_len: header.plaintext_len,
+            slots_len: header.slots_len,
+        })?;
         if actual != layout.total {
             return Err(ContainerError::SizeMismatch {
                 expected: layout.total,
@@ -421,7 +465,7 @@ impl<B: Source> Container<B> {
     }
 
     /// Bytes of the chunk table plus the MAC, which `open` reads into memory.
-    pub fn table_len(&self) -> u64 {
+    pub(crate) fn table_len(&self) -> u64 {
         self.layout.total - self.layout.table
     }
 
@@ -512,28 +556,18 @@ pub struct Reader<B> {
 }
 
 impl<B: Source> Reader<B> {
-    pub fn header(&self) -> &FixedHeader {
+    pub(crate) fn header(&self) -> &FixedHeader {
         &self.header
     }
 
-    pub fn slots(&self) -> &[KeySlot] {
+    pub(crate) fn slots(&self) -> &[KeySlot] {
         &self.slots
     }
 
     /// The authenticated header MAC. With the file id it names this exact version: another
     /// data key, header or chunk table gives another MAC.
-    pub fn mac(&self) -> &[u8; MAC_LEN] {
+    pub(crate) fn mac(&self) -> &[u8; MAC_LEN] {
         &self.mac
-    }
-
-    /// Bytes this reader holds in memory for the file (chunk table and key slots).
-    pub fn memory_len(&self) -> usize {
-        self.table.len()
-            + self
-                .slots
-                .iter()
-                .map(|s| s.label.len() + std::mem::size_of::<KeySlot>())
-                .sum::<usize>()
     }
 
     pub fn len(&self) -> u64 {
@@ -585,17 +619,17 @@ impl<B: Source> Reader<B> {
     /// Where chunk `index`'s ciphertext lies in the container, and its length (which must
     /// fit in `room` bytes of output).
     fn chunk_location(&self, index: u64, room: usize) -> Result<(u64, usize)> {
-        if index >= self.chunk_count() {
-            return Err(ContainerError::Malformed(format!(
-                "chunk {index} is past the last chunk"
-            )));
+        let count = self.chunk_count();
+        if index >= count {
+            return Err(ContainerError::ChunkOutOfRange { index, count });
         }
         let (start, end) = self.header.chunk_range(index);
         let n = (end - start) as usize;
         if room < n {
-            return Err(ContainerError::Malformed(format!(
-                "buffer of {room} bytes for a {n}-byte chunk"
-            )));
+            return Err(ContainerError::BufferTooSmall {
+                have: room,
+                need: n,
+            });
         }
         Ok((self.layout.data + start, n))
     }
@@ -718,10 +752,6 @@ impl<W: Write + Seek> Writer<W> {
         })
     }
 
-    pub fn file_id(&self) -> &[u8; FILE_ID_LEN] {
-        &self.header.file_id
-    }
-
     fn seal_pending(&mut self, last: bool) -> Result<()> {
         let (nonce, tag) =
             self.keys
@@ -793,7 +823,7 @@ pub struct Draft {
 
 impl Draft {
     /// Writes the header placeholder and key slots for `recipients` into `file` (empty).
-    pub fn create(
+    pub(crate) fn create(
         file: std::fs::File,
         data_key: &SecretKey,
         chunk_log2: u8,
@@ -813,17 +843,13 @@ impl Draft {
         })
     }
 
-    pub fn chunk_size(&self) -> u64 {
+    pub(crate) fn chunk_size(&self) -> u64 {
         self.header.chunk_size()
-    }
-
-    pub fn chunk_log2(&self) -> u8 {
-        self.header.chunk_log2
     }
 
     /// Seals `plaintext` as chunk `index` (overwriting any earlier version of that chunk).
     /// `scratch` is reused as the encryption buffer to avoid an allocation per chunk.
-    pub fn seal(
+    pub(crate) fn seal(
         &mut self,
         index: u64,
         plaintext: &[u8],
@@ -832,10 +858,11 @@ impl Draft {
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         if plaintext.len() as u64 > self.chunk_size() {
-            return Err(ContainerError::Malformed(format!(
-                "chunk {index} of {} bytes exceeds the chunk size",
-                plaintext.len()
-            )));
+            return Err(ContainerError::ChunkTooLong {
+                index,
+                len: plaintext.len(),
+                chunk_size: self.chunk_size(),
+            });
         }
         scratch.clear();
         scratch.extend_from_slice(plaintext);
@@ -857,24 +884,24 @@ impl Draft {
     }
 
     /// (length, last flag) of chunk `index` if it has been sealed.
-    pub fn sealed(&self, index: u64) -> Option<(usize, bool)> {
+    pub(crate) fn sealed(&self, index: u64) -> Option<(usize, bool)> {
         let entry = self.table.get(&index)?;
         Some((entry.len as usize, entry.last))
     }
 
     /// Decrypts sealed chunk `index` into the front of `out`; returns its length.
-    pub fn open(&self, index: u64, out: &mut [u8]) -> Result<usize> {
+    pub(crate) fn open(&self, index: u64, out: &mut [u8]) -> Result<usize> {
         use std::os::unix::fs::FileExt;
         let entry = self
             .table
             .get(&index)
             .copied()
-            .ok_or_else(|| ContainerError::Malformed(format!("chunk {index} is not sealed")))?;
+            .ok_or(ContainerError::ChunkNotSealed(index))?;
         let n = entry.len as usize;
         let have = out.len();
-        let buf = out.get_mut(..n).ok_or_else(|| {
-            ContainerError::Malformed(format!("buffer of {have} bytes for a {n}-byte chunk"))
-        })?;
+        let buf = out
+            .get_mut(..n)
+            .ok_or(ContainerError::BufferTooSmall { have, need: n })?;
         FileExt::read_exact_at(
             &self.file,
             buf,
@@ -887,14 +914,14 @@ impl Draft {
     }
 
     /// Forgets chunks from `count` on (after a truncation).
-    pub fn forget_from(&mut self, count: u64) {
+    pub(crate) fn forget_from(&mut self, count: u64) {
         drop(self.table.split_off(&count));
     }
 
     /// Completes the container for a plaintext of `plaintext_len` bytes: every chunk must be
     /// sealed with its exact length, and only the final one marked last. Writes the table,
     /// the MAC and then the real header, cuts the file to size and returns it (not synced).
-    pub fn finish(mut self, plaintext_len: u64) -> Result<std::fs::File> {
+    pub(crate) fn finish(mut self, plaintext_len: u64) -> Result<std::fs::File> {
         use std::os::unix::fs::FileExt;
         self.header.plaintext_len = plaintext_len;
         let count = self.header.chunk_count();
@@ -909,11 +936,7 @@ impl Draft {
                     table.extend_from_slice(&e.nonce);
                     table.extend_from_slice(&e.tag);
                 }
-                _ => {
-                    return Err(ContainerError::Malformed(format!(
-                        "chunk {index} is missing or sealed for another length"
-                    )))
-                }
+                _ => return Err(ContainerError::DraftIncomplete { index }),
             }
         }
         let encoded = self.header.encode();

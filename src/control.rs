@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Requests are tiny; anything longer is abuse.
 pub const MAX_REQUEST: u64 = 64 * 1024;
@@ -63,25 +63,42 @@ impl Drop for Request {
 
 /// The connecting process, as the kernel reports it.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub uid: u32,
-    pub gid: u32,
     pub pid: i32,
 }
 
-pub trait Handler: Send + Sync + 'static {
-    /// Returns the response body (merged into `{"ok": true, ...}`) or an error message.
-    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String>;
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// Why a request is refused; its `Display` is the reply's `error` text.
+    type Error: std::error::Error;
+
+    /// Returns the response body (merged into `{"ok": true, ...}`) or the refusal.
+    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, Self::Error>;
 }
 
-pub fn runtime_dir() -> PathBuf {
+/// Requests the socket code refuses before (or instead of) the handler.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    #[error("daemon busy: too many connections")]
+    Busy,
+    #[error("request not complete within {} s", IO_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("empty request")]
+    Empty,
+    #[error("request longer than {MAX_REQUEST} bytes")]
+    TooLong,
+    #[error("malformed request: {0}")]
+    Malformed(#[source] serde_json::Error),
+}
+
+pub(crate) fn runtime_dir() -> PathBuf {
     std::env::var_os("TVAULT_RUNTIME_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/tvault"))
 }
 
 /// The socket path for a mountpoint (which must exist, to be canonicalized).
-pub fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
+pub(crate) fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
     let canonical = std::fs::canonicalize(mountpoint)?;
     let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
     Ok(runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16]))))
@@ -109,14 +126,13 @@ fn peer_cred(stream: &UnixStream) -> io::Result<Peer> {
     }
     Ok(Peer {
         uid: cred.uid,
-        gid: cred.gid,
         pid: cred.pid,
     })
 }
 
 /// Binds the socket, replacing a stale one left by a dead daemon but refusing to steal one
 /// that a live daemon still answers on.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -141,7 +157,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// connection. Each uid may hold at most `MAX_PER_UID` connections at once and all uids
 /// together `MAX_CONNECTIONS`; beyond that new connections are refused, not queued, so a
 /// user who opens connections and stalls only blocks themselves.
-pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> io::Result<()> {
+pub(crate) fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     let per_uid: Arc<Mutex<HashMap<u32, usize>>> = Arc::new(Mutex::new(HashMap::new()));
     std::thread::Builder::new()
@@ -164,7 +180,9 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> io::Result<()
                     ok
                 };
                 if !admitted {
-                    let _ = respond(&mut stream, Err("daemon busy: too many connections".into()));
+                    if let Err(e) = respond(&mut stream, Err::<Value, _>(ProtocolError::Busy)) {
+                        log::debug!("control: refusing a connection: {e}");
+                    }
                     continue;
                 }
                 let handler = handler.clone();
@@ -192,89 +210,112 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> io::Result<()
     Ok(())
 }
 
-/// Reads the request line (up to and including the first newline, at most `MAX_REQUEST`
-/// bytes) by `deadline`. A per-read timeout alone would let a client that sends one byte every
+/// Reads the request into `buf` straight from the socket, so that no other buffer ever holds
+/// it (an unlock request carries a passphrase). Returns its length: up to and including the
+/// first newline, or what arrived before EOF or before `buf` filled up. The whole request must
+/// arrive by `deadline`: a per-read timeout alone would let a client that sends one byte every
 /// few seconds hold the connection, and its uid's share of them, forever.
-fn read_request(stream: &mut UnixStream, deadline: Instant, line: &mut Vec<u8>) -> io::Result<()> {
-    let mut buf = [0u8; 4096];
-    let result = loop {
+fn read_request(stream: &mut UnixStream, deadline: Instant, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break Err(io::ErrorKind::TimedOut.into());
+            return Err(io::ErrorKind::TimedOut.into());
         }
-        if let Err(e) = stream.set_read_timeout(Some(left)) {
-            break Err(e);
-        }
-        let room = (MAX_REQUEST as usize - line.len()).min(buf.len());
-        match stream.read(&mut buf[..room]) {
-            Ok(0) => break Ok(()),
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => break,
             Ok(n) => {
-                if let Some(end) = buf[..n].iter().position(|&b| b == b'\n') {
-                    line.extend_from_slice(&buf[..=end]);
-                    break Ok(());
+                if let Some(end) = buf[filled..filled + n].iter().position(|&b| b == b'\n') {
+                    return Ok(filled + end + 1);
                 }
-                line.extend_from_slice(&buf[..n]);
-                if line.len() as u64 >= MAX_REQUEST {
-                    break Ok(());
-                }
+                filled += n;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A read timeout is reported as WouldBlock on Unix.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                break Err(io::ErrorKind::TimedOut.into())
+                return Err(io::ErrorKind::TimedOut.into())
             }
-            Err(e) => break Err(e),
+            Err(e) => return Err(e),
         }
-    };
-    buf.zeroize();
-    result
+    }
+    Ok(filled)
 }
 
-fn handle_connection(stream: &mut UnixStream, peer: Peer, handler: &dyn Handler) -> io::Result<()> {
+fn handle_connection<H: Handler>(
+    stream: &mut UnixStream,
+    peer: Peer,
+    handler: &H,
+) -> io::Result<()> {
     let deadline = Instant::now() + IO_TIMEOUT;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    // Sized for the largest request up front, so growing it leaves no stray copies of a
-    // passphrase behind.
-    let mut line = Vec::with_capacity(MAX_REQUEST as usize);
-    let read = read_request(stream, deadline, &mut line);
-    let result = match read {
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(format!(
-            "request not complete within {} s",
-            IO_TIMEOUT.as_secs()
-        )),
-        Err(e) => {
-            line.zeroize();
-            return Err(e);
-        }
-        Ok(()) if line.is_empty() => Err("empty request".to_string()),
-        Ok(()) if !line.ends_with(b"\n") && line.len() as u64 >= MAX_REQUEST => {
-            Err(format!("request longer than {MAX_REQUEST} bytes"))
-        }
-        Ok(()) => match serde_json::from_slice::<Request>(&line) {
-            Ok(request) => handler.handle(peer, &request),
-            Err(e) => Err(format!("malformed request: {e}")),
-        },
+    // Allocated whole up front and wiped on drop: nothing grows, so no stray copy of a
+    // passphrase is left in freed memory.
+    let mut buf = Zeroizing::new(vec![0u8; MAX_REQUEST as usize]);
+    let request = match read_request(stream, deadline, &mut buf) {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ProtocolError::Timeout),
+        Err(e) => return Err(e),
+        Ok(0) => Err(ProtocolError::Empty),
+        Ok(n) if n == buf.len() && buf[n - 1] != b'\n' => Err(ProtocolError::TooLong),
+        Ok(n) => serde_json::from_slice::<Request>(&buf[..n]).map_err(ProtocolError::Malformed),
     };
-    line.zeroize();
-    respond(stream, result)
+    drop(buf);
+    match request {
+        Ok(request) => respond(stream, handler.handle(peer, &request)),
+        Err(refused) => respond(stream, Err::<Value, _>(refused)),
+    }
 }
 
-fn respond(stream: &mut UnixStream, result: Result<Value, String>) -> io::Result<()> {
+fn respond<E: std::fmt::Display>(
+    stream: &mut UnixStream,
+    result: Result<Value, E>,
+) -> io::Result<()> {
     let body = match result {
         Ok(Value::Object(mut map)) => {
             map.insert("ok".into(), Value::Bool(true));
             Value::Object(map)
         }
         Ok(other) => json!({"ok": true, "result": other}),
-        Err(error) => json!({"ok": false, "error": error}),
+        Err(error) => json!({"ok": false, "error": error.to_string()}),
     };
     let mut text = body.to_string();
     text.push('\n');
     stream.write_all(text.as_bytes())
 }
 
+/// Counts what is written, keeping none of it.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0 += data.len();
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `request` as one line, in a buffer sized exactly once: serializing into a growing string
+/// would leave copies of a passphrase behind in the memory each reallocation frees.
+fn encode_request(request: &Request) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    let protocol = |e: serde_json::Error| ClientError::Protocol(e.to_string());
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, request).map_err(protocol)?;
+    let len = counter.0 + 1;
+    if len as u64 > MAX_REQUEST {
+        return Err(ClientError::TooLong(len));
+    }
+    let mut text = Zeroizing::new(Vec::with_capacity(len));
+    serde_json::to_writer(&mut *text, request).map_err(protocol)?;
+    text.push(b'\n');
+    debug_assert_eq!(text.capacity(), len, "the request buffer was reallocated");
+    Ok(text)
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("{mountpoint}: no tvault daemon answers for this mountpoint ({source}); is it mounted with `tvault mount`?")]
     NoDaemon {
         mountpoint: String,
@@ -294,35 +335,25 @@ pub enum ClientError {
 }
 
 /// Sends one request to the daemon serving `mountpoint` and returns its response body.
-pub fn call(mountpoint: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
+pub(crate) fn call(
+    mountpoint: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
     let no_daemon = |source| ClientError::NoDaemon {
         mountpoint: mountpoint.display().to_string(),
         source,
     };
-    let mut text =
-        serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    text.push('\n');
-    if text.len() as u64 > MAX_REQUEST {
-        let len = text.len();
-        text.zeroize();
-        return Err(ClientError::TooLong(len));
-    }
+    let text = encode_request(request)?;
     let connected = socket_path(mountpoint).and_then(|path| {
         let stream = UnixStream::connect(&path)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(stream)
     });
-    let mut stream = match connected {
-        Ok(stream) => stream,
-        Err(e) => {
-            text.zeroize();
-            return Err(no_daemon(e));
-        }
-    };
-    let written = stream.write_all(text.as_bytes());
-    text.zeroize();
-    written?;
+    let mut stream = connected.map_err(no_daemon)?;
+    stream.write_all(&text)?;
+    drop(text);
     let mut line = String::new();
     BufReader::new(stream.take(MAX_REQUEST)).read_line(&mut line)?;
     let value: Value =
@@ -343,12 +374,18 @@ pub fn call(mountpoint: &Path, request: &Request, timeout: Duration) -> Result<V
 mod tests {
     use super::*;
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("nope")]
+    struct Nope;
+
     struct Echo;
     impl Handler for Echo {
-        fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
+        type Error = Nope;
+
+        fn handle(&self, peer: Peer, request: &Request) -> Result<Value, Nope> {
             match request {
                 Request::Status => Ok(json!({"uid": peer.uid})),
-                _ => Err("nope".into()),
+                _ => Err(Nope),
             }
         }
     }
@@ -382,10 +419,33 @@ mod tests {
         };
         let ok = call_raw(b"{\"op\":\"status\"}\n");
         assert_eq!(ok["ok"], true);
-        assert_eq!(ok["uid"], unsafe { libc::getuid() });
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(ok["uid"], uid);
         assert_eq!(call_raw(b"{\"op\":\"umount\"}\n")["error"], "nope");
         assert_eq!(call_raw(b"garbage\n")["ok"], false);
+        assert_eq!(call_raw(b"")["error"], "empty request");
+        // What follows the request line is not part of it.
+        assert_eq!(call_raw(b"{\"op\":\"status\"}\ntrailing")["ok"], true);
         let huge = vec![b'x'; (MAX_REQUEST as usize) * 2];
         assert_eq!(call_raw(&huge)["ok"], false);
+    }
+
+    #[test]
+    fn requests_are_encoded_in_one_allocation_and_capped() {
+        let unlock = |passphrase: String| Request::Unlock { passphrase };
+        let text = encode_request(&unlock("p\"w\\ü".into())).unwrap();
+        assert_eq!(text.capacity(), text.len(), "sized once, exactly");
+        assert_eq!(text.last(), Some(&b'\n'));
+        let back: Request = serde_json::from_slice(&text).unwrap();
+        assert!(matches!(&back, Request::Unlock { passphrase } if passphrase == "p\"w\\ü"));
+        // `{"op":"unlock","passphrase":""}` and the newline are 32 bytes.
+        let fits = unlock("x".repeat(MAX_REQUEST as usize - 32));
+        assert_eq!(encode_request(&fits).unwrap().len() as u64, MAX_REQUEST);
+        let over = unlock("x".repeat(MAX_REQUEST as usize - 31));
+        assert!(matches!(
+            encode_request(&over),
+            Err(ClientError::TooLong(n)) if n as u64 == MAX_REQUEST + 1
+        ));
     }
 }

@@ -12,13 +12,13 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 pub const NONCE_LEN: usize = 12;
-pub const TAG_LEN: usize = 16;
-pub const MAC_LEN: usize = 32;
+pub(crate) const TAG_LEN: usize = 16;
+pub(crate) const MAC_LEN: usize = 32;
 pub const FILE_ID_LEN: usize = 16;
 /// Wrapped 32-byte key plus its AEAD tag.
-pub const WRAPPED_KEY_LEN: usize = KEY_LEN + TAG_LEN;
+pub(crate) const WRAPPED_KEY_LEN: usize = KEY_LEN + TAG_LEN;
 
 const INFO_CHUNK_KEY: &[u8] = b"tensorvault v1 chunk key";
 const INFO_MAC_KEY: &[u8] = b"tensorvault v1 header mac key";
@@ -45,7 +45,7 @@ pub enum CryptoError {
 }
 
 /// Fills `buf` from the operating system's CSPRNG.
-pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::getrandom(buf).map_err(|e| CryptoError::Random(e.to_string()))
 }
 
@@ -200,7 +200,8 @@ impl FileKeys {
     }
 
     /// Decrypts `ciphertext` into `out` (same length) without an intermediate copy: the
-    /// read path decrypts straight from the mapped container. On failure `out` is zeroed.
+    /// read path decrypts from the ciphertext it read into a scratch buffer straight into
+    /// the chunk's buffer. On failure `out` is zeroed.
     pub fn open_chunk_into(
         &self,
         index: u64,
@@ -240,7 +241,11 @@ impl FileKeys {
     }
 
     /// Constant-time check of a header MAC.
-    pub fn verify_header_mac(&self, parts: &[&[u8]], expected: &[u8]) -> Result<(), CryptoError> {
+    pub(crate) fn verify_header_mac(
+        &self,
+        parts: &[&[u8]],
+        expected: &[u8],
+    ) -> Result<(), CryptoError> {
         let mut mac = self.mac();
         for part in parts {
             mac.update(part);
@@ -255,7 +260,7 @@ impl FileKeys {
 pub struct PublicKey(x25519_dalek::PublicKey);
 
 impl PublicKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
         PublicKey(x25519_dalek::PublicKey::from(bytes))
     }
 
@@ -265,7 +270,7 @@ impl PublicKey {
 
     /// True for the low-order points, for which X25519 yields a shared secret that does not
     /// depend on the other party's private key.
-    pub fn is_low_order(&self) -> bool {
+    pub(crate) fn is_low_order(&self) -> bool {
         let probe = x25519_dalek::StaticSecret::from([0x55; 32]);
         !probe.diffie_hellman(&self.0).was_contributory()
     }
@@ -336,7 +341,7 @@ fn wrap_cipher(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) ->
 
 /// Wraps `data_key` to `recipient` (ephemeral-static ECDH, HKDF-SHA256, AES-256-GCM-SIV).
 /// `aad` binds the slot to its context (file id and recipient label).
-pub fn wrap_key(
+pub(crate) fn wrap_key(
     recipient: &PublicKey,
     data_key: &SecretKey,
     aad: &[u8],
@@ -364,7 +369,7 @@ pub fn wrap_key(
     })
 }
 
-pub fn unwrap_key(
+pub(crate) fn unwrap_key(
     private: &PrivateKey,
     wrapped: &WrappedKey,
     aad: &[u8],
@@ -407,7 +412,7 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The default: m = 64 MiB, t = 3, p = 1 (OWASP's Argon2id guidance is weaker than this).
-    pub const DEFAULT: KdfParams = KdfParams {
+    pub(crate) const DEFAULT: KdfParams = KdfParams {
         m_kib: 64 * 1024,
         t: 3,
         p: 1,
@@ -416,13 +421,13 @@ impl KdfParams {
     /// unbounded memory. Keyrings sealed before the caps below existed may lie between the
     /// two: only the CLI, in its user's own process, still runs those (so that `user passwd`
     /// can re-seal them within the caps).
-    pub const MAX_M_KIB: u32 = 4 * 1024 * 1024;
-    pub const MAX_T: u32 = 64;
-    pub const MAX_P: u32 = 16;
+    pub(crate) const MAX_M_KIB: u32 = 4 * 1024 * 1024;
+    pub(crate) const MAX_T: u32 = 64;
+    pub(crate) const MAX_P: u32 = 16;
     /// What `user add` / `user passwd` seal with and the mount daemon runs: an unlock at the
     /// cap holds 1 GiB for several seconds of one core, and the daemon serves many users.
-    pub const CAP_M_KIB: u32 = 1024 * 1024;
-    pub const CAP_T: u32 = 16;
+    pub(crate) const CAP_M_KIB: u32 = 1024 * 1024;
+    pub(crate) const CAP_T: u32 = 16;
 
     fn argon2(&self) -> Result<argon2::Argon2<'static>, CryptoError> {
         if self.m_kib > Self::MAX_M_KIB || self.t > Self::MAX_T || self.p > Self::MAX_P {
@@ -445,12 +450,12 @@ impl KdfParams {
         ))
     }
 
-    pub fn validate(&self) -> Result<(), CryptoError> {
+    pub(crate) fn validate(&self) -> Result<(), CryptoError> {
         self.argon2().map(|_| ())
     }
 
     /// Refuses parameters above `CAP_M_KIB` / `CAP_T` (lanes are bounded by `validate`).
-    pub fn check_cap(&self) -> Result<(), CryptoError> {
+    pub(crate) fn check_cap(&self) -> Result<(), CryptoError> {
         if self.m_kib > Self::CAP_M_KIB || self.t > Self::CAP_T {
             return Err(CryptoError::KdfOverCap {
                 m_kib: self.m_kib,
@@ -492,7 +497,7 @@ pub fn seal_secret(
     Ok((nonce, sealed))
 }
 
-pub fn open_secret(
+pub(crate) fn open_secret(
     key: &SecretKey,
     nonce: &[u8; NONCE_LEN],
     sealed: &[u8; WRAPPED_KEY_LEN],

@@ -140,7 +140,7 @@ pub fn is_mount_point(path: &Path) -> bool {
 /// with `fusermount3 -uz` when not root.
 pub fn detach(mountpoint: &Path) -> std::io::Result<()> {
     let path = CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated path.
+    // SAFETY: `path` is NUL-terminated and outlives the call, which only reads it.
     if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
         return Ok(());
     }
@@ -196,7 +196,8 @@ fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit write and read a properly sized rlimit.
+    // SAFETY: getrlimit writes, and setrlimit reads, a properly sized rlimit that lives on
+    // this stack frame; neither keeps the pointer.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             log::warn!(
@@ -245,7 +246,8 @@ fn set_readahead(mountpoint: &Path, bytes: u64) {
 }
 
 fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain signal-mask manipulation on a zero-initialised sigset_t.
+    // SAFETY: sigset_t is plain data, so all zeros is a valid value; sigemptyset and
+    // sigaddset write only `set`, and pthread_sigmask reads it (no old mask is asked for).
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -276,11 +278,36 @@ impl Unmount {
             // handle closes.
             log::warn!("unmount: {e}; detaching lazily");
             if let Ok(path) = CString::new(self.mountpoint.as_os_str().as_encoded_bytes()) {
-                // SAFETY: valid NUL-terminated path.
+                // SAFETY: `path` is NUL-terminated and outlives the call, which only reads it.
                 unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
             }
         }
     }
+}
+
+/// Why the daemon refused a control request; the `Display` is the reply's error text.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Unlock(UnlockError),
+    #[error("the audit log cannot be written; unlock refused")]
+    UnlockNotAudited(#[source] audit::AuditError),
+    #[error("uid {0} is not unlocked on this mount")]
+    NotUnlocked(u32),
+    #[error(
+        "{} file(s) still open by uid {uid}: {}; close them, or use --force to lock anyway \
+         (reads on them then fail, and mappings get SIGBUS)",
+        open.len(),
+        open.join(", ")
+    )]
+    FilesOpen { uid: u32, open: Vec<String> },
+    /// Something only root or the daemon's owner may do.
+    #[error("only root or the user who mounted may {0}")]
+    NotOwner(&'static str),
+    #[error("unknown audit event {0:?}")]
+    UnknownAuditEvent(String),
+    #[error(transparent)]
+    Audit(audit::AuditError),
 }
 
 struct DaemonControl {
@@ -343,7 +370,9 @@ impl DaemonControl {
 }
 
 impl Handler for DaemonControl {
-    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, String> {
+    type Error = Refusal;
+
+    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, Refusal> {
         let comm = crate::system::process_comm(peer.pid as u32).unwrap_or_default();
         match request {
             Request::Unlock { passphrase } => {
@@ -354,14 +383,13 @@ impl Handler for DaemonControl {
                 let event = |kind| Event::from_pid(kind, peer.pid as u32).uid(peer.uid);
                 match result {
                     Ok(user) => {
-                        if self
+                        let recorded = self
                             .audit
-                            .record(&event(EventKind::Unlock).user(&user).allow())
-                            .is_err()
-                        {
+                            .record(&event(EventKind::Unlock).user(&user).allow());
+                        if let Err(e) = recorded {
                             // Fail closed: no unaudited session.
                             self.shared.access.lock(peer.uid);
-                            return Err("the audit log cannot be written; unlock refused".into());
+                            return Err(Refusal::UnlockNotAudited(e));
                         }
                         Ok(json!({"user": user, "uid": peer.uid}))
                     }
@@ -371,18 +399,21 @@ impl Handler for DaemonControl {
                             UnlockError::WrongPassphrase(_) => "wrong-passphrase",
                             UnlockError::RateLimited { .. } => "rate-limited",
                             UnlockError::KdfOverCap { .. } => "kdf-over-cap",
-                            UnlockError::Store(_) => "store-error",
+                            UnlockError::Store(_) | UnlockError::Keyring(_) => "store-error",
                         };
-                        let _ = self
+                        if let Err(audit) = self
                             .audit
-                            .record(&event(EventKind::UnlockFailed).deny(reason));
-                        Err(e.to_string())
+                            .record(&event(EventKind::UnlockFailed).deny(reason))
+                        {
+                            log::error!("audit log: failed unlock of uid {}: {audit}", peer.uid);
+                        }
+                        Err(Refusal::Unlock(e))
                     }
                 }
             }
             Request::Lock { force } => {
                 let Some(session) = self.shared.access.session(peer.uid) else {
-                    return Err(format!("uid {} is not unlocked on this mount", peer.uid));
+                    return Err(Refusal::NotUnlocked(peer.uid));
                 };
                 let open: Vec<String> = self
                     .shared
@@ -392,13 +423,10 @@ impl Handler for DaemonControl {
                     .map(|f| f.path)
                     .collect();
                 if !open.is_empty() && !force {
-                    return Err(format!(
-                        "{} file(s) still open by uid {}: {}; close them, or use --force to lock anyway \
-                         (reads on them then fail, and mappings get SIGBUS)",
-                        open.len(),
-                        peer.uid,
-                        open.join(", ")
-                    ));
+                    return Err(Refusal::FilesOpen {
+                        uid: peer.uid,
+                        open,
+                    });
                 }
                 self.shared.access.lock(peer.uid);
                 let invalidated = self.shared.invalidate_open_files_of(peer.uid);
@@ -406,12 +434,15 @@ impl Handler for DaemonControl {
                 if self.shared.access.sessions().is_empty() {
                     self.shared.forget_plaintext();
                 }
-                let _ = self.audit.record(
+                // The lock has happened either way: refusing to report it would not undo it.
+                if let Err(e) = self.audit.record(
                     &Event::from_pid(EventKind::Lock, peer.pid as u32)
                         .uid(peer.uid)
                         .user(&session.name)
                         .detail(format!("force={force} invalidated={invalidated}")),
-                );
+                ) {
+                    log::error!("audit log: lock of uid {}: {e}", peer.uid);
+                }
                 Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
             }
             Request::Status => Ok(self.status(peer)),
@@ -424,12 +455,12 @@ impl Handler for DaemonControl {
             } => {
                 // Only whoever could write the audit log directly may add to it.
                 if peer.uid != 0 && peer.uid != self.owner_uid {
-                    return Err("only root or the user who mounted may add audit entries".into());
+                    return Err(Refusal::NotOwner("add audit entries"));
                 }
                 let kind = match event.as_str() {
                     "grant" => EventKind::Grant,
                     "revoke" => EventKind::Revoke,
-                    other => return Err(format!("unknown audit event {other:?}")),
+                    other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
                 };
                 let mut e = Event::from_pid(kind, peer.pid as u32)
                     .uid(peer.uid)
@@ -442,12 +473,12 @@ impl Handler for DaemonControl {
                 if let Some(detail) = detail {
                     e = e.detail(detail);
                 }
-                self.audit.record(&e).map_err(|e| e.to_string())?;
+                self.audit.record(&e).map_err(Refusal::Audit)?;
                 Ok(json!({}))
             }
             Request::Umount => {
                 if peer.uid != 0 && peer.uid != self.owner_uid {
-                    return Err("only root or the user who mounted may unmount".into());
+                    return Err(Refusal::NotOwner("unmount"));
                 }
                 log::info!(
                     "unmount requested by uid {} (pid {}, {comm})",
@@ -607,7 +638,8 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         .name("tvault-signals".into())
         .spawn(move || loop {
             let mut sig = 0;
-            // SAFETY: waits on the set blocked above.
+            // SAFETY: `signals` is the initialised set blocked above and `sig` a valid int to
+            // write; sigwait keeps neither pointer.
             if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
                 if sig == libc::SIGHUP {
                     if let Err(e) = signal_audit.rotate() {

@@ -10,11 +10,11 @@ const FORMAT_VERSION: u32 = 1;
 const SEAL_AAD_PREFIX: &[u8] = b"tensorvault v1 keyring";
 const PUBLIC_KEY_PREFIX: &str = "tvault-x25519:";
 const SALT_LEN: usize = 16;
-pub const MAX_NAME_LEN: usize = 32;
+pub(crate) const MAX_NAME_LEN: usize = 32;
 /// Longest passphrase `create` and `reseal` accept. An unlock sends the passphrase inside a
 /// JSON request that the mount reads up to 64 KiB; escaped at worst six bytes per byte
 /// (`\u0001`), 8 KiB always fits, so a passphrase accepted here can always unlock.
-pub const MAX_PASSPHRASE_LEN: usize = 8 * 1024;
+pub(crate) const MAX_PASSPHRASE_LEN: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -43,7 +43,7 @@ pub enum KeyringError {
     Crypto(#[from] CryptoError),
 }
 
-pub type Result<T> = std::result::Result<T, KeyringError>;
+pub(crate) type Result<T> = std::result::Result<T, KeyringError>;
 
 /// User names label key slots and name files in the store, so they are kept to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -64,7 +64,7 @@ pub fn format_public_key(key: &PublicKey) -> String {
     format!("{PUBLIC_KEY_PREFIX}{}", hex::encode(key.as_bytes()))
 }
 
-pub fn parse_public_key(text: &str) -> Result<PublicKey> {
+pub(crate) fn parse_public_key(text: &str) -> Result<PublicKey> {
     let bad = || KeyringError::InvalidPublicKey(text.to_string());
     let hex_part = text
         .trim()
@@ -158,7 +158,7 @@ fn seal(
 impl Keyring {
     /// A new keyring with a fresh key pair; returns the private key too so callers need not
     /// unseal it again.
-    pub fn create(
+    pub(crate) fn create(
         name: &str,
         uid: u32,
         passphrase: &[u8],
@@ -189,7 +189,7 @@ impl Keyring {
         })
     }
 
-    pub fn has_private_key(&self) -> bool {
+    pub(crate) fn has_private_key(&self) -> bool {
         self.sealed.is_some()
     }
 
@@ -309,7 +309,7 @@ fn hex_array<const N: usize>(text: &str, field: &str) -> Result<[u8; N]> {
 }
 
 /// A passphrase held in memory that is wiped on drop.
-pub type Passphrase = Zeroizing<Vec<u8>>;
+pub(crate) type Passphrase = Zeroizing<Vec<u8>>;
 
 #[cfg(test)]
 mod tests {

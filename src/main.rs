@@ -5,7 +5,8 @@ use clap::Parser;
 /// Keys, passphrases and plaintext live in this process's memory: no core dumps, and no
 /// ptrace or /proc/PID/mem access by other (non-root) processes of the same user.
 fn harden_process() {
-    // SAFETY: plain syscalls with constant arguments.
+    // SAFETY: prctl takes only integers here, and setrlimit reads the rlimit on this stack
+    // frame without keeping the pointer.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         let none = libc::rlimit {
@@ -25,17 +26,7 @@ fn main() -> ExitCode {
     match tensorvault::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut msg = format!("tvault: error: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                // thiserror's "{path}: {source}" messages already include the cause.
-                if !msg.ends_with(&text) {
-                    msg.push_str(&format!(": {text}"));
-                }
-                source = cause.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("{}", tensorvault::cli::error_message(err.as_ref()));
             ExitCode::FAILURE
         }
     }

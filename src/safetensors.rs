@@ -19,7 +19,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// Largest header the reference implementation will read.
-pub const MAX_HEADER_LEN: u64 = 100_000_000;
+pub(crate) const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// Size of the little-endian `u64` header length that starts every file.
 const PREFIX_LEN: u64 = 8;
@@ -82,12 +82,12 @@ impl Dtype {
     ];
 
     /// Parses the on-disk spelling (case-sensitive, like the reference).
-    pub fn parse(s: &str) -> Option<Dtype> {
+    pub(crate) fn parse(s: &str) -> Option<Dtype> {
         Self::ALL.into_iter().find(|d| d.name() == s)
     }
 
     /// The on-disk spelling, e.g. `"F8_E4M3"`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Dtype::Bool => "BOOL",
             Dtype::F4 => "F4",
@@ -115,7 +115,7 @@ impl Dtype {
     }
 
     /// Size of one element in bits; sub-byte types (F4, F6_*) are packed.
-    pub fn bits(self) -> u64 {
+    pub(crate) fn bits(self) -> u64 {
         match self {
             Dtype::F4 => 4,
             Dtype::F6E2M3 | Dtype::F6E3M2 => 6,
@@ -148,13 +148,9 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     /// Size of the tensor's data in bytes.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         // Saturating because the fields are public and may not have been validated.
         self.end.saturating_sub(self.begin)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -176,7 +172,7 @@ impl Header {
     }
 
     /// Length of the data buffer: the end of the last tensor, or 0.
-    pub fn data_len(&self) -> u64 {
+    pub(crate) fn data_len(&self) -> u64 {
         self.tensors.last().map_or(0, |t| t.end)
     }
 
@@ -267,7 +263,7 @@ pub enum SafetensorsError {
 use SafetensorsError as E;
 
 /// Reads the 8-byte prefix; checks N <= MAX_HEADER_LEN and 8 + N <= file_len.
-pub fn header_len(prefix: &[u8; 8], file_len: u64) -> Result<u64, SafetensorsError> {
+pub(crate) fn header_len(prefix: &[u8; 8], file_len: u64) -> Result<u64, SafetensorsError> {
     let n = u64::from_le_bytes(*prefix);
     check_header_len(n, file_len)?;
     Ok(n)
@@ -288,7 +284,7 @@ fn check_header_len(header_len: u64, file_len: u64) -> Result<(), SafetensorsErr
 }
 
 /// Parses the N header bytes and validates everything, including that file_len == 8 + N + data_len.
-pub fn parse_header(header_json: &[u8], file_len: u64) -> Result<Header, SafetensorsError> {
+pub(crate) fn parse_header(header_json: &[u8], file_len: u64) -> Result<Header, SafetensorsError> {
     // usize is at most 64 bits on every supported target.
     let header_len = header_json.len() as u64;
     check_header_len(header_len, file_len)?;
@@ -344,6 +340,35 @@ pub fn parse(bytes: &[u8], file_len: u64) -> Result<Header, SafetensorsError> {
             needed,
         })?;
     parse_header(json, file_len)
+}
+
+/// Why [`read_header`] failed: reading the file, or what it read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadHeaderError<R> {
+    #[error("{0}")]
+    Read(R),
+    #[error(transparent)]
+    Invalid(#[from] SafetensorsError),
+}
+
+/// Reads and validates the header of a file of `file_len` bytes through `read_exact_at`,
+/// which fills its buffer from the given file offset: the 8-byte length, then exactly the JSON
+/// it announces (checked against `file_len` before anything is allocated for it). The JSON
+/// buffer is wiped afterwards: for a stored file it is decrypted plaintext.
+pub(crate) fn read_header<R>(
+    file_len: u64,
+    mut read_exact_at: impl FnMut(u64, &mut [u8]) -> Result<(), R>,
+) -> Result<Header, ReadHeaderError<R>> {
+    if file_len < PREFIX_LEN {
+        return Err(E::FileTooShort { file_len }.into());
+    }
+    let mut prefix = [0u8; PREFIX_LEN as usize];
+    read_exact_at(0, &mut prefix).map_err(ReadHeaderError::Read)?;
+    // At most MAX_HEADER_LEN, so it fits in usize.
+    let n = header_len(&prefix, file_len)?;
+    let mut json = zeroize::Zeroizing::new(vec![0u8; n as usize]);
+    read_exact_at(PREFIX_LEN, &mut json).map_err(ReadHeaderError::Read)?;
+    Ok(parse_header(&json, file_len)?)
 }
 
 /// Where the JSON walk stopped. serde errors carry only text, so the visitor
@@ -659,6 +684,44 @@ mod tests {
         );
     }
 
+    type Read = Result<Header, ReadHeaderError<&'static str>>;
+
+    /// `read_header` over `bytes`, and the (offset, length) of each read it made.
+    fn read_from(bytes: &[u8]) -> (Read, Vec<(u64, usize)>) {
+        let mut reads = Vec::new();
+        let result = read_header(bytes.len() as u64, |offset, buf| {
+            reads.push((offset, buf.len()));
+            let at = offset as usize;
+            let src = bytes.get(at..at + buf.len()).ok_or("past the end")?;
+            buf.copy_from_slice(src);
+            Ok(())
+        });
+        (result, reads)
+    }
+
+    #[test]
+    fn read_header_reads_only_the_header() {
+        let (bytes, infos) = build(&[("w", Dtype::F32, &[1000])], &[]);
+        let (result, reads) = read_from(&bytes);
+        let h = result.unwrap();
+        assert_eq!(h.tensors, infos);
+        assert_eq!(reads, [(0, 8), (8, h.header_len as usize)]);
+        // A length beyond the file is refused before the JSON is read or allocated.
+        let (result, reads) = read_from(&bytes[..20]);
+        assert!(matches!(
+            result,
+            Err(ReadHeaderError::Invalid(E::HeaderBeyondFile { .. }))
+        ));
+        assert_eq!(reads, [(0, 8)]);
+        assert!(matches!(
+            read_from(&[1, 2, 3]).0,
+            Err(ReadHeaderError::Invalid(E::FileTooShort { file_len: 3 }))
+        ));
+        // The reader's own failure comes back as it is.
+        let failing = read_header(100, |_, _| Err("EIO"));
+        assert!(matches!(failing, Err(ReadHeaderError::Read("EIO"))));
+    }
+
     #[test]
     fn tensors_are_sorted_by_offset_whatever_the_key_order() {
         let json = r#"{"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},
@@ -704,9 +767,9 @@ mod tests {
         assert_eq!(h.data_len(), 8);
         let find = |n: &str| h.tensors.iter().find(|t| t.name == n).unwrap();
         assert_eq!(find("scalar"), &infos[1]);
-        assert!(find("empty").is_empty());
+        assert_eq!(find("empty").len(), 0);
         assert_eq!(find("empty").begin, 0);
-        assert!(find("also_empty").is_empty());
+        assert_eq!(find("also_empty").len(), 0);
         assert_eq!(find("also_empty").begin, 8);
         assert_eq!(find("scalar").len(), 8);
     }

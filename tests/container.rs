@@ -200,7 +200,8 @@ fn round_trip(log2: u8) {
         assert!(joined == data, "log2 {log2} size {size}: read_chunk");
         assert!(matches!(
             r.read_chunk(r.chunk_count(), &mut chunk),
-            Err(ContainerError::Malformed(_))
+            Err(ContainerError::ChunkOutOfRange { index, count })
+                if index == chunks as u64 && count == chunks as u64
         ));
     }
 }
@@ -336,8 +337,9 @@ fn expected_error(original: &[u8], tampered: &[u8], pos: usize, err: &ContainerE
     use ContainerError::*;
     let r = Regions::of(original);
     let actual = tampered.len() as u64;
-    let size_or_malformed = |h: FixedHeader| match h.layout() {
-        None => matches!(err, Malformed(_)),
+    let size_or_overflow = |h: FixedHeader| match h.layout() {
+        None => matches!(err, LayoutOverflow { plaintext_len, slots_len }
+            if *plaintext_len == h.plaintext_len && *slots_len == h.slots_len),
         Some(l) => {
             matches!(err, SizeMismatch { expected, actual: a } if *expected == l.total && *a == actual)
         }
@@ -360,16 +362,18 @@ fn expected_error(original: &[u8], tampered: &[u8], pos: usize, err: &ContainerE
                 ..h
             };
             if h2.layout().unwrap().total != actual {
-                size_or_malformed(h2)
+                size_or_overflow(h2)
             } else {
                 matches!(err, HeaderAuthentication)
             }
         }
-        7 | 32..=59 => matches!(err, Malformed(_)),
+        7 | 32..=59 => {
+            matches!(err, ReservedNotZero { offset, value } if *offset == pos && *value == tampered[pos])
+        }
         8..=23 => matches!(err, SlotAuthentication(l) if l == "alice"),
         24..=31 => {
             let len = u64::from_le_bytes(tampered[24..32].try_into().unwrap());
-            size_or_malformed(FixedHeader {
+            size_or_overflow(FixedHeader {
                 plaintext_len: len,
                 ..h
             })
@@ -377,16 +381,23 @@ fn expected_error(original: &[u8], tampered: &[u8], pos: usize, err: &ContainerE
         60..=63 => {
             let sl = u32::from_le_bytes(tampered[60..64].try_into().unwrap());
             if !(2..=container::MAX_SLOTS_LEN).contains(&sl) {
-                matches!(err, Malformed(_))
+                matches!(err, SlotsLenOutOfRange(x) if *x == sl)
             } else {
-                size_or_malformed(FixedHeader { slots_len: sl, ..h })
+                size_or_overflow(FixedHeader { slots_len: sl, ..h })
             }
         }
-        // Slot count.
-        64 | 65 => matches!(err, Malformed(_)),
+        // Slot count: more slots than the section holds, or bytes left after fewer.
+        64 | 65 => matches!(err, TruncatedSlot { .. } | TrailingSlotBytes(_)),
         // Label length and label.
         p if p < label_start + 1 + 5 => {
-            matches!(err, Malformed(_) | Label(_)) || matches!(err, NoSlot(l) if l == "alice")
+            matches!(
+                err,
+                TruncatedSlot { .. }
+                    | TrailingSlotBytes(_)
+                    | LabelNotUtf8 { index: 0 }
+                    | EmptyLabel
+                    | LabelControlCharacter(_)
+            ) || matches!(err, NoSlot(l) if l == "alice")
         }
         // Ephemeral key, nonce, wrapped key.
         p if p < r.data => matches!(err, SlotAuthentication(l) if l == "alice"),
@@ -469,7 +480,10 @@ fn every_truncation_is_refused() {
     for cut in 0..bytes.len() {
         let r = read_all(bytes[..cut].to_vec(), "alice", &alice);
         match cut {
-            0..=63 => assert!(matches!(r, Err(ContainerError::Malformed(_))), "cut {cut}"),
+            0..=63 => assert!(
+                matches!(r, Err(ContainerError::TruncatedHeader(n)) if n == cut as u64),
+                "cut {cut}"
+            ),
             _ => assert!(
                 matches!(r, Err(ContainerError::SizeMismatch { expected, actual })
                     if expected == bytes.len() as u64 && actual == cut as u64),
@@ -504,7 +518,7 @@ fn header_changes() {
         b[at] = v;
         assert!(matches!(
             read_all(b, "alice", &alice),
-            Err(ContainerError::Malformed(_))
+            Err(ContainerError::ReservedNotZero { offset, value }) if offset == at && value == v
         ));
     }
 
@@ -588,27 +602,39 @@ fn slot_changes() {
         read_all(b, "alice", &alice),
         Err(ContainerError::NoSlot(_))
     ));
-    // Slot count, label length, UTF-8 and control characters are checked structurally.
-    for (at, v) in [(64, 2), (64, 0), (66, 6), (66, 4), (67, 0xff)] {
+    // Slot count, label length, UTF-8 and control characters are checked structurally. The
+    // section is the count, then 1 + 5 ("alice") + 92 bytes.
+    let structural = |at: usize, v: u8| {
         let mut b = bytes.clone();
         b[at] = v;
-        assert!(
-            matches!(
-                read_all(b, "alice", &alice),
-                Err(ContainerError::Malformed(_))
-            ),
-            "byte {at} = {v}"
-        );
-    }
-    let mut b = bytes.clone();
-    b[67] = b'\n';
+        read_all(b, "alice", &alice).unwrap_err()
+    };
     assert!(matches!(
-        read_all(b, "alice", &alice),
-        Err(ContainerError::Label(_))
+        structural(64, 2),
+        ContainerError::TruncatedSlot { index: 1, count: 2 }
     ));
-    let mut b = bytes.clone();
-    b[66] = 0;
-    assert!(matches!(read_all(b, "alice", &alice), Err(ContainerError::Label(l)) if l.is_empty()));
+    assert!(matches!(
+        structural(64, 0),
+        ContainerError::TrailingSlotBytes(98)
+    ));
+    assert!(matches!(
+        structural(66, 6),
+        ContainerError::TruncatedSlot { index: 0, count: 1 }
+    ));
+    // "alic", the 92 key bytes from the "e" on, and one byte left over.
+    assert!(matches!(
+        structural(66, 4),
+        ContainerError::TrailingSlotBytes(1)
+    ));
+    assert!(matches!(
+        structural(67, 0xff),
+        ContainerError::LabelNotUtf8 { index: 0 }
+    ));
+    assert!(matches!(
+        structural(67, b'\n'),
+        ContainerError::LabelControlCharacter(l) if l == "\nlice"
+    ));
+    assert!(matches!(structural(66, 0), ContainerError::EmptyLabel));
 }
 
 #[test]
@@ -853,7 +879,7 @@ fn grant_like_slot_rewrite_keeps_data() {
     let twice = [c.slots()[0].clone(), c.slots()[0].clone()];
     assert!(matches!(
         c.write_with_slots(&twice, &mut Vec::new()),
-        Err(ContainerError::Malformed(_))
+        Err(ContainerError::DuplicateSlot(l)) if l == "alice"
     ));
 }
 

@@ -1080,10 +1080,8 @@ fn the_daemon_raises_its_open_file_limit() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes a properly sized rlimit.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
-        0
-    );
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) };
+    assert_eq!(rc, 0);
     let hard = ours.rlim_max.min(65536);
     assert!(hard > 1024, "the hard open-file limit is only {hard}");
     let log = fx.path("nofile.log");

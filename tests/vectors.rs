@@ -320,7 +320,16 @@ fn kind(e: &ContainerError) -> Value {
         ContainerError::UnsupportedVersion(v) => {
             json!({"kind": "UnsupportedVersion", "version": v})
         }
-        ContainerError::Malformed(_) => json!({"kind": "Malformed"}),
+        // The vectors record structural failures as one kind; the crate names each.
+        ContainerError::TruncatedHeader(_)
+        | ContainerError::ReservedNotZero { .. }
+        | ContainerError::SlotsLenOutOfRange(_)
+        | ContainerError::LayoutOverflow { .. }
+        | ContainerError::NoSlotCount(_)
+        | ContainerError::TruncatedSlot { .. }
+        | ContainerError::TrailingSlotBytes(_)
+        | ContainerError::LabelNotUtf8 { .. }
+        | ContainerError::DuplicateSlot(_) => json!({"kind": "Malformed"}),
         ContainerError::SizeMismatch { expected, actual } => {
             json!({"kind": "SizeMismatch", "expected": expected, "actual": actual})
         }
@@ -331,7 +340,8 @@ fn kind(e: &ContainerError) -> Value {
             json!({"kind": "ChunkAuthentication", "index": index})
         }
         ContainerError::ChunkSize(n) => json!({"kind": "ChunkSize", "log2": n}),
-        ContainerError::Label(l) => json!({"kind": "Label", "label": l}),
+        ContainerError::EmptyLabel => json!({"kind": "Label", "label": ""}),
+        ContainerError::LabelControlCharacter(l) => json!({"kind": "Label", "label": l}),
         other => json!({"kind": "Other", "error": other.to_string()}),
     }
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::CliResult;
 use crate::audit::{self, AuditError, Decision, Entry, HeadCheck, Start, VerifyReport};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 fn error(msg: impl Into<String>) -> Box<dyn std::error::Error> {
     msg.into().into()
@@ -475,31 +475,13 @@ fn print_report(
     }
 }
 
-/// A store path names one file, or a directory whose files are all meant.
-fn targets(store: &Store, rel: Option<&str>) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let files: Vec<String> = store.files()?.into_iter().map(|f| f.rel).collect();
-    let Some(rel) = rel else {
-        return Ok(files);
-    };
-    let rel = rel.trim_end_matches('/');
-    if store.exists(rel)? {
-        return Ok(vec![rel.to_string()]);
-    }
-    let prefix = format!("{rel}/");
-    let under: Vec<String> = files
-        .into_iter()
-        .filter(|f| f.starts_with(&prefix))
-        .collect();
-    if under.is_empty() {
-        return Err(StoreError::NoSuchFile(rel.to_string()).into());
-    }
-    Ok(under)
-}
-
 pub fn access(args: &AccessArgs) -> CliResult {
     let store = Store::open(&args.store)?;
     let users = store.users()?;
-    let files = targets(&store, args.rel.as_deref())?;
+    let files = match args.rel.as_deref() {
+        Some(rel) => super::targets(&store, rel)?,
+        None => store.files()?.into_iter().map(|f| f.rel).collect(),
+    };
     // Column order: the store's users by name, then slot labels that name no user.
     let mut columns: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
     let mut rows: Vec<(String, Result<Vec<String>, String>)> = Vec::new();

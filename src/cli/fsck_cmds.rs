@@ -51,17 +51,9 @@ pub struct FsckArgs {
 
 /// Prints `err` the way `main` prints errors and exits with [`EXIT_CANNOT_CHECK`].
 fn cannot_check(err: Box<dyn std::error::Error>) -> ! {
-    let mut msg = format!("tvault: error: {err}");
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !msg.ends_with(&text) {
-            msg.push_str(&format!(": {text}"));
-        }
-        source = cause.source();
-    }
+    // Whatever was printed before comes first; a failed flush has nowhere to be reported.
     let _ = std::io::stdout().flush();
-    eprintln!("{msg}");
+    eprintln!("{}", super::error_message(err.as_ref()));
     std::process::exit(EXIT_CANNOT_CHECK)
 }
 

@@ -13,6 +13,42 @@ use clap::{Args, Parser, Subcommand};
 
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// How every command reports an error: `tvault: error: ` and the error with its causes.
+pub fn error_message(err: &dyn std::error::Error) -> String {
+    let mut msg = format!("tvault: error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // thiserror's "{path}: {source}" messages already include the cause.
+        if !msg.ends_with(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
+        source = cause.source();
+    }
+    msg
+}
+
+/// The files a store path means: the one file it names, or every file under the directory
+/// it names (an error if there are none).
+fn targets(
+    store: &crate::store::Store,
+    rel: &str,
+) -> Result<Vec<String>, crate::store::StoreError> {
+    let rel = rel.trim_end_matches('/');
+    if store.exists(rel)? {
+        return Ok(vec![rel.to_string()]);
+    }
+    let missing = || crate::store::StoreError::NoSuchFile(rel.to_string());
+    if !store.is_dir(rel) {
+        return Err(missing());
+    }
+    let files: Vec<_> = store.files_under(rel)?.into_iter().map(|f| f.rel).collect();
+    if files.is_empty() {
+        return Err(missing());
+    }
+    Ok(files)
+}
+
 #[derive(Parser)]
 #[command(
     name = "tvault",
@@ -53,7 +89,12 @@ enum Command {
     Init {
         store: PathBuf,
         /// Default plaintext chunk size for files put into the store (4K to 1M, power of two)
-        #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
+        #[arg(
+            long,
+            value_name = "SIZE",
+            default_value_t = 1 << crate::container::DEFAULT_CHUNK_LOG2,
+            value_parser = parse_size
+        )]
         chunk_size: u64,
     },
     /// Manage users (keyrings)
@@ -404,6 +445,33 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn error_messages_carry_causes_once() {
+        #[derive(Debug, thiserror::Error)]
+        enum Outer {
+            #[error("{path}: {source}")]
+            Embeds {
+                path: String,
+                source: std::io::Error,
+            },
+            #[error("cannot open")]
+            Wraps(#[source] std::io::Error),
+        }
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let embeds = Outer::Embeds {
+            path: "/x".into(),
+            source: denied(),
+        };
+        assert_eq!(
+            error_message(&embeds),
+            format!("tvault: error: /x: {}", denied())
+        );
+        assert_eq!(
+            error_message(&Outer::Wraps(denied())),
+            format!("tvault: error: cannot open: {}", denied())
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ fn redirect(target: i32, path: Option<&Path>) -> std::io::Result<()> {
             .open(p)?,
         None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
     };
-    // SAFETY: dup2 onto a standard descriptor; `file` stays valid for the call.
+    // SAFETY: both descriptors are open for the call (`file` lives until the end of this
+    // function); dup2 makes `target` refer to the file, so whatever uses it still holds an
+    // open descriptor.
     if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), target) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -148,12 +150,13 @@ pub fn unlock(mountpoint: &Path, pass: &PassphraseArgs) -> CliResult {
         pass.passphrase_file.as_deref(),
         false,
     )?;
-    let text = String::from_utf8(phrase.to_vec()).map_err(|_| "the passphrase is not UTF-8")?;
-    let reply = control::call(
-        mountpoint,
-        &Request::Unlock { passphrase: text },
-        UNLOCK_TIMEOUT,
-    )?;
+    // Checked in place: a failed `String::from_utf8` would drop an unwiped copy.
+    let text = std::str::from_utf8(&phrase).map_err(|_| "the passphrase is not UTF-8")?;
+    // `Request` wipes the passphrase when dropped.
+    let request = Request::Unlock {
+        passphrase: text.to_owned(),
+    };
+    let reply = control::call(mountpoint, &request, UNLOCK_TIMEOUT)?;
     println!(
         "unlocked {} (uid {uid}) on {}",
         reply["user"].as_str().unwrap_or("?"),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -282,15 +282,12 @@ fn collect_put_items(
 /// Reads and validates the safetensors header of a plaintext file.
 fn validate_safetensors_file(path: &Path) -> Result<Header, Box<dyn std::error::Error>> {
     let describe = |e: &dyn std::fmt::Display| error(format!("{}: {e}", path.display()));
-    let mut file = File::open(path).map_err(|e| describe(&e))?;
+    let file = File::open(path).map_err(|e| describe(&e))?;
     let file_len = file.metadata().map_err(|e| describe(&e))?.len();
-    let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix)
-        .map_err(|_| describe(&"too short for a safetensors file (no 8-byte header length)"))?;
-    let header_len = safetensors::header_len(&prefix, file_len).map_err(|e| describe(&e))?;
-    let mut json = vec![0u8; header_len as usize];
-    file.read_exact(&mut json).map_err(|e| describe(&e))?;
-    safetensors::parse_header(&json, file_len).map_err(|e| describe(&e))
+    safetensors::read_header(file_len, |offset, buf| {
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, offset)
+    })
+    .map_err(|e| describe(&e))
 }
 
 fn is_safetensors(rel: &str) -> bool {
@@ -420,17 +417,17 @@ pub fn get(path: &Path, rel: &str, output: &Path, user: &str, pass: &PassphraseA
     Ok(())
 }
 
-fn header_from_reader(reader: &Reader<store::Blob>) -> Result<Header, Box<dyn std::error::Error>> {
-    let mut prefix = [0u8; 8];
-    if reader.read_at(0, &mut prefix)? < 8 {
-        return Err(error(
-            "too short for a safetensors file (no 8-byte header length)",
-        ));
-    }
-    let header_len = safetensors::header_len(&prefix, reader.len())?;
-    let mut json = vec![0u8; header_len as usize];
-    reader.read_at(8, &mut json)?;
-    Ok(safetensors::parse_header(&json, reader.len())?)
+/// Reads and validates the safetensors header of a stored file, decrypting only its chunks.
+fn header_from_reader(
+    reader: &Reader<store::Blob>,
+) -> Result<Header, safetensors::ReadHeaderError<container::ContainerError>> {
+    safetensors::read_header(reader.len(), |offset, buf| {
+        // Short only past the end, which the header's length was checked against.
+        match reader.read_at(offset, buf)? {
+            n if n == buf.len() => Ok(()),
+            _ => Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+        }
+    })
 }
 
 pub fn inspect(
@@ -573,22 +570,6 @@ fn audit_store_change(
     }
 }
 
-/// A store path names one file, or a directory whose files are all meant.
-fn expand_targets(store: &Store, rel: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let rel = rel.trim_end_matches('/');
-    if store.exists(rel)? {
-        return Ok(vec![rel.to_string()]);
-    }
-    if !store.is_dir(rel) {
-        return Err(StoreError::NoSuchFile(rel.to_string()).into());
-    }
-    let files: Vec<_> = store.files_under(rel)?.into_iter().map(|f| f.rel).collect();
-    if files.is_empty() {
-        return Err(StoreError::NoSuchFile(rel.to_string()).into());
-    }
-    Ok(files)
-}
-
 pub fn grant(
     path: &Path,
     rel: &str,
@@ -598,7 +579,7 @@ pub fn grant(
 ) -> CliResult {
     let store = Store::open(path)?;
     let grantee_keyring = store.user(grantee)?;
-    let targets = expand_targets(&store, rel)?;
+    let targets = super::targets(&store, rel)?;
     let private = unlock(&store, user, pass)?;
     for target in targets {
         if store.grant(&target, user, &private, &grantee_keyring)? {
@@ -620,7 +601,7 @@ pub fn revoke(
     pass: &PassphraseArgs,
 ) -> CliResult {
     let store = Store::open(path)?;
-    let targets = expand_targets(&store, rel)?;
+    let targets = super::targets(&store, rel)?;
     let private = match (rekey, user) {
         (true, Some(name)) => {
             if name == revokee {

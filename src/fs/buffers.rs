@@ -34,6 +34,8 @@ enum Storage {
 // SAFETY: a pooled buffer is memory no other `Plain` refers to until it is given back on
 // drop; shared access is read-only through `&self`.
 unsafe impl Send for Plain {}
+// SAFETY: through `&Plain` the buffer is only read (`as_slice`); writing it takes `&mut Plain`,
+// so references shared between threads never race.
 unsafe impl Sync for Plain {}
 
 impl Plain {

@@ -117,7 +117,8 @@ impl From<Denial> for FsError {
     fn from(d: Denial) -> FsError {
         match d {
             Denial::NoKeyring | Denial::Locked | Denial::NoKeySlot => FsError::new(libc::EACCES),
-            Denial::Integrity(why) | Denial::StoreError(why) => FsError::caused(libc::EIO, why),
+            Denial::Integrity(e) => FsError::caused(libc::EIO, e),
+            Denial::StoreError(e) => FsError::caused(libc::EIO, e),
         }
     }
 }

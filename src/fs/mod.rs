@@ -40,18 +40,13 @@ use crate::sync::{lock, read};
 
 pub use attr::{Attr, Kind};
 use buffers::BufferPool;
-pub use buffers::Plain;
 pub use cache::ChunkCache;
-pub use error::{FsError, FsResult};
+pub use error::FsError;
 use handles::OpenFiles;
-pub use handles::{DirEntry, Listing};
 use inodes::Inodes;
-pub use inodes::ROOT;
 use limits::Limits;
-pub use namespace::StatFs;
 pub use op::Recorder;
 pub use open::Opened;
-pub use read::ReadData;
 use versions::Versions;
 use write::OpenSession;
 

@@ -94,7 +94,7 @@ impl Core {
             StoreError::Symlink(_) | StoreError::NotRegular { .. } => FsError::new(libc::ENOENT),
             e => FsError::from(e),
         })?;
-        let container = Container::parse(file).map_err(|e| integrity(rel, e))?;
+        let container = Container::parse(file).map_err(integrity)?;
         let (session, data_key) = self.access.authorize(&self.store, uid, &container)?;
         // The chunk table is held in memory while the file is open: charged to the opener
         // before it is read, so that a crafted header cannot make the daemon allocate more.
@@ -103,12 +103,9 @@ impl Core {
             .metadata
             .charge(uid, container.table_len())
             .map_err(FsError::from)?;
-        let reader = container
-            .open_with_limit(&data_key.key, self.limits.metadata.per_uid())
-            .map_err(|e| integrity(rel, e))?;
-        if !data_key.checked {
-            session.remember_key(reader.header().file_id, data_key.key);
-        }
+        let reader = data_key
+            .open(container, self.limits.metadata.per_uid())
+            .map_err(integrity)?;
         let key: VersionKey = (reader.header().file_id, *reader.mac());
         if let Some(version) = self.versions.live(&key) {
             return Ok((version, session));
@@ -199,11 +196,12 @@ impl Core {
     }
 }
 
-/// A container that does not parse or authenticate: denied as `integrity`. An OS error
-/// reading it decides nothing (it is not the container's fault).
-fn integrity(rel: &str, e: ContainerError) -> Refusal {
+/// A container that does not parse or authenticate: denied as `integrity` (the path is
+/// logged and recorded with it). An OS error reading it decides nothing (it is not the
+/// container's fault).
+fn integrity(e: ContainerError) -> Refusal {
     match e {
         ContainerError::Io(e) => Refusal::Failed(FsError::from(ContainerError::Io(e))),
-        e => Refusal::Denied(Denial::Integrity(format!("{rel}: {e}"))),
+        e => Refusal::Denied(Denial::Integrity(e)),
     }
 }

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::error::FsResult;
+use super::inodes::ROOT;
 use super::*;
 use crate::audit::{AuditError, Decision, Event, EventKind};
 use crate::crypto::KdfParams;
@@ -571,4 +573,27 @@ fn a_rename_onto_a_free_name_does_not_replace_a_file_made_there_meanwhile() {
     assert_eq!(errno(renamed), libc::EEXIST);
     assert_eq!(fx.read_all(BOB, "b").unwrap(), b"bob's weights");
     assert_eq!(fx.read_all(ALICE, "a").unwrap(), b"alice's");
+}
+
+#[test]
+fn a_key_is_remembered_only_once_its_mac_verified() {
+    let fx = fixture();
+    fx.put(ALICE, "g", &[1u8; 5000]);
+    let alice = fx.core.access.session(ALICE).unwrap();
+    let keys = alice.cached_keys();
+    let path = fx.container("g");
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    // The slot unwraps (it is outside the MAC), but the header MAC fails: nothing remembered.
+    assert_eq!(
+        fx.read_all(ALICE, "g").map_err(|e| e.errno()),
+        Err(libc::EIO)
+    );
+    assert_eq!(alice.cached_keys(), keys);
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(fx.read_all(ALICE, "g").unwrap(), [1u8; 5000]);
+    assert_eq!(alice.cached_keys(), keys + 1);
 }
