@@ -132,7 +132,7 @@ impl UserSession {
 
     fn keys(&self) -> MutexGuard<'_, HashMap<[u8; FILE_ID_LEN], Locked<SecretKey>>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
-        self.data_keys.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.data_keys)
     }
 
     pub fn cached_keys(&self) -> usize {
@@ -222,7 +222,7 @@ impl KdfBudget {
     }
 
     fn state(&self) -> MutexGuard<'_, BudgetState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Waits until `m_kib` (at most `KdfParams::CAP_M_KIB`) can be held.
@@ -244,7 +244,7 @@ impl KdfBudget {
                     state.pool_used += need;
                     return permit(0, need);
                 }
-                state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+                state = crate::sync::wait(&self.freed, state);
             }
         }
         let ticket = state.next_ticket;
@@ -261,7 +261,7 @@ impl KdfBudget {
                 self.freed.notify_all();
                 return permit(0, need);
             }
-            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = crate::sync::wait(&self.freed, state);
         }
     }
 }
@@ -302,18 +302,11 @@ impl Access {
     }
 
     pub fn session(&self, uid: u32) -> Option<Arc<UserSession>> {
-        self.sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&uid)
-            .cloned()
+        crate::sync::read(&self.sessions).get(&uid).cloned()
     }
 
     pub fn sessions(&self) -> Vec<Arc<UserSession>> {
-        let mut all: Vec<_> = self
-            .sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut all: Vec<_> = crate::sync::read(&self.sessions)
             .values()
             .cloned()
             .collect();
@@ -343,17 +336,14 @@ impl Access {
                     source,
                 })?;
         }
-        let gate = self
-            .uid_gates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let gate = crate::sync::lock(&self.uid_gates)
             .entry(uid)
             .or_default()
             .clone();
         // Backoff is checked and failures recorded under the uid's gate, so concurrent
         // attempts from one uid cannot all slip in before the first failure is counted.
         let private = {
-            let _gate = gate.lock().unwrap_or_else(|p| p.into_inner());
+            let _gate = crate::sync::lock(&gate);
             self.check_backoff(uid)?;
             let _memory = keyring
                 .kdf_params()
@@ -367,11 +357,8 @@ impl Access {
                 Err(e) => return Err(UnlockError::Keyring(e)),
             }
         };
-        self.backoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
-        let mut sessions = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        crate::sync::lock(&self.backoff).remove(&uid);
+        let mut sessions = crate::sync::write(&self.sessions);
         // Unlocking again while unlocked keeps the session (and the handles opened under it).
         if sessions.get(&uid).is_none_or(|s| s.name != keyring.name) {
             let session = Arc::new(UserSession {
@@ -389,7 +376,7 @@ impl Access {
     }
 
     fn check_backoff(&self, uid: u32) -> Result<(), UnlockError> {
-        let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let backoff = crate::sync::lock(&self.backoff);
         if let Some(b) = backoff.get(&uid) {
             let now = Instant::now();
             if now < b.next_allowed {
@@ -403,7 +390,7 @@ impl Access {
     }
 
     fn record_failure(&self, uid: u32) {
-        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let mut backoff = crate::sync::lock(&self.backoff);
         let entry = backoff.entry(uid).or_insert(Backoff {
             failures: 0,
             next_allowed: Instant::now(),
@@ -415,11 +402,7 @@ impl Access {
     /// Forgets `uid`'s keys. Handles that hold the session see `is_locked()` from now on.
     /// Its data keys are wiped now, its private key when the last handle on it goes.
     pub fn lock(&self, uid: u32) {
-        let removed = self
-            .sessions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
+        let removed = crate::sync::write(&self.sessions).remove(&uid);
         if let Some(session) = removed {
             session.locked.store(true, Ordering::Release);
             session.keys().clear();
@@ -428,12 +411,7 @@ impl Access {
 
     /// Forgets every session (at unmount).
     pub fn lock_all(&self) {
-        let drained: Vec<_> = self
-            .sessions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let drained: Vec<_> = crate::sync::write(&self.sessions).drain().collect();
         for (_, session) in drained {
             session.locked.store(true, Ordering::Release);
             session.keys().clear();

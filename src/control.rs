@@ -169,7 +169,7 @@ pub(crate) fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) -> io::
                     continue;
                 };
                 let admitted = {
-                    let mut counts = per_uid.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut counts = crate::sync::lock(&per_uid);
                     let mine = counts.entry(peer.uid).or_insert(0);
                     let ok =
                         *mine < MAX_PER_UID && active.load(Ordering::Acquire) < MAX_CONNECTIONS;
@@ -189,7 +189,7 @@ pub(crate) fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) -> io::
                 let (active, per_uid) = (active.clone(), per_uid.clone());
                 let release = move || {
                     active.fetch_sub(1, Ordering::AcqRel);
-                    let mut counts = per_uid.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut counts = crate::sync::lock(&per_uid);
                     if let Some(n) = counts.get_mut(&peer.uid) {
                         *n = n.saturating_sub(1);
                     }

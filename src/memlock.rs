@@ -120,7 +120,7 @@ static PAGES: LazyLock<Mutex<Pages<Kernel>>> = LazyLock::new(|| {
 fn pages() -> MutexGuard<'static, Pages<Kernel>> {
     // Each change to the table is complete before anything can panic, so a poisoned table is
     // still consistent.
-    PAGES.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::lock(&PAGES)
 }
 
 /// The page numbers `(first, count)` that bytes `addr..addr + len` lie on.

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use super::line::{signed_line, Span};
 use super::open::{self, log_dir, open_dir};
 use super::rotate::{default_max_size, RotateReason};
 use super::{io_err, key, line_hash, AuditError, Entry, Event, SYNC_INTERVAL};
+use crate::sync::lock;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Limits {
@@ -67,12 +68,6 @@ pub(super) struct Shared {
     head: Mutex<Head>,
     stop: Mutex<bool>,
     wake: Condvar,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves the state consistent enough: every
-    // update happens after the write it describes succeeded.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An open audit log. `Send + Sync`: share it with `Arc` between FUSE and control threads.

@@ -121,17 +121,6 @@ impl StoreError {
         matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
             || matches!(self, StoreError::NoSuchFile(_))
     }
-
-    /// The errno this error means to a process using the mount.
-    pub fn errno(&self) -> i32 {
-        match self {
-            StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            StoreError::NoSuchFile(_) => libc::ENOENT,
-            StoreError::FileExists(_) => libc::EEXIST,
-            StoreError::InvalidPath { .. } => libc::EINVAL,
-            _ => libc::EIO,
-        }
-    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -15,6 +15,12 @@ use crate::fs::Core;
 use crate::fuse::FuseAdapter;
 use crate::store::Store;
 
+mod mounts;
+mod requests;
+
+pub use mounts::{detach, is_mount_point, mounts};
+use requests::DaemonControl;
+
 pub struct MountOptions {
     pub store: PathBuf,
     pub mountpoint: PathBuf,
@@ -77,83 +83,6 @@ pub enum DaemonError {
     Audit(#[from] audit::AuditError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-}
-
-/// One line of /proc/self/mountinfo.
-pub struct MountEntry {
-    pub point: PathBuf,
-    /// "major:minor".
-    pub dev: String,
-    /// e.g. "fuse.tvault", "ext4".
-    pub fstype: String,
-}
-
-/// Mounts from /proc/self/mountinfo, in mount order (the last one at a path is on top).
-pub fn mounts() -> Vec<MountEntry> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines().filter_map(parse_mountinfo_line).collect()
-}
-
-/// `id parent major:minor root point options [optional fields…] - fstype source super-options`
-fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    let (front, back) = line.split_once(" - ")?;
-    let mut fields = front.split(' ');
-    let dev = fields.nth(2)?.to_string();
-    let point = fields.nth(1)?;
-    Some(MountEntry {
-        point: PathBuf::from(unescape_mountinfo(point)),
-        dev,
-        fstype: back.split(' ').next()?.to_string(),
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo octal.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn is_mount_point(path: &Path) -> bool {
-    mounts().iter().any(|m| m.point == path)
-}
-
-/// Detaches the mount at `mountpoint` lazily (`MNT_DETACH`, so open files do not keep it),
-/// with `fusermount3 -uz` when not root.
-pub fn detach(mountpoint: &Path) -> std::io::Result<()> {
-    let path = CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
-    // SAFETY: `path` is NUL-terminated and outlives the call, which only reads it.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let umount_error = std::io::Error::last_os_error();
-    match std::process::Command::new("fusermount3")
-        .arg("-uz")
-        .arg(mountpoint)
-        .stderr(std::process::Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => Ok(()),
-        _ => Err(umount_error),
-    }
 }
 
 /// A mountpoint whose daemon died answers `stat` with ENOTCONN until the dead mount is
@@ -267,11 +196,7 @@ struct Unmount {
 
 impl Unmount {
     fn trigger(&self) {
-        let taken = self
-            .unmounter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let taken = crate::sync::lock(&self.unmounter).take();
         let Some(mut unmounter) = taken else { return };
         if let Err(e) = unmounter.unmount() {
             // Busy (a file is still open): detach now; the daemon exits when the last
@@ -280,215 +205,6 @@ impl Unmount {
             if let Ok(path) = CString::new(self.mountpoint.as_os_str().as_encoded_bytes()) {
                 // SAFETY: `path` is NUL-terminated and outlives the call, which only reads it.
                 unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-    }
-}
-
-/// Why the daemon refused a control request; the `Display` is the reply's error text.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error(transparent)]
-    Unlock(UnlockError),
-    #[error("the audit log cannot be written; unlock refused")]
-    UnlockNotAudited(#[source] audit::AuditError),
-    #[error("uid {0} is not unlocked on this mount")]
-    NotUnlocked(u32),
-    #[error(
-        "{} file(s) still open by uid {uid}: {}; close them, or use --force to lock anyway \
-         (reads on them then fail, and mappings get SIGBUS)",
-        open.len(),
-        open.join(", ")
-    )]
-    FilesOpen { uid: u32, open: Vec<String> },
-    /// Something only root or the daemon's owner may do.
-    #[error("only root or the user who mounted may {0}")]
-    NotOwner(&'static str),
-    #[error("unknown audit event {0:?}")]
-    UnknownAuditEvent(String),
-    #[error(transparent)]
-    Audit(audit::AuditError),
-}
-
-struct DaemonControl {
-    shared: Arc<Core>,
-    audit: Arc<AuditLog>,
-    unmount: Arc<Unmount>,
-    owner_uid: u32,
-    read_only: bool,
-    store_path: PathBuf,
-}
-
-impl DaemonControl {
-    fn status(&self, peer: Peer) -> Value {
-        let privileged = peer.uid == 0 || peer.uid == self.owner_uid;
-        let visible = |uid: u32| privileged || uid == peer.uid;
-        let s = &self.shared;
-        let users: Vec<_> = s
-            .access
-            .sessions()
-            .into_iter()
-            .filter(|u| visible(u.uid))
-            .map(|u| json!({"user": u.name, "uid": u.uid, "data_keys": u.cached_keys()}))
-            .collect();
-        let open: Vec<_> = s
-            .open_files()
-            .into_iter()
-            .filter(|f| visible(f.uid))
-            .map(|f| json!({"path": f.path, "uid": f.uid, "user": f.user}))
-            .collect();
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        json!({
-            "store": self.store_path.display().to_string(),
-            "mountpoint": self.unmount.mountpoint.display().to_string(),
-            "pid": std::process::id(),
-            "read_only": self.read_only,
-            "unlocked": users,
-            "open_files": open,
-            "cache": {
-                "bytes": s.cache.bytes(),
-                "capacity": s.cache.capacity(),
-                "buffer_bytes": s.buffer_bytes(),
-                "metadata_bytes": s.metadata_bytes(),
-                "hits": load(&s.cache.hits),
-                "misses": load(&s.cache.misses),
-            },
-            "bytes_decrypted": load(&s.stats.bytes_decrypted),
-            "opens_allowed": load(&s.stats.opens_allowed),
-            "opens_denied": load(&s.stats.opens_denied),
-            "integrity_failures": load(&s.stats.integrity_failures),
-            "audit": {
-                "path": self.audit.path().display().to_string(),
-                "entries_written": self.audit.entries_written(),
-                "events_coalesced": self.audit.events_coalesced(),
-                "last_entry_time": self.audit.last_entry_time().map(audit::format_time),
-                "last_hash": if privileged { Some(self.audit.last_hash()) } else { None },
-                "key": privileged.then(|| self.audit.key_path().display().to_string()),
-            },
-        })
-    }
-}
-
-impl Handler for DaemonControl {
-    type Error = Refusal;
-
-    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, Refusal> {
-        let comm = crate::system::process_comm(peer.pid as u32).unwrap_or_default();
-        match request {
-            Request::Unlock { passphrase } => {
-                let result =
-                    self.shared
-                        .access
-                        .unlock(&self.shared.store, peer.uid, passphrase.as_bytes());
-                let event = |kind| Event::from_pid(kind, peer.pid as u32).uid(peer.uid);
-                match result {
-                    Ok(user) => {
-                        let recorded = self
-                            .audit
-                            .record(&event(EventKind::Unlock).user(&user).allow());
-                        if let Err(e) = recorded {
-                            // Fail closed: no unaudited session.
-                            self.shared.access.lock(peer.uid);
-                            return Err(Refusal::UnlockNotAudited(e));
-                        }
-                        Ok(json!({"user": user, "uid": peer.uid}))
-                    }
-                    Err(e) => {
-                        let reason = match &e {
-                            UnlockError::NoKeyring(_) => "no-keyring",
-                            UnlockError::WrongPassphrase(_) => "wrong-passphrase",
-                            UnlockError::RateLimited { .. } => "rate-limited",
-                            UnlockError::KdfOverCap { .. } => "kdf-over-cap",
-                            UnlockError::Store(_) | UnlockError::Keyring(_) => "store-error",
-                        };
-                        if let Err(audit) = self
-                            .audit
-                            .record(&event(EventKind::UnlockFailed).deny(reason))
-                        {
-                            log::error!("audit log: failed unlock of uid {}: {audit}", peer.uid);
-                        }
-                        Err(Refusal::Unlock(e))
-                    }
-                }
-            }
-            Request::Lock { force } => {
-                let Some(session) = self.shared.access.session(peer.uid) else {
-                    return Err(Refusal::NotUnlocked(peer.uid));
-                };
-                let open: Vec<String> = self
-                    .shared
-                    .open_files()
-                    .into_iter()
-                    .filter(|f| f.uid == peer.uid)
-                    .map(|f| f.path)
-                    .collect();
-                if !open.is_empty() && !force {
-                    return Err(Refusal::FilesOpen {
-                        uid: peer.uid,
-                        open,
-                    });
-                }
-                self.shared.access.lock(peer.uid);
-                let invalidated = self.shared.invalidate_open_files_of(peer.uid);
-                // With nobody unlocked, no decrypted chunk or derived key needs to stay.
-                if self.shared.access.sessions().is_empty() {
-                    self.shared.forget_plaintext();
-                }
-                // The lock has happened either way: refusing to report it would not undo it.
-                if let Err(e) = self.audit.record(
-                    &Event::from_pid(EventKind::Lock, peer.pid as u32)
-                        .uid(peer.uid)
-                        .user(&session.name)
-                        .detail(format!("force={force} invalidated={invalidated}")),
-                ) {
-                    log::error!("audit log: lock of uid {}: {e}", peer.uid);
-                }
-                Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
-            }
-            Request::Status => Ok(self.status(peer)),
-            Request::AuditNote {
-                event,
-                path,
-                target,
-                user,
-                detail,
-            } => {
-                // Only whoever could write the audit log directly may add to it.
-                if peer.uid != 0 && peer.uid != self.owner_uid {
-                    return Err(Refusal::NotOwner("add audit entries"));
-                }
-                let kind = match event.as_str() {
-                    "grant" => EventKind::Grant,
-                    "revoke" => EventKind::Revoke,
-                    other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
-                };
-                let mut e = Event::from_pid(kind, peer.pid as u32)
-                    .uid(peer.uid)
-                    .path(path)
-                    .target(target)
-                    .allow();
-                if let Some(user) = user {
-                    e = e.user(user);
-                }
-                if let Some(detail) = detail {
-                    e = e.detail(detail);
-                }
-                self.audit.record(&e).map_err(Refusal::Audit)?;
-                Ok(json!({}))
-            }
-            Request::Umount => {
-                if peer.uid != 0 && peer.uid != self.owner_uid {
-                    return Err(Refusal::NotOwner("unmount"));
-                }
-                log::info!(
-                    "unmount requested by uid {} (pid {}, {comm})",
-                    peer.uid,
-                    peer.pid
-                );
-                let unmount = self.unmount.clone();
-                // Reply first: the unmount tears down the process.
-                std::thread::spawn(move || unmount.trigger());
-                Ok(json!({}))
             }
         }
     }
@@ -692,29 +408,4 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         path: display,
         source,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_lines() {
-        let m = parse_mountinfo_line(
-            "36 35 0:52 / /mnt/a\\040b rw,nosuid shared:1 master:2 - fuse.tvault tvault:/s rw,user_id=0",
-        )
-        .unwrap();
-        assert_eq!(m.point, Path::new("/mnt/a b"));
-        assert_eq!(m.dev, "0:52");
-        assert_eq!(m.fstype, "fuse.tvault");
-        assert!(parse_mountinfo_line("garbage").is_none());
-    }
-
-    #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_mountinfo("/tmp/a\\040b"), "/tmp/a b");
-        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
-    }
 }

@@ -1,0 +1,213 @@
+//! Answers the control socket's requests (unlock, lock, status, umount, audit notes).
+
+use super::*;
+
+/// Why the daemon refused a control request; the `Display` is the reply's error text.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error(transparent)]
+    Unlock(UnlockError),
+    #[error("the audit log cannot be written; unlock refused")]
+    UnlockNotAudited(#[source] audit::AuditError),
+    #[error("uid {0} is not unlocked on this mount")]
+    NotUnlocked(u32),
+    #[error(
+        "{} file(s) still open by uid {uid}: {}; close them, or use --force to lock anyway \
+         (reads on them then fail, and mappings get SIGBUS)",
+        open.len(),
+        open.join(", ")
+    )]
+    FilesOpen { uid: u32, open: Vec<String> },
+    /// Something only root or the daemon's owner may do.
+    #[error("only root or the user who mounted may {0}")]
+    NotOwner(&'static str),
+    #[error("unknown audit event {0:?}")]
+    UnknownAuditEvent(String),
+    #[error(transparent)]
+    Audit(audit::AuditError),
+}
+
+pub(super) struct DaemonControl {
+    pub shared: Arc<Core>,
+    pub audit: Arc<AuditLog>,
+    pub unmount: Arc<Unmount>,
+    /// The daemon's own uid: it may see every session and unmount, like root.
+    pub owner_uid: u32,
+    pub read_only: bool,
+    pub store_path: PathBuf,
+}
+
+impl DaemonControl {
+    fn status(&self, peer: Peer) -> Value {
+        let privileged = peer.uid == 0 || peer.uid == self.owner_uid;
+        let visible = |uid: u32| privileged || uid == peer.uid;
+        let s = &self.shared;
+        let users: Vec<_> = s
+            .access
+            .sessions()
+            .into_iter()
+            .filter(|u| visible(u.uid))
+            .map(|u| json!({"user": u.name, "uid": u.uid, "data_keys": u.cached_keys()}))
+            .collect();
+        let open: Vec<_> = s
+            .open_files()
+            .into_iter()
+            .filter(|f| visible(f.uid))
+            .map(|f| json!({"path": f.path, "uid": f.uid, "user": f.user}))
+            .collect();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "store": self.store_path.display().to_string(),
+            "mountpoint": self.unmount.mountpoint.display().to_string(),
+            "pid": std::process::id(),
+            "read_only": self.read_only,
+            "unlocked": users,
+            "open_files": open,
+            "cache": {
+                "bytes": s.cache.bytes(),
+                "capacity": s.cache.capacity(),
+                "buffer_bytes": s.buffer_bytes(),
+                "metadata_bytes": s.metadata_bytes(),
+                "hits": load(&s.cache.hits),
+                "misses": load(&s.cache.misses),
+            },
+            "bytes_decrypted": load(&s.stats.bytes_decrypted),
+            "opens_allowed": load(&s.stats.opens_allowed),
+            "opens_denied": load(&s.stats.opens_denied),
+            "integrity_failures": load(&s.stats.integrity_failures),
+            "audit": {
+                "path": self.audit.path().display().to_string(),
+                "entries_written": self.audit.entries_written(),
+                "events_coalesced": self.audit.events_coalesced(),
+                "last_entry_time": self.audit.last_entry_time().map(audit::format_time),
+                "last_hash": if privileged { Some(self.audit.last_hash()) } else { None },
+                "key": privileged.then(|| self.audit.key_path().display().to_string()),
+            },
+        })
+    }
+}
+
+impl Handler for DaemonControl {
+    type Error = Refusal;
+
+    fn handle(&self, peer: Peer, request: &Request) -> Result<Value, Refusal> {
+        let comm = crate::system::process_comm(peer.pid as u32).unwrap_or_default();
+        match request {
+            Request::Unlock { passphrase } => {
+                let result =
+                    self.shared
+                        .access
+                        .unlock(&self.shared.store, peer.uid, passphrase.as_bytes());
+                let event = |kind| Event::from_pid(kind, peer.pid as u32).uid(peer.uid);
+                match result {
+                    Ok(user) => {
+                        let recorded = self
+                            .audit
+                            .record(&event(EventKind::Unlock).user(&user).allow());
+                        if let Err(e) = recorded {
+                            // Fail closed: no unaudited session.
+                            self.shared.access.lock(peer.uid);
+                            return Err(Refusal::UnlockNotAudited(e));
+                        }
+                        Ok(json!({"user": user, "uid": peer.uid}))
+                    }
+                    Err(e) => {
+                        let reason = match &e {
+                            UnlockError::NoKeyring(_) => "no-keyring",
+                            UnlockError::WrongPassphrase(_) => "wrong-passphrase",
+                            UnlockError::RateLimited { .. } => "rate-limited",
+                            UnlockError::KdfOverCap { .. } => "kdf-over-cap",
+                            UnlockError::Store(_) | UnlockError::Keyring(_) => "store-error",
+                        };
+                        if let Err(audit) = self
+                            .audit
+                            .record(&event(EventKind::UnlockFailed).deny(reason))
+                        {
+                            log::error!("audit log: failed unlock of uid {}: {audit}", peer.uid);
+                        }
+                        Err(Refusal::Unlock(e))
+                    }
+                }
+            }
+            Request::Lock { force } => {
+                let Some(session) = self.shared.access.session(peer.uid) else {
+                    return Err(Refusal::NotUnlocked(peer.uid));
+                };
+                let open: Vec<String> = self
+                    .shared
+                    .open_files()
+                    .into_iter()
+                    .filter(|f| f.uid == peer.uid)
+                    .map(|f| f.path)
+                    .collect();
+                if !open.is_empty() && !force {
+                    return Err(Refusal::FilesOpen {
+                        uid: peer.uid,
+                        open,
+                    });
+                }
+                self.shared.access.lock(peer.uid);
+                let invalidated = self.shared.invalidate_open_files_of(peer.uid);
+                // With nobody unlocked, no decrypted chunk or derived key needs to stay.
+                if self.shared.access.sessions().is_empty() {
+                    self.shared.forget_plaintext();
+                }
+                // The lock has happened either way: refusing to report it would not undo it.
+                if let Err(e) = self.audit.record(
+                    &Event::from_pid(EventKind::Lock, peer.pid as u32)
+                        .uid(peer.uid)
+                        .user(&session.name)
+                        .detail(format!("force={force} invalidated={invalidated}")),
+                ) {
+                    log::error!("audit log: lock of uid {}: {e}", peer.uid);
+                }
+                Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
+            }
+            Request::Status => Ok(self.status(peer)),
+            Request::AuditNote {
+                event,
+                path,
+                target,
+                user,
+                detail,
+            } => {
+                // Only whoever could write the audit log directly may add to it.
+                if peer.uid != 0 && peer.uid != self.owner_uid {
+                    return Err(Refusal::NotOwner("add audit entries"));
+                }
+                let kind = match event.as_str() {
+                    "grant" => EventKind::Grant,
+                    "revoke" => EventKind::Revoke,
+                    other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
+                };
+                let mut e = Event::from_pid(kind, peer.pid as u32)
+                    .uid(peer.uid)
+                    .path(path)
+                    .target(target)
+                    .allow();
+                if let Some(user) = user {
+                    e = e.user(user);
+                }
+                if let Some(detail) = detail {
+                    e = e.detail(detail);
+                }
+                self.audit.record(&e).map_err(Refusal::Audit)?;
+                Ok(json!({}))
+            }
+            Request::Umount => {
+                if peer.uid != 0 && peer.uid != self.owner_uid {
+                    return Err(Refusal::NotOwner("unmount"));
+                }
+                log::info!(
+                    "unmount requested by uid {} (pid {}, {comm})",
+                    peer.uid,
+                    peer.pid
+                );
+                let unmount = self.unmount.clone();
+                // Reply first: the unmount tears down the process.
+                std::thread::spawn(move || unmount.trigger());
+                Ok(json!({}))
+            }
+        }
+    }
+}

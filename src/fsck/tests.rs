@@ -1,0 +1,148 @@
+//! Unit tests of `fsck`.
+
+use super::*;
+use crate::crypto::KdfParams;
+use std::fs::{self, File};
+
+const FAST: KdfParams = KdfParams {
+    m_kib: 64,
+    t: 1,
+    p: 1,
+};
+
+fn store_with_file(dir: &Path) -> (Store, PrivateKey, PathBuf) {
+    let store = Store::init(dir, 12).unwrap();
+    let (alice, private) = Keyring::create("alice", 1001, b"pw", FAST).unwrap();
+    store.add_user(&alice).unwrap();
+    let src = dir.join("..").join("plain.bin");
+    fs::write(&src, vec![7u8; 10_000]).unwrap();
+    store
+        .put("m/w.bin", &src, &[alice], 12, false, &mut |_| {})
+        .unwrap();
+    let path = dir.join(store::container_rel("m/w.bin").unwrap());
+    (store, private, path)
+}
+
+fn kinds(report: &Report) -> Vec<(Severity, Kind)> {
+    report
+        .problems
+        .iter()
+        .map(|p| (p.severity, p.kind))
+        .collect()
+}
+
+#[test]
+fn clean_store_and_flipped_chunk() {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("s");
+    fs::create_dir(&dir).unwrap();
+    let (_store, private, path) = store_with_file(&dir);
+    let as_alice = Options {
+        verify_as: Some(("alice", &private)),
+        remove_temp: false,
+    };
+    let report = check(&dir, &as_alice).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.containers, report.keyrings), (1, 1));
+    assert_eq!(report.verified, std::slice::from_ref(&path));
+
+    // A byte in the second chunk's ciphertext: invisible without the key.
+    let mut bytes = fs::read(&path).unwrap();
+    let slots_len = u32::from_le_bytes(bytes[60..64].try_into().unwrap()) as usize;
+    bytes[64 + slots_len + 5000] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert!(check(&dir, &Options::default()).unwrap().is_clean());
+    let report = check(&dir, &as_alice).unwrap();
+    assert_eq!(kinds(&report), [(Severity::Error, Kind::Authentication)]);
+    assert_eq!(report.problems[0].path, path);
+    assert!(report.problems[0].message.contains("chunk 1"));
+}
+
+#[test]
+fn structural_problems() {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("s");
+    fs::create_dir(&dir).unwrap();
+    let (_store, _private, path) = store_with_file(&dir);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    fs::write(dir.join(".tvault/users/bob.json"), b"{\"version\":1").unwrap();
+    fs::write(dir.join("m/.tvault-recipients"), "alice ghost\n").unwrap();
+    let temp = dir.join("m/.w.bin.tvlt.tmp-0123456789ab");
+    fs::write(&temp, b"half").unwrap();
+    let report = check(&dir, &Options::default()).unwrap();
+    let found: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| {
+            (
+                p.severity,
+                p.kind,
+                p.path.strip_prefix(&dir).unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                Severity::Error,
+                Kind::Keyring,
+                PathBuf::from(".tvault/users/bob.json")
+            ),
+            (
+                Severity::Warning,
+                Kind::Recipients,
+                PathBuf::from("m/.tvault-recipients")
+            ),
+            (
+                Severity::Warning,
+                Kind::TempFile,
+                PathBuf::from("m/.w.bin.tvlt.tmp-0123456789ab")
+            ),
+            (
+                Severity::Error,
+                Kind::Container,
+                PathBuf::from("m/w.bin.tvlt")
+            ),
+        ]
+    );
+    assert_eq!(report.errors(), 2);
+
+    // A fresh temporary file is never removed; an old one is.
+    let remove = Options {
+        verify_as: None,
+        remove_temp: true,
+    };
+    let report = check(&dir, &remove).unwrap();
+    assert!(report.removed.is_empty());
+    assert!(temp.exists());
+    let old = SystemTime::now() - TEMP_MIN_AGE - Duration::from_secs(10);
+    File::options()
+        .write(true)
+        .open(&temp)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let report = check(&dir, &remove).unwrap();
+    assert_eq!(report.removed, std::slice::from_ref(&temp));
+    assert!(!temp.exists());
+}
+
+#[test]
+fn not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        check(dir.path(), &Options::default()),
+        Err(StoreError::NotAStore(_))
+    ));
+    fs::create_dir(dir.path().join(META_DIR)).unwrap();
+    let report = check(dir.path(), &Options::default()).unwrap();
+    assert_eq!(
+        kinds(&report),
+        [
+            (Severity::Error, Kind::Config),
+            (Severity::Error, Kind::Config)
+        ]
+    );
+}
