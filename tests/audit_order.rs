@@ -12,9 +12,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::mount::*;
@@ -833,16 +833,7 @@ struct Held {
 
 impl Held {
     fn spawn(uid: u32, code: &str, args: &[&str]) -> Held {
-        let mut child = setpriv(uid)
-            .arg(python())
-            .args(["-c", code])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
+        let (child, out) = spawn_python_as(uid, code, args);
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in out.lines().map_while(Result::ok) {

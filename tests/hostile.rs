@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::mount::*;
 use common::*;
@@ -47,26 +47,6 @@ fn listing(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// A process of `uid` that runs `code` (Python) and talks over stdin/stdout: it prints a
-/// line when ready and acts on each line it reads.
-fn spawn_python_as(
-    uid: u32,
-    code: &str,
-    args: &[&str],
-) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = setpriv(uid)
-        .arg(python())
-        .args(["-c", code])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    (child, out)
 }
 
 fn line(out: &mut BufReader<std::process::ChildStdout>) -> String {

@@ -75,7 +75,7 @@ impl Core {
         };
         let ino = handle.ino;
         let committed = match &handle.write {
-            Some(session) => self.leave_session(&handle, session),
+            Some(session) => self.leave(ino, session, true),
             None => Ok(()),
         };
         drop(handle);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use super::attr::Attr;
 use super::error::{FsError, FsResult};
-use super::handles::{Handle, Reads};
+use super::handles::Reads;
 use super::op::{Allowed, Op, Recorded};
 use super::session::{self, WriteError, WriteSession};
 use super::versions::{Content, FileVersion, VersionKey};
@@ -253,15 +253,6 @@ impl Core {
         )
     }
 
-    /// A handle's write session loses it; the last writer commits.
-    pub(super) fn leave_session(
-        &self,
-        handle: &Handle,
-        session: &Arc<OpenSession>,
-    ) -> FsResult<()> {
-        self.leave(handle.ino, session, true)
-    }
-
     /// Joins (or starts) the session of `ino` that builds on `version`, which the caller
     /// was just authorized for. `ESTALE` (the path moves to a new inode) if the inode's
     /// session builds on another version.
@@ -405,7 +396,7 @@ impl Core {
 
     /// One writer leaves `session`; if it was the last, the session ends: committed when
     /// `commit`, else discarded.
-    fn leave(&self, ino: u64, session: &Arc<OpenSession>, commit: bool) -> FsResult<()> {
+    pub(super) fn leave(&self, ino: u64, session: &Arc<OpenSession>, commit: bool) -> FsResult<()> {
         let last = {
             let mut sessions = lock(&self.sessions);
             let last = session.writers.fetch_sub(1, Ordering::Relaxed) <= 1;

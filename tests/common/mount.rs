@@ -17,6 +17,26 @@ pub fn python() -> String {
     std::env::var("TVAULT_PYTHON").unwrap_or_else(|_| "/var/tmp/tvault-venv/bin/python".into())
 }
 
+/// A process of `uid` that runs `code` (Python) and talks over stdin/stdout: it prints a
+/// line when ready and acts on each line it reads.
+pub fn spawn_python_as(
+    uid: u32,
+    code: &str,
+    args: &[&str],
+) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+    let mut child = setpriv(uid)
+        .arg(python())
+        .args(["-c", code])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
 pub fn is_mounted(mountpoint: &Path) -> bool {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let target = mountpoint
