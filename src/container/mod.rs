@@ -79,6 +79,8 @@ pub enum ContainerError {
     TooManySlots(usize),
     #[error("key-slot section of {0} bytes exceeds the {MAX_SLOTS_LEN}-byte limit")]
     SlotsTooLarge(usize),
+    #[error("ownership record: expected {0}")]
+    Ownership(&'static str),
     #[error("no key slot for {0:?}")]
     NoSlot(String),
     #[error("key slot for {0:?} does not open with this key")]
@@ -295,10 +297,12 @@ impl<S: Source + ?Sized> Source for &S {
     }
 }
 
+mod ownership;
 mod reader;
 mod slots;
 mod writer;
 
+pub use ownership::{Ownership, MAX_OWNER_LEN, MODE_BITS};
 pub use reader::{Container, Reader};
 pub use slots::*;
 pub use writer::*;
