@@ -3,13 +3,25 @@
 
 use std::time::SystemTime;
 
-use crate::store::Meta;
+use crate::container::Ownership;
+use crate::store::{Meta, MountKind, LINK_MODE};
 
-/// What a mount entry is: only directories and regular files are ever shown.
+/// What a mount entry is: only directories, regular files and symbolic links are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
     File,
+    Symlink,
+}
+
+impl From<MountKind> for Kind {
+    fn from(kind: MountKind) -> Kind {
+        match kind {
+            MountKind::Dir => Kind::Dir,
+            MountKind::File => Kind::File,
+            MountKind::Link => Kind::Symlink,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +50,14 @@ impl Attr {
     pub(super) fn file(ino: u64, meta: &Meta, size: u64, chunk_size: u64) -> Attr {
         let blksize = u32::try_from(chunk_size).unwrap_or(65536);
         Attr::new(ino, meta, Kind::File, 0o444, size, blksize)
+    }
+
+    /// A link whose target is `target_len` bytes long (the size `lstat` shows), with mode
+    /// 0o777 like every link, and the group its record stores.
+    pub(super) fn link(ino: u64, meta: &Meta, own: &Ownership, target_len: u64) -> Attr {
+        let mut attr = Attr::new(ino, meta, Kind::Symlink, LINK_MODE as u16, target_len, 4096);
+        attr.gid = own.gid;
+        attr
     }
 
     fn new(ino: u64, meta: &Meta, kind: Kind, perm: u16, size: u64, blksize: u32) -> Attr {

@@ -8,8 +8,8 @@
 //! One file per job, as gocryptfs splits its frontend: `open` (authorization and the version
 //! table), `read` (the read path), `prefetch` (read-ahead policy and its workers), `write`
 //! (write sessions: open for writing, create, commit, truncate), `namespace` (lookup,
-//! listings, mkdir, rmdir, unlink, rename, times, statfs), `xattr`, and `op`, the one wrapper
-//! that runs authorize → record → act for every change.
+//! listings, mkdir, rmdir, unlink, rename, times, statfs), `link` (symlink, readlink),
+//! `xattr`, and `op`, the one wrapper that runs authorize → record → act for every change.
 
 mod attr;
 mod buffers;
@@ -18,6 +18,7 @@ mod error;
 mod handles;
 mod inodes;
 mod limits;
+mod link;
 mod namespace;
 mod op;
 mod open;

@@ -5,19 +5,21 @@
 //! STORE/.tvault/store.json        format version, default chunk size
 //! STORE/.tvault/users/NAME.json   one keyring per user
 //! STORE/REL.tvlt                  the encrypted form of plaintext file REL
+//! STORE/REL.tvln                  symbolic link REL (its target in the clear)
 //! ```
 //! Every path goes through the backend, which never follows a link, opens only regular files
 //! and directories and reads small files with a cap (`backend.rs`; the local directory
 //! backend is the gate in `dir.rs`), and every write is atomic, so an interrupted command
 //! leaves the store as it was. By job: `users.rs` (keyrings), `policy.rs` (recipients of new
 //! files), `files.rs` (put, read, grant, revoke, listings), `namespace.rs` (what the mount
-//! shows and changes), `node.rs` (what a mount path is), `draft.rs` (new versions written
-//! through the mount).
+//! shows and changes), `node.rs` (what a mount path is), `links.rs` (symbolic links,
+//! `REL.tvln`), `draft.rs` (new versions written through the mount).
 
 mod backend;
 mod dir;
 mod draft;
 mod files;
+mod links;
 mod namespace;
 mod node;
 mod policy;
@@ -36,6 +38,8 @@ use crate::keyring::KeyringError;
 pub(crate) use backend::{Backend, Blob, Entry, Kind, Meta, SetTime, Stage, Status, Usage};
 use dir::Gate;
 pub(crate) use draft::StoreDraft;
+pub use links::{Link, LinkError, MAX_TARGET_LEN};
+pub(crate) use links::{MountKind, LINK_EXT, LINK_MODE, MAX_LINK_LEN};
 pub(crate) use node::Node;
 pub use policy::parse_policy;
 pub(crate) use users::read_keyring;
@@ -112,6 +116,8 @@ pub enum StoreError {
     NotRegular { path: PathBuf, what: &'static str },
     #[error("{path}: larger than the {limit}-byte limit for this kind of file (truncated, replaced, or not written by tvault)")]
     TooLarge { path: PathBuf, limit: u64 },
+    #[error("{path}: {why} (not written by tvault, or damaged; remove it)")]
+    BadLink { path: PathBuf, why: LinkError },
     #[error("{0}: not a local directory; give the audit log a local path (--audit-log)")]
     NotLocal(PathBuf),
 }
