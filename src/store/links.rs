@@ -146,9 +146,8 @@ impl Store {
             return Err(StoreError::FileExists(rel.to_string()));
         }
         let (stage, mut file) = self.backend.stage(&target, super::FILE_MODE)?;
-        std::io::Write::write_all(&mut file, &bytes).map_err(super::io_err(
-            &self.backend.display_path(&target),
-        ))?;
+        std::io::Write::write_all(&mut file, &bytes)
+            .map_err(super::io_err(&self.backend.display_path(&target)))?;
         match stage.commit(file, &target, true) {
             Err(StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
