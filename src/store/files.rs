@@ -44,9 +44,10 @@ impl Store {
     }
 
     /// Whether anything at all (a container, a directory, a link) is at `rel`'s container
-    /// path: `put` without `--force` refuses to replace it.
+    /// path, or a mount link is named `rel`: `put` without `--force` refuses to replace it.
     pub(crate) fn taken(&self, rel: &str) -> Result<bool> {
-        Ok(self.backend.kind(&container_rel(rel)?)?.is_some())
+        Ok(self.backend.kind(&container_rel(rel)?)?.is_some()
+            || self.mount_kind(rel)? == Some(super::MountKind::Link))
     }
 
     /// Every stored file, sorted by path.

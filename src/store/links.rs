@@ -277,6 +277,7 @@ mod tests {
         let (dir, store) = store();
         store.symlink("l", &link(b"target")).unwrap();
         assert_eq!(store.mount_kind("l").unwrap(), Some(MountKind::Link));
+        assert!(store.taken("l").unwrap(), "put refuses it without --force");
         assert_eq!(store.read_link("l").unwrap().target, b"target");
         assert!(matches!(
             store.node("l").unwrap(),
