@@ -39,6 +39,7 @@ pub fn invalidator(notifier: Notifier) -> crate::fs::Invalidator {
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
+        gid: req.gid(),
         pid: req.pid(),
     }
 }

@@ -21,6 +21,8 @@ mod limits;
 mod namespace;
 mod op;
 mod open;
+mod owners;
+mod perm;
 mod prefetch;
 mod read;
 mod session;
@@ -54,6 +56,8 @@ use write::OpenSession;
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub uid: u32,
+    /// The primary gid; supplementary groups are read from `/proc` when a check needs them.
+    pub gid: u32,
     pub pid: u32,
 }
 
@@ -103,6 +107,7 @@ pub struct Core {
     prefetch: prefetch::Prefetcher,
     invalidator: OnceLock<Invalidator>,
     sessions: Mutex<HashMap<u64, Arc<OpenSession>>>,
+    owners: owners::Owners,
     read_only: bool,
     audit: Arc<dyn Recorder>,
 }
@@ -141,6 +146,7 @@ impl Core {
             prefetch: prefetch::Prefetcher::new(weak.clone()),
             invalidator: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
+            owners: owners::Owners::default(),
             read_only,
             audit,
         })

@@ -301,15 +301,21 @@ impl Core {
     /// (links and special files in the store are hidden, and logged once).
     pub(super) fn attr_of(&self, ino: u64, rel: &str) -> FsResult<Option<Attr>> {
         match self.store.node(rel) {
-            Ok(Some(Node::Dir(meta))) => Ok(Some(Attr::dir(ino, &meta))),
+            Ok(Some(Node::Dir(meta))) => {
+                // PROVISIONAL until Node carries ownership.
+                let own = crate::container::Ownership::new(None, 0, 0o1777);
+                Ok(Some(Attr::dir(ino, &meta, &own, self.owner_uid(&own))))
+            }
             Ok(Some(Node::File {
                 meta,
                 plaintext_len,
                 chunk_size,
             })) => {
+                let own = crate::container::Ownership::new(None, 0, 0o666);
                 // While a file is being written, its size is the session's.
                 let size = self.session_size(ino).unwrap_or(plaintext_len);
-                Ok(Some(Attr::file(ino, &meta, size, chunk_size)))
+                let uid = self.owner_uid(&own);
+                Ok(Some(Attr::file(ino, &meta, &own, uid, (size, chunk_size))))
             }
             Ok(None) => Ok(None),
             Err(e @ (StoreError::Symlink(_) | StoreError::NotRegular { .. })) => {
@@ -356,6 +362,10 @@ impl Core {
         } else {
             Err(FsError::new(libc::ENOENT).into())
         }
+    }
+
+    fn owner_uid(&self, own: &crate::container::Ownership) -> u32 {
+        self.owners.uid(&self.store, own.owner.as_deref())
     }
 
     fn warn_once(&self, rel: &str, what: &dyn std::fmt::Display) {

@@ -91,7 +91,7 @@ struct Fixture {
 }
 
 fn caller(uid: u32) -> Caller {
-    Caller { uid, pid: 0 }
+    Caller { uid, gid: uid, pid: 0 }
 }
 
 fn name(s: &str) -> &OsStr {
