@@ -74,12 +74,18 @@ impl ModeDenial {
         let owner = self.owner.as_deref().unwrap_or("root");
         let mode = format!("{:04o}", self.mode);
         match self.need {
-            ModeNeed::Read => format!("no read permission on {what} {path} (owner {owner}, mode {mode})"),
-            ModeNeed::Write => format!("no write permission on {what} {path} (owner {owner}, mode {mode})"),
+            ModeNeed::Read => {
+                format!("no read permission on {what} {path} (owner {owner}, mode {mode})")
+            }
+            ModeNeed::Write => {
+                format!("no write permission on {what} {path} (owner {owner}, mode {mode})")
+            }
             ModeNeed::Execute if self.dir => {
                 format!("no search permission on directory {path} (owner {owner}, mode {mode})")
             }
-            ModeNeed::Execute => format!("no execute permission on {path} (owner {owner}, mode {mode})"),
+            ModeNeed::Execute => {
+                format!("no execute permission on {path} (owner {owner}, mode {mode})")
+            }
             ModeNeed::Owner => format!("only the owner ({owner}) may change {path}"),
             ModeNeed::Chown => format!("only root may give {path} to another owner or group"),
             ModeNeed::Sticky => format!(

@@ -26,9 +26,11 @@ mod perm;
 mod prefetch;
 mod read;
 mod session;
+mod setattr;
 #[cfg(test)]
 mod tests;
 mod versions;
+mod why;
 mod write;
 mod xattr;
 
@@ -49,7 +51,9 @@ use inodes::Inodes;
 use limits::Limits;
 pub use op::Recorder;
 pub use open::Opened;
+pub use setattr::Changes;
 use versions::Versions;
+pub use why::{Verdict, Why};
 use write::OpenSession;
 
 /// Who asks: the uid decides, the pid names the process in the audit log.

@@ -11,9 +11,9 @@ use super::error::{FsError, FsResult};
 use super::handles::{DirEntry, Listing, LISTING_ENTRY};
 use super::inodes::child_path;
 use super::op::{Allowed, Op, Refusal};
-use super::{Caller, Core};
+use super::{perm, Caller, Core};
 use crate::audit::EventKind;
-use crate::store::{Node, SetTime, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
+use crate::store::{Node, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
 use crate::sync::lock;
 
 /// Paths warned about (links, special files in the store) are remembered up to this many,
@@ -38,8 +38,11 @@ pub struct StatFs {
 }
 
 impl Core {
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+    /// Looks `name` up in `parent`, which the caller must be able to search.
+    pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let rel = self.child_rel(parent, name, libc::ENOENT)?;
+        let dir = self.parent_attr(&rel)?;
+        perm::need(caller, perm::parent_rel(&rel), &dir, perm::MAY_EXEC)?;
         // Only paths that exist get an inode: probing for missing names must not grow the
         // table.
         let mut attr = self.attr_of(0, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
@@ -56,6 +59,8 @@ impl Core {
     /// then serves slices of it.
     pub fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
         let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        let dir = self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
+        perm::need(caller, &rel, &dir, perm::MAY_READ)?;
         let listing = self.store.list_mount_dir(&rel)?;
         let parent_rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
         let mut entries: Listing = Vec::with_capacity(listing.len() + 2);
@@ -106,6 +111,7 @@ impl Core {
                 if self.store.is_dir(&rel) || self.store.exists(&rel).map_err(FsError::from)? {
                     return Err(FsError::new(libc::EEXIST).into());
                 }
+                self.may_add(caller, &rel)?;
                 Ok(Allowed { user, value: () })
             },
             |_, _| {
@@ -128,6 +134,7 @@ impl Core {
                         FsError::new(if exists { libc::ENOTDIR } else { libc::ENOENT }).into(),
                     );
                 }
+                self.may_remove(caller, &rel, &self.existing(&rel)?)?;
                 Ok(Allowed { user, value: () })
             },
             |_, _| {
@@ -145,6 +152,7 @@ impl Core {
             || {
                 let user = self.writer(caller)?;
                 self.existing_file(&rel)?;
+                self.may_remove(caller, &rel, &self.existing(&rel)?)?;
                 // Deleting needs the same key slot as reading.
                 self.open_version(caller.uid, &rel)?;
                 Ok(Allowed { user, value: () })
@@ -189,6 +197,9 @@ impl Core {
                 let (from_dir, to_dir) = (self.store.is_dir(&from), self.store.is_dir(&to));
                 if noreplace && (to_file || to_dir) {
                     return Err(FsError::new(libc::EEXIST).into());
+                }
+                if from_file || from_dir {
+                    self.may_rename(caller, &from, &to, from_dir, to_file || to_dir)?;
                 }
                 if from_file {
                     if to_dir {
@@ -236,51 +247,28 @@ impl Core {
         )
     }
 
-    /// setattr(2): size (truncate) and times. Modes and owners are not tvault's access
-    /// control: they are accepted and ignored.
-    pub fn setattr(
+    /// POSIX rules for moving `from` to `to`: it may leave its directory and, at the target,
+    /// be added or replace what is there (sticky bits included); a directory moved to
+    /// another parent also needs write permission on itself, for its `..`.
+    fn may_rename(
         &self,
         caller: Caller,
-        ino: u64,
-        fh: Option<u64>,
-        size: Option<u64>,
-        times: (Option<SetTime>, Option<SetTime>),
-    ) -> FsResult<Attr> {
-        let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
-        if let Some(size) = size {
-            self.truncate(caller, ino, &rel, fh, size)?;
+        from: &str,
+        to: &str,
+        from_dir: bool,
+        replaces: bool,
+    ) -> Result<(), Refusal> {
+        let entry = self.existing(from)?;
+        self.may_remove(caller, from, &entry)?;
+        if replaces {
+            self.may_remove(caller, to, &self.existing(to)?)?;
+        } else {
+            self.may_add(caller, to)?;
         }
-        if times.0.is_some() || times.1.is_some() {
-            self.set_times(caller, &rel, times)?;
+        if from_dir && perm::parent_rel(from) != perm::parent_rel(to) {
+            perm::need(caller, from, &entry, perm::MAY_WRITE)?;
         }
-        self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))
-    }
-
-    fn set_times(
-        &self,
-        caller: Caller,
-        rel: &str,
-        (atime, mtime): (Option<SetTime>, Option<SetTime>),
-    ) -> FsResult<()> {
-        self.change(
-            Op::new(EventKind::SetTimes, caller, rel),
-            || {
-                let user = self.writer(caller)?;
-                let is_file = self.is_file(rel)?;
-                if is_file {
-                    self.open_version(caller.uid, rel)?;
-                } else if !self.store.is_dir(rel) {
-                    return Err(FsError::new(libc::ENOENT).into());
-                }
-                Ok(Allowed {
-                    user,
-                    value: is_file,
-                })
-            },
-            |Allowed { value: is_file, .. }, _| {
-                Ok(self.store.set_times(rel, !is_file, atime, mtime)?)
-            },
-        )
+        Ok(())
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {

@@ -41,6 +41,16 @@ impl From<FsError> for Refusal {
     }
 }
 
+/// For checks outside `Core::change` (lookups, `access`): the errno, nothing recorded.
+impl From<Refusal> for FsError {
+    fn from(r: Refusal) -> FsError {
+        match r {
+            Refusal::Denied(d) => d.into(),
+            Refusal::Failed(e) => e,
+        }
+    }
+}
+
 impl From<Denial> for Refusal {
     fn from(d: Denial) -> Refusal {
         Refusal::Denied(d)

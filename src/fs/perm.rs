@@ -102,9 +102,7 @@ impl Core {
     /// Attributes of the directory that holds `rel`; `ENOENT` if it is gone.
     pub(super) fn parent_attr(&self, rel: &str) -> Result<Attr, Refusal> {
         let parent = parent_rel(rel);
-        let attr = self
-            .attr_of(0, parent)?
-            .ok_or(FsError::new(libc::ENOENT))?;
+        let attr = self.attr_of(0, parent)?.ok_or(FsError::new(libc::ENOENT))?;
         if attr.kind != Kind::Dir {
             return Err(FsError::new(libc::ENOTDIR).into());
         }
@@ -121,7 +119,12 @@ impl Core {
     /// Entry `rel` (whose attributes are `entry`) may be removed or replaced: write and
     /// search permission on its directory and, if that is sticky, ownership of the entry or
     /// of the directory.
-    pub(super) fn may_remove(&self, caller: Caller, rel: &str, entry: &Attr) -> Result<(), Refusal> {
+    pub(super) fn may_remove(
+        &self,
+        caller: Caller,
+        rel: &str,
+        entry: &Attr,
+    ) -> Result<(), Refusal> {
         let dir = self.may_add(caller, rel)?;
         if dir.perm & STICKY != 0
             && caller.uid != 0

@@ -91,7 +91,11 @@ struct Fixture {
 }
 
 fn caller(uid: u32) -> Caller {
-    Caller { uid, gid: uid, pid: 0 }
+    Caller {
+        uid,
+        gid: uid,
+        pid: 0,
+    }
 }
 
 fn name(s: &str) -> &OsStr {
@@ -139,7 +143,7 @@ impl Fixture {
     }
 
     fn ino(&self, rel: &str) -> u64 {
-        self.core.lookup(ROOT, name(rel)).unwrap().ino
+        self.core.lookup(caller(0), ROOT, name(rel)).unwrap().ino
     }
 
     fn read_all(&self, uid: u32, rel: &str) -> FsResult<Vec<u8>> {
@@ -240,7 +244,15 @@ fn every_change_is_recorded_before_it_takes_effect() {
     fx.core.rmdir(caller(ALICE), ROOT, name("e")).unwrap();
     let old = SetTime::At(UNIX_EPOCH + Duration::from_secs(1000));
     fx.core
-        .setattr(caller(ALICE), fx.ino("g"), None, None, (None, Some(old)))
+        .setattr(
+            caller(ALICE),
+            fx.ino("g"),
+            None,
+            Changes {
+                mtime: Some(old),
+                ..Default::default()
+            },
+        )
         .unwrap();
     fx.core
         .rename(caller(ALICE), (ROOT, name("g")), (ROOT, name("h")), false)
@@ -284,16 +296,40 @@ fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
         .rename(me, (ROOT, name("f")), (ROOT, name("g")), false);
     assert_eq!(errno(moved), libc::EACCES);
     assert_eq!(
-        errno(fx.core.setattr(me, f, None, Some(0), (None, None))),
+        errno(fx.core.setattr(
+            me,
+            f,
+            None,
+            Changes {
+                size: Some(0),
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     let epoch = Some(SetTime::At(UNIX_EPOCH));
     assert_eq!(
-        errno(fx.core.setattr(me, f, None, None, (None, epoch))),
+        errno(fx.core.setattr(
+            me,
+            f,
+            None,
+            Changes {
+                mtime: epoch,
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     assert_eq!(
-        errno(fx.core.setattr(me, d, None, None, (None, epoch))),
+        errno(fx.core.setattr(
+            me,
+            d,
+            None,
+            Changes {
+                mtime: epoch,
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     assert_eq!(
@@ -314,7 +350,17 @@ fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
     // And all of it works once recording does.
     fx.journal.fail(false);
     assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"hello world");
-    fx.core.setattr(me, f, None, Some(5), (None, None)).unwrap();
+    fx.core
+        .setattr(
+            me,
+            f,
+            None,
+            Changes {
+                size: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"hello");
     fx.core.rmdir(me, ROOT, name("d")).unwrap();
     assert!(!fx.root.join("d").exists());
@@ -334,7 +380,15 @@ fn each_denial_is_recorded_with_its_true_reason() {
         .rename(bob, (ROOT, name("f")), (ROOT, name("g")), false);
     assert_eq!(errno(moved), libc::EACCES);
     assert_eq!(
-        errno(fx.core.setattr(bob, f, None, Some(0), (None, None))),
+        errno(fx.core.setattr(
+            bob,
+            f,
+            None,
+            Changes {
+                size: Some(0),
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     assert_eq!(errno(fx.core.open(bob, f, libc::O_RDONLY)), libc::EACCES);
@@ -434,7 +488,10 @@ fn names_the_mount_never_shows_cannot_be_made_or_found() {
     let me = caller(ALICE);
     for hidden in [".tvault", ".tvault-recipients"] {
         assert_eq!(errno(fx.core.mkdir(me, ROOT, name(hidden))), libc::EPERM);
-        assert_eq!(errno(fx.core.lookup(ROOT, name(hidden))), libc::ENOENT);
+        assert_eq!(
+            errno(fx.core.lookup(caller(0), ROOT, name(hidden))),
+            libc::ENOENT
+        );
     }
     let long = "x".repeat(251);
     assert_eq!(
@@ -445,8 +502,14 @@ fn names_the_mount_never_shows_cannot_be_made_or_found() {
     // A link planted in the store is not shown and not followed.
     std::os::unix::fs::symlink("/etc", fx.root.join("link")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", fx.root.join("p.tvlt")).unwrap();
-    assert_eq!(errno(fx.core.lookup(ROOT, name("link"))), libc::ENOENT);
-    assert_eq!(errno(fx.core.lookup(ROOT, name("p"))), libc::ENOENT);
+    assert_eq!(
+        errno(fx.core.lookup(caller(0), ROOT, name("link"))),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(fx.core.lookup(caller(0), ROOT, name("p"))),
+        libc::ENOENT
+    );
     let listing = fx.core.readdir(fx.core.opendir(me, ROOT).unwrap()).unwrap();
     let names: Vec<&str> = listing.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, [".", ".."]);

@@ -16,7 +16,7 @@ use super::handles::Reads;
 use super::op::{Allowed, Op, Recorded};
 use super::session::{self, WriteError, WriteSession};
 use super::versions::{Content, FileVersion, VersionKey};
-use super::{Caller, Core, Opened};
+use super::{perm, Caller, Core, Opened};
 use crate::access::UserSession;
 use crate::audit::EventKind;
 use crate::crypto::PublicKey;
@@ -89,6 +89,15 @@ impl OpenSession {
     }
 }
 
+/// What opening for writing with `flags` needs of the file's mode.
+fn write_mask(flags: i32) -> u32 {
+    if flags & libc::O_ACCMODE == libc::O_RDWR {
+        perm::MAY_READ | perm::MAY_WRITE
+    } else {
+        perm::MAY_WRITE
+    }
+}
+
 impl Core {
     /// open(2) for writing (`O_WRONLY`/`O_RDWR`, with `O_TRUNC` applied here): needs an
     /// unlocked session and a key slot for the file's current version.
@@ -104,6 +113,7 @@ impl Core {
             op,
             || {
                 let user = self.writer(caller)?;
+                perm::need(caller, rel, &self.existing(rel)?, write_mask(flags))?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, _) = self.open_version(caller.uid, rel)?;
                 Ok(Allowed {
@@ -144,8 +154,14 @@ impl Core {
                     Ok(true) if flags & libc::O_EXCL != 0 => {
                         return Err(FsError::new(libc::EEXIST).into())
                     }
-                    Ok(true) => Some(self.open_version(caller.uid, &rel)?.0),
-                    Ok(false) => None,
+                    Ok(true) => {
+                        perm::need(caller, &rel, &self.existing(&rel)?, write_mask(flags))?;
+                        Some(self.open_version(caller.uid, &rel)?.0)
+                    }
+                    Ok(false) => {
+                        self.may_add(caller, &rel)?;
+                        None
+                    }
                     Err(e) => return Err(FsError::from(e).into()),
                 };
                 Ok(Allowed {
@@ -223,9 +239,11 @@ impl Core {
             || {
                 let user = self.writer(caller)?;
                 let by_path = match handle {
+                    // ftruncate: the descriptor was opened for writing, which decided.
                     Some(_) => None,
                     None => Some((
-                        self.handle_slot(caller.uid)?,
+                        perm::need(caller, rel, &self.existing(rel)?, perm::MAY_WRITE)
+                            .map(|()| self.handle_slot(caller.uid))??,
                         self.open_version(caller.uid, rel)?.0,
                     )),
                 };

@@ -336,3 +336,4 @@ mod tests {
         }
     }
 }
+mod ownership_stub;
