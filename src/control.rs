@@ -40,6 +40,10 @@ pub enum Request {
         force: bool,
     },
     Status,
+    /// Whether the caller can read and write `path` (relative to the mountpoint), and why not.
+    Why {
+        path: String,
+    },
     /// Unmount (the daemon's owner or root only).
     Umount,
     /// A store change made outside the mount (grant, revoke), recorded in the daemon's audit
@@ -65,6 +69,7 @@ impl Drop for Request {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer {
     pub uid: u32,
+    pub gid: u32,
     pub pid: i32,
 }
 
@@ -126,6 +131,7 @@ fn peer_cred(stream: &UnixStream) -> io::Result<Peer> {
     }
     Ok(Peer {
         uid: cred.uid,
+        gid: cred.gid,
         pid: cred.pid,
     })
 }

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use serde_json::{json, Value};
 
-use crate::access::{Access, UnlockError};
+use crate::access::{Access, Denial, UnlockError};
 use crate::audit::{self, AuditLog, Event, EventKind};
 use crate::control::{self, Handler, Peer, Request};
-use crate::fs::Core;
+use crate::fs::{Caller, Core, Verdict};
 use crate::fuse::FuseAdapter;
 use crate::store::Store;
 

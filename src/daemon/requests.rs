@@ -25,6 +25,8 @@ pub(super) enum Refusal {
     UnknownAuditEvent(String),
     #[error(transparent)]
     Audit(audit::AuditError),
+    #[error("{0}: {1}")]
+    Why(String, crate::fs::FsError),
 }
 
 pub(super) struct DaemonControl {
@@ -84,6 +86,58 @@ impl DaemonControl {
                 "key": privileged.then(|| self.audit.key_path().display().to_string()),
             },
         })
+    }
+}
+
+impl DaemonControl {
+    /// `tvault why`: the fs core's verdicts for the peer, each with its reason code and the
+    /// reason in words (the CLI adds the fix, which names the mountpoint).
+    fn why(&self, peer: Peer, path: &str) -> Result<Value, Refusal> {
+        let caller = Caller {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid as u32,
+        };
+        let why = self
+            .shared
+            .why_path(caller, path)
+            .map_err(|e| Refusal::Why(path.to_string(), e))?;
+        let verdict = |v: &Verdict| match v {
+            Verdict::Allowed => json!({"allowed": true}),
+            Verdict::Denied(d) => {
+                let mut out = json!({"allowed": false, "reason": d.code(), "detail": d.to_string()});
+                if let Denial::Mode(m) = d {
+                    out["owner"] = json!(m.owner.as_deref().unwrap_or("root"));
+                    out["mode"] = json!(format!("{:04o}", m.mode));
+                    out["entry"] = json!(m.path);
+                }
+                out
+            }
+            Verdict::Failed(e) => json!({
+                "allowed": false,
+                "reason": errno_reason(e.errno()),
+                "detail": e.to_string(),
+            }),
+        };
+        let session = self.shared.access.session(peer.uid);
+        Ok(json!({
+            "path": path,
+            "uid": peer.uid,
+            "user": session.map(|s| s.name.clone()),
+            "kind": if why.kind == crate::fs::Kind::Dir { "directory" } else { "file" },
+            "read": verdict(&why.read),
+            "write": verdict(&why.write),
+        }))
+    }
+}
+
+/// Reason codes for the errors (not decisions) `tvault why` can meet.
+fn errno_reason(errno: i32) -> &'static str {
+    match errno {
+        libc::EROFS => "read-only",
+        libc::ENOENT => "not-found",
+        libc::EMFILE | libc::ENFILE => "too-many-open-files",
+        _ => "error",
     }
 }
 
@@ -164,6 +218,7 @@ impl Handler for DaemonControl {
                 Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
             }
             Request::Status => Ok(self.status(peer)),
+            Request::Why { path } => self.why(peer, path),
             Request::AuditNote {
                 event,
                 path,

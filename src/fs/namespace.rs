@@ -369,7 +369,7 @@ impl Core {
 /// directories are listed. But a directory named like the policy, made through the mount,
 /// would stand in for the policy of its parents: files created beside it would be
 /// encrypted to nobody else.)
-fn hidden(parent: &str, name: &str) -> bool {
+pub(super) fn hidden(parent: &str, name: &str) -> bool {
     name.is_empty()
         || name == "."
         || name == ".."

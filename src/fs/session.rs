@@ -112,6 +112,11 @@ impl WriteSession {
         self.size
     }
 
+    /// The users this session's versions are encrypted to.
+    pub fn recipient_names(&self) -> Vec<String> {
+        self.recipients.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// Charges the chunk table of a file of `size` bytes before the session grows to it:
     /// `EFBIG` past the writer's bound.
     fn grow_to(&mut self, size: u64) -> Result<(), WriteError> {

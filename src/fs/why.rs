@@ -8,7 +8,10 @@
 use super::attr::{Attr, Kind};
 use super::error::{FsError, FsResult};
 use super::op::Refusal;
+use super::inodes::child_path;
+use super::namespace::hidden;
 use super::{perm, Caller, Core};
+use crate::store::MAX_NAME_LEN;
 use crate::access::Denial;
 
 /// The answer for one kind of access: allowed, or the denial (or error) that refuses it.
@@ -44,8 +47,22 @@ impl Core {
         Ok(())
     }
 
+    /// [`Core::why`] for a path relative to the mountpoint, as the control socket gets it:
+    /// `.`, empty and repeated separators are skipped; `..` and names the mount never shows
+    /// are `ENOENT`, so that the answer says nothing about the store's own files.
+    pub fn why_path(&self, caller: Caller, path: &str) -> FsResult<Why> {
+        let mut rel = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if part == ".." || hidden(&rel, part) || part.len() > MAX_NAME_LEN {
+                return Err(FsError::new(libc::ENOENT));
+            }
+            rel = child_path(&rel, part);
+        }
+        self.why(caller, &rel)
+    }
+
     /// Whether the caller could read and write mount path `rel` now, and if not, why.
-    pub fn why(&self, caller: Caller, rel: &str) -> FsResult<Why> {
+    fn why(&self, caller: Caller, rel: &str) -> FsResult<Why> {
         let attr = self.attr_of(0, rel)?.ok_or(FsError::new(libc::ENOENT))?;
         Ok(Why {
             kind: attr.kind,

@@ -26,6 +26,8 @@ use crate::sync::lock;
 pub(super) struct OpenSession {
     /// Names this session's content for the page-cache rules (`versions::Content`).
     pub id: u64,
+    /// Who its versions are encrypted to: a writer joins only if it chose them all.
+    readers: Vec<String>,
     /// The draft being built. Not taken through `sync::lock`: a panic while it was held may
     /// have left it half-changed, so a poisoned session fails instead of committing.
     state: Mutex<WriteSession>,
@@ -43,6 +45,7 @@ impl OpenSession {
     fn new(id: u64, ws: WriteSession) -> Self {
         OpenSession {
             id,
+            readers: ws.recipient_names(),
             base: Mutex::new(ws.base_key()),
             size: AtomicU64::new(ws.size()),
             state: Mutex::new(ws),
@@ -123,7 +126,7 @@ impl Core {
             },
             |Allowed { user, value }, recorded| {
                 let (slot, version) = value;
-                let session = self.join_session(recorded, ino, caller.uid, version)?;
+                let session = self.join_session(recorded, ino, (&user, rel), version)?;
                 let truncate = flags & libc::O_TRUNC != 0;
                 self.open_writer(recorded, session, user, ino, rel, slot, truncate)
             },
@@ -174,7 +177,7 @@ impl Core {
                 let ino = lock(&self.inodes).get_or_insert(&rel);
                 let truncate = existing.is_some() && flags & libc::O_TRUNC != 0;
                 let session = match existing {
-                    Some(version) => self.join_session(recorded, ino, caller.uid, version)?,
+                    Some(version) => self.join_session(recorded, ino, (&user, &rel), version)?,
                     None => self.create_session(recorded, ino, &rel, &user)?,
                 };
                 let opened =
@@ -252,12 +255,12 @@ impl Core {
                     value: by_path,
                 })
             },
-            |Allowed { value, .. }, recorded| {
+            |Allowed { user, value }, recorded| {
                 let truncate = |s: &OpenSession| s.with(|ws| ws.truncate(&self.store, rel, size));
                 match (value, &handle) {
                     (None, Some(h)) => h.write.as_ref().map_or(Ok(()), |s| truncate(s)),
                     (Some((_slot, version)), _) => {
-                        let session = self.join_session(recorded, ino, caller.uid, version)?;
+                        let session = self.join_session(recorded, ino, (&user, rel), version)?;
                         let truncated = truncate(&session);
                         if truncated.is_err() {
                             self.abandon(ino, &session);
@@ -271,33 +274,41 @@ impl Core {
         )
     }
 
-    /// Joins (or starts) the session of `ino` that builds on `version`, which the caller
-    /// was just authorized for. `ESTALE` (the path moves to a new inode) if the inode's
-    /// session builds on another version.
+    /// Joins (or starts) the session of `ino` that builds on `version`, which `user` was
+    /// just authorized to write at `rel`. `ESTALE` (the path moves to a new inode) if the
+    /// inode's session builds on another version; `EBUSY` if it is encrypted to a reader
+    /// this writer did not choose (see [`Core::rewrite_recipients`]).
     fn join_session(
         &self,
         _: &Recorded,
         ino: u64,
-        uid: u32,
+        (user, rel): (&UserSession, &str),
         version: Arc<FileVersion>,
     ) -> FsResult<Arc<OpenSession>> {
         let key = version.key;
+        // Read before any lock: it reads keyrings and the directory's policy.
+        let mut recipients = Some(self.rewrite_recipients(rel, user, &version)?);
+        let allowed: Vec<String> = recipients
+            .iter()
+            .flatten()
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut fresh: Option<Arc<OpenSession>> = None;
         loop {
             let existing = lock(&self.sessions).get(&ino).cloned();
             if let Some(existing) = existing {
-                match self.join(ino, &existing, key) {
+                match self.join(ino, &existing, key, &allowed) {
                     Some(joined) => return joined,
                     None => continue,
                 }
             }
-            // Built without holding `sessions`: it reads keyrings and reserves memory.
-            let session = match fresh.take() {
-                Some(session) => session,
-                None => {
-                    let recipients = self.recipients_of(&version);
-                    Arc::new(self.new_session(uid, recipients, Some(version.clone()))?)
+            // Built without holding `sessions`: it reserves memory.
+            let session = match (fresh.take(), recipients.take()) {
+                (Some(session), _) => session,
+                (None, Some(recipients)) => {
+                    Arc::new(self.new_session(user.uid, recipients, Some(version.clone()))?)
                 }
+                (None, None) => return Err(FsError::new(libc::EIO)),
             };
             let mut sessions = lock(&self.sessions);
             if sessions.contains_key(&ino) {
@@ -312,16 +323,20 @@ impl Core {
     }
 
     /// Joins `session` if it is still the one registered for `ino` (None: it ended
-    /// meanwhile, the caller looks again).
+    /// meanwhile, the caller looks again) and the joiner may write to all its readers.
     fn join(
         &self,
         ino: u64,
         session: &Arc<OpenSession>,
         key: VersionKey,
+        allowed: &[String],
     ) -> Option<FsResult<Arc<OpenSession>>> {
         let sessions = lock(&self.sessions);
         let current = sessions.get(&ino).filter(|s| Arc::ptr_eq(s, session))?;
         if current.base_key() == Some(key) {
+            if !current.readers.iter().all(|r| allowed.contains(r)) {
+                return Some(Err(FsError::new(libc::EBUSY)));
+            }
             current.writers.fetch_add(1, Ordering::Relaxed);
             return Some(Ok(current.clone()));
         }
@@ -460,12 +475,35 @@ impl Core {
     }
 
     /// (name, public key) of every recipient of a committed version, for its next version.
-    fn recipients_of(&self, version: &FileVersion) -> Vec<(String, PublicKey)> {
-        self.store
-            .keyrings_for(version.reader.slots().iter().map(|s| s.label.as_str()))
+    /// Who a new version of `rel` written by `user` is encrypted to: what a new file there
+    /// would get (the writer and the directory's `.tvault-recipients`) and, only when the
+    /// writer owns the file, also the readers of the version it replaces. So a file planted
+    /// by someone else where a job writes does not carry the job's output back to them: no
+    /// write reaches a reader its writer did not choose, by owning the file or by writing
+    /// into a directory whose policy names them.
+    fn rewrite_recipients(
+        &self,
+        rel: &str,
+        user: &UserSession,
+        version: &FileVersion,
+    ) -> FsResult<Vec<(String, PublicKey)>> {
+        let keyring = self.store.user(&user.name)?;
+        let mut recipients = self.store.recipients_for_new(rel, &keyring)?;
+        let owned = self
+            .attr_of(0, rel)?
+            .is_some_and(|a| a.owner.as_deref() == Some(user.name.as_str()));
+        if owned {
+            let previous = version.reader.slots().iter().map(|s| s.label.as_str());
+            for k in self.store.keyrings_for(previous) {
+                if !recipients.iter().any(|r| r.name == k.name) {
+                    recipients.push(k);
+                }
+            }
+        }
+        Ok(recipients
             .into_iter()
             .map(|k| (k.name, k.public_key))
-            .collect()
+            .collect())
     }
 
     /// The largest file a write through the mount may make with chunks of `2^log2` bytes:
