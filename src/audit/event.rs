@@ -17,6 +17,8 @@ pub enum EventKind {
     Lock,
     Grant,
     Revoke,
+    /// `tvault chown`: the administrator gave a file or directory another owner.
+    Chown,
     IntegrityFailure,
     Mount,
     Unmount,
@@ -46,6 +48,7 @@ impl EventKind {
             EventKind::Lock => "lock",
             EventKind::Grant => "grant",
             EventKind::Revoke => "revoke",
+            EventKind::Chown => "chown",
             EventKind::IntegrityFailure => "integrity-failure",
             EventKind::Mount => "mount",
             EventKind::Unmount => "unmount",

@@ -178,6 +178,7 @@ impl Handler for DaemonControl {
                 let kind = match event.as_str() {
                     "grant" => EventKind::Grant,
                     "revoke" => EventKind::Revoke,
+                    "chown" => EventKind::Chown,
                     other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
                 };
                 let mut e = Event::from_pid(kind, peer.pid as u32)

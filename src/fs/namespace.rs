@@ -13,7 +13,10 @@ use super::inodes::child_path;
 use super::op::{Allowed, Op, Refusal};
 use super::{Caller, Core};
 use crate::audit::EventKind;
-use crate::store::{Node, SetTime, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
+use crate::container::Ownership;
+use crate::store::{
+    Node, SetTime, StoreError, DIR_META_FILE, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE,
+};
 use crate::sync::lock;
 
 /// Paths warned about (links, special files in the store) are remembered up to this many,
@@ -108,8 +111,10 @@ impl Core {
                 }
                 Ok(Allowed { user, value: () })
             },
-            |_, _| {
-                self.store.mkdir(&rel)?;
+            |Allowed { user, .. }, _| {
+                // Until the permission checks compute it from the caller's gid and mode.
+                let ownership = Ownership::new(Some(user.name.clone()), 0, 0o755);
+                self.store.mkdir(&rel, &ownership)?;
                 let ino = lock(&self.inodes).get_or_insert(&rel);
                 self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::EIO))
             },
@@ -301,11 +306,12 @@ impl Core {
     /// (links and special files in the store are hidden, and logged once).
     pub(super) fn attr_of(&self, ino: u64, rel: &str) -> FsResult<Option<Attr>> {
         match self.store.node(rel) {
-            Ok(Some(Node::Dir(meta))) => Ok(Some(Attr::dir(ino, &meta))),
+            Ok(Some(Node::Dir { meta, .. })) => Ok(Some(Attr::dir(ino, &meta))),
             Ok(Some(Node::File {
                 meta,
                 plaintext_len,
                 chunk_size,
+                ..
             })) => {
                 // While a file is being written, its size is the session's.
                 let size = self.session_size(ino).unwrap_or(plaintext_len);
@@ -366,7 +372,8 @@ impl Core {
     }
 }
 
-/// Names the mount never shows: the store's metadata directory, and the policy file's name.
+/// Names the mount never shows: the store's metadata directory, and the names of the policy
+/// and directory metadata files.
 /// (Temporary and policy files in the store never show anyway: only `*.tvlt` containers and
 /// directories are listed. But a directory named like the policy, made through the mount,
 /// would stand in for the policy of its parents: files created beside it would be
@@ -377,5 +384,6 @@ fn hidden(parent: &str, name: &str) -> bool {
         || name == ".."
         || name.contains('/')
         || name == RECIPIENTS_FILE
+        || name == DIR_META_FILE
         || (parent.is_empty() && name == META_DIR)
 }

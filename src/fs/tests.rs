@@ -307,7 +307,7 @@ fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, [".tvault", "d", "f.tvlt"]);
+    assert_eq!(names, [".tvault", ".tvault-dir", "d", "f.tvlt"]);
     assert_eq!(std::fs::read(fx.container("f")).unwrap(), before);
     assert_eq!(Fixture::mtime(&fx.container("f")), mtime);
     assert!(fx.journal.take().is_empty());
@@ -425,14 +425,14 @@ fn a_broken_write_session_fails_its_handles_instead_of_committing() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names.len(), 3, "{names:?}");
 }
 
 #[test]
 fn names_the_mount_never_shows_cannot_be_made_or_found() {
     let fx = fixture();
     let me = caller(ALICE);
-    for hidden in [".tvault", ".tvault-recipients"] {
+    for hidden in [".tvault", ".tvault-recipients", ".tvault-dir"] {
         assert_eq!(errno(fx.core.mkdir(me, ROOT, name(hidden))), libc::EPERM);
         assert_eq!(errno(fx.core.lookup(ROOT, name(hidden))), libc::ENOENT);
     }

@@ -19,6 +19,7 @@ use super::versions::{Content, FileVersion, VersionKey};
 use super::{Caller, Core, Opened};
 use crate::access::UserSession;
 use crate::audit::EventKind;
+use crate::container::Ownership;
 use crate::crypto::PublicKey;
 use crate::sync::lock;
 
@@ -278,7 +279,9 @@ impl Core {
                 Some(session) => session,
                 None => {
                     let recipients = self.recipients_of(&version);
-                    Arc::new(self.new_session(uid, recipients, Some(version.clone()))?)
+                    // A new version keeps the file's owner, group and mode.
+                    let ownership = version.reader.ownership().clone();
+                    Arc::new(self.new_session(uid, recipients, ownership, Some(version.clone()))?)
                 }
             };
             let mut sessions = lock(&self.sessions);
@@ -328,7 +331,9 @@ impl Core {
             .into_iter()
             .map(|k| (k.name, k.public_key))
             .collect();
-        let session = self.new_session(user.uid, recipients, None)?;
+        // Until the permission checks compute it from the caller's gid and mode: the creator.
+        let ownership = Ownership::new(Some(user.name.clone()), 0, 0o644);
+        let session = self.new_session(user.uid, recipients, ownership, None)?;
         self.commit_in(rel, &session)?;
         let session = Arc::new(session);
         session.writers.store(1, Ordering::Relaxed);
@@ -340,6 +345,7 @@ impl Core {
         &self,
         uid: u32,
         recipients: Vec<(String, PublicKey)>,
+        ownership: Ownership,
         base: Option<Arc<FileVersion>>,
     ) -> FsResult<OpenSession> {
         let log2 = base.as_ref().map_or(self.store.default_chunk_log2(), |b| {
@@ -347,7 +353,14 @@ impl Core {
         });
         let size = base.as_ref().map_or(0, |b| b.reader.len());
         let memory = session::reserve(&self.limits.writes, uid, log2, size)?;
-        let ws = WriteSession::new(self.max_file_size(log2), recipients, log2, base, memory);
+        let ws = WriteSession::new(
+            self.max_file_size(log2),
+            recipients,
+            ownership,
+            log2,
+            base,
+            memory,
+        );
         Ok(OpenSession::new(self.versions.fresh_id(), ws))
     }
 
