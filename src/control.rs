@@ -46,7 +46,7 @@ pub enum Request {
     },
     /// Unmount (the daemon's owner or root only).
     Umount,
-    /// A store change made outside the mount (grant, revoke), recorded in the daemon's audit
+    /// A store change made outside the mount (grant, revoke, chown), recorded in the daemon's audit
     /// log (the daemon's owner or root only).
     AuditNote {
         event: String,

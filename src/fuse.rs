@@ -207,13 +207,16 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         guarded("create", || {
-            match self.core.create(caller(req), parent.0, name, flags) {
+            match self
+                .core
+                .create(caller(req), (parent.0, name), (mode, umask), flags)
+            {
                 Ok((attr, opened)) => reply.created(
                     &TTL,
                     &file_attr(&attr),
@@ -352,12 +355,15 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            match self.core.mkdir(caller(req), parent.0, name) {
+            match self
+                .core
+                .mkdir(caller(req), (parent.0, name), (mode, umask))
+            {
                 Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno("mkdir", e)),
             }

@@ -4,7 +4,9 @@
 mod audit_cmds;
 mod fsck_cmds;
 mod mount_cmds;
+mod own_cmds;
 mod passphrase;
+mod put_cmds;
 mod store_cmds;
 
 use std::path::PathBuf;
@@ -114,6 +116,10 @@ enum Command {
             value_name = "USER[,USER...]"
         )]
         to: Vec<String>,
+        /// Who owns the files (and the directories made for them): a user of the store, or
+        /// root; default: the first --to user. Mode bits and group are the source's
+        #[arg(long, value_name = "NAME")]
+        owner: Option<String>,
         /// Store path for a single file, or the prefix for a directory's files
         #[arg(long = "as", value_name = "REL")]
         as_rel: Option<String>,
@@ -124,7 +130,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Decrypt one file from the store
+    /// Decrypt one file from the store (with its stored mode bits; as root, its owner too)
     Get {
         store: PathBuf,
         rel: String,
@@ -137,7 +143,8 @@ enum Command {
         #[command(flatten)]
         pass: PassphraseArgs,
     },
-    /// Show the tensor table of a .safetensors file: `inspect FILE` or `inspect STORE REL --user NAME`
+    /// Show the tensor table of a .safetensors file: `inspect FILE` or `inspect STORE REL --user NAME`;
+    /// `inspect STORE REL` shows a stored file's owner, mode and readers without a key
     Inspect {
         /// A plaintext .safetensors file (also one on a tvault mount), or a store
         path: PathBuf,
@@ -179,6 +186,8 @@ enum Command {
         #[command(flatten)]
         pass: PassphraseArgs,
     },
+    /// Give a file or directory (with -R, and everything in it) another owner, without keys
+    Chown(own_cmds::ChownArgs),
     /// Mount a store with FUSE (as a daemon unless --foreground)
     Mount {
         store: PathBuf,
@@ -364,17 +373,26 @@ pub fn run(cli: Cli) -> CliResult {
             store,
             sources,
             to,
+            owner,
             as_rel,
             chunk_size,
             force,
-        } => s::put(&store, &sources, &to, as_rel.as_deref(), chunk_size, force),
+        } => put_cmds::put(
+            &store,
+            &sources,
+            &to,
+            owner.as_deref(),
+            as_rel.as_deref(),
+            chunk_size,
+            force,
+        ),
         Command::Get {
             store,
             rel,
             output,
             user,
             pass,
-        } => s::get(&store, &rel, &output, &user, &pass),
+        } => put_cmds::get(&store, &rel, &output, &user, &pass),
         Command::Inspect {
             path,
             rel,
@@ -397,6 +415,7 @@ pub fn run(cli: Cli) -> CliResult {
             user,
             pass,
         } => s::revoke(&store, &rel, &revokee, rekey, user.as_deref(), &pass),
+        Command::Chown(args) => own_cmds::chown(&args),
         Command::Mount {
             store,
             mountpoint,

@@ -105,7 +105,8 @@ impl DaemonControl {
         let verdict = |v: &Verdict| match v {
             Verdict::Allowed => json!({"allowed": true}),
             Verdict::Denied(d) => {
-                let mut out = json!({"allowed": false, "reason": d.code(), "detail": d.to_string()});
+                let mut out =
+                    json!({"allowed": false, "reason": d.code(), "detail": d.to_string()});
                 if let Denial::Mode(m) = d {
                     out["owner"] = json!(m.owner.as_deref().unwrap_or("root"));
                     out["mode"] = json!(format!("{:04o}", m.mode));
@@ -233,6 +234,7 @@ impl Handler for DaemonControl {
                 let kind = match event.as_str() {
                     "grant" => EventKind::Grant,
                     "revoke" => EventKind::Revoke,
+                    "chown" => EventKind::Chown,
                     other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
                 };
                 let mut e = Event::from_pid(kind, peer.pid as u32)

@@ -53,7 +53,7 @@ pub use op::Recorder;
 pub use open::Opened;
 pub use setattr::Changes;
 use versions::Versions;
-pub use why::{Verdict, Why};
+pub use why::Verdict;
 use write::OpenSession;
 
 /// Who asks: the uid decides, the pid names the process in the audit log.

@@ -13,7 +13,8 @@ use super::inodes::child_path;
 use super::op::{Allowed, Op, Refusal};
 use super::{perm, Caller, Core};
 use crate::audit::EventKind;
-use crate::store::{Node, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
+use crate::container::Ownership;
+use crate::store::{Node, StoreError, DIR_META_FILE, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
 use crate::sync::lock;
 
 /// Paths warned about (links, special files in the store) are remembered up to this many,
@@ -102,7 +103,13 @@ impl Core {
         self.files.remove_listing(fh);
     }
 
-    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<Attr> {
+    /// A new directory gets the caller as owner and `mode & !umask`.
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        (parent, name): (u64, &OsStr),
+        (mode, umask): (u32, u32),
+    ) -> FsResult<Attr> {
         let rel = self.child_rel(parent, name, libc::EPERM)?;
         self.change(
             Op::new(EventKind::Mkdir, caller, &rel),
@@ -111,11 +118,12 @@ impl Core {
                 if self.store.is_dir(&rel) || self.store.exists(&rel).map_err(FsError::from)? {
                     return Err(FsError::new(libc::EEXIST).into());
                 }
-                self.may_add(caller, &rel)?;
-                Ok(Allowed { user, value: () })
+                let dir = self.may_add(caller, &rel)?;
+                let own = perm::new_ownership(caller, &user.name, &dir, mode & !umask, true);
+                Ok(Allowed { user, value: own })
             },
-            |_, _| {
-                self.store.mkdir(&rel)?;
+            |Allowed { value: own, .. }, _| {
+                self.store.mkdir(&rel, &own)?;
                 let ino = lock(&self.inodes).get_or_insert(&rel);
                 self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::EIO))
             },
@@ -289,17 +297,16 @@ impl Core {
     /// (links and special files in the store are hidden, and logged once).
     pub(super) fn attr_of(&self, ino: u64, rel: &str) -> FsResult<Option<Attr>> {
         match self.store.node(rel) {
-            Ok(Some(Node::Dir(meta))) => {
-                // PROVISIONAL until Node carries ownership.
-                let own = crate::container::Ownership::new(None, 0, 0o1777);
-                Ok(Some(Attr::dir(ino, &meta, &own, self.owner_uid(&own))))
-            }
+            Ok(Some(Node::Dir {
+                meta,
+                ownership: own,
+            })) => Ok(Some(Attr::dir(ino, &meta, &own, self.owner_uid(&own)))),
             Ok(Some(Node::File {
                 meta,
                 plaintext_len,
                 chunk_size,
+                ownership: own,
             })) => {
-                let own = crate::container::Ownership::new(None, 0, 0o666);
                 // While a file is being written, its size is the session's.
                 let size = self.session_size(ino).unwrap_or(plaintext_len);
                 let uid = self.owner_uid(&own);
@@ -352,7 +359,7 @@ impl Core {
         }
     }
 
-    fn owner_uid(&self, own: &crate::container::Ownership) -> u32 {
+    fn owner_uid(&self, own: &Ownership) -> u32 {
         self.owners.uid(&self.store, own.owner.as_deref())
     }
 
@@ -364,7 +371,8 @@ impl Core {
     }
 }
 
-/// Names the mount never shows: the store's metadata directory, and the policy file's name.
+/// Names the mount never shows: the store's metadata directory, and the names of the policy
+/// and directory metadata files.
 /// (Temporary and policy files in the store never show anyway: only `*.tvlt` containers and
 /// directories are listed. But a directory named like the policy, made through the mount,
 /// would stand in for the policy of its parents: files created beside it would be
@@ -375,5 +383,6 @@ pub(super) fn hidden(parent: &str, name: &str) -> bool {
         || name == ".."
         || name.contains('/')
         || name == RECIPIENTS_FILE
+        || name == DIR_META_FILE
         || (parent.is_empty() && name == META_DIR)
 }

@@ -9,6 +9,7 @@ use super::error::FsError;
 use super::op::Refusal;
 use super::{Caller, Core};
 use crate::access::{Denial, ModeDenial, ModeNeed};
+use crate::container::Ownership;
 use crate::system;
 
 pub(super) const MAY_READ: u32 = 4;
@@ -91,6 +92,25 @@ pub(super) fn need_chown(
         }
         _ => Ok(()),
     }
+}
+
+/// The ownership of an entry `owner` makes in directory `dir` with permission bits `mode`
+/// (umask already applied): the caller's gid, or the directory's if it is setgid, which a
+/// new directory then inherits, as on Linux.
+pub(super) fn new_ownership(
+    caller: Caller,
+    owner: &str,
+    dir: &Attr,
+    mode: u32,
+    is_dir: bool,
+) -> Ownership {
+    let inherit = dir.perm & SETGID != 0;
+    let gid = if inherit { dir.gid } else { caller.gid };
+    let mut own = Ownership::new(Some(owner.to_string()), gid, mode);
+    if inherit && is_dir {
+        own.mode |= SETGID;
+    }
+    own
 }
 
 /// The parent directory of mount path `rel` ("" for a top-level entry).

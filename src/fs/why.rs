@@ -7,12 +7,12 @@
 
 use super::attr::{Attr, Kind};
 use super::error::{FsError, FsResult};
-use super::op::Refusal;
 use super::inodes::child_path;
 use super::namespace::hidden;
+use super::op::Refusal;
 use super::{perm, Caller, Core};
-use crate::store::MAX_NAME_LEN;
 use crate::access::Denial;
+use crate::store::MAX_NAME_LEN;
 
 /// The answer for one kind of access: allowed, or the denial (or error) that refuses it.
 pub enum Verdict {

@@ -19,6 +19,7 @@ use super::versions::{Content, FileVersion, VersionKey};
 use super::{perm, Caller, Core, Opened};
 use crate::access::UserSession;
 use crate::audit::EventKind;
+use crate::container::Ownership;
 use crate::crypto::PublicKey;
 use crate::sync::lock;
 
@@ -136,11 +137,12 @@ impl Core {
     /// Creates `name` in `parent` (or opens it for writing, if it exists and `O_EXCL` is not
     /// given). A new file's empty version is committed at once, after its record, so that
     /// it exists for lookups while it is written.
+    /// A new file gets the caller as owner and `mode & !umask` (see [`perm::new_ownership`]).
     pub fn create(
         &self,
         caller: Caller,
-        parent: u64,
-        name: &std::ffi::OsStr,
+        (parent, name): (u64, &std::ffi::OsStr),
+        (mode, umask): (u32, u32),
         flags: i32,
     ) -> FsResult<(Attr, Opened)> {
         let rel = self.child_rel(parent, name, libc::EPERM)?;
@@ -159,11 +161,17 @@ impl Core {
                     }
                     Ok(true) => {
                         perm::need(caller, &rel, &self.existing(&rel)?, write_mask(flags))?;
-                        Some(self.open_version(caller.uid, &rel)?.0)
+                        Ok(self.open_version(caller.uid, &rel)?.0)
                     }
                     Ok(false) => {
-                        self.may_add(caller, &rel)?;
-                        None
+                        let dir = self.may_add(caller, &rel)?;
+                        Err(perm::new_ownership(
+                            caller,
+                            &user.name,
+                            &dir,
+                            mode & !umask,
+                            false,
+                        ))
                     }
                     Err(e) => return Err(FsError::from(e).into()),
                 };
@@ -175,10 +183,12 @@ impl Core {
             |Allowed { user, value }, recorded| {
                 let (slot, existing) = value;
                 let ino = lock(&self.inodes).get_or_insert(&rel);
-                let truncate = existing.is_some() && flags & libc::O_TRUNC != 0;
+                let truncate = existing.is_ok() && flags & libc::O_TRUNC != 0;
                 let session = match existing {
-                    Some(version) => self.join_session(recorded, ino, (&user, &rel), version)?,
-                    None => self.create_session(recorded, ino, &rel, &user)?,
+                    Ok(version) => self.join_session(recorded, ino, (&user, &rel), version)?,
+                    Err(ownership) => {
+                        self.create_session(recorded, ino, (&rel, ownership), &user)?
+                    }
                 };
                 let opened =
                     self.open_writer(recorded, session.clone(), user, ino, &rel, slot, truncate)?;
@@ -306,7 +316,14 @@ impl Core {
             let session = match (fresh.take(), recipients.take()) {
                 (Some(session), _) => session,
                 (None, Some(recipients)) => {
-                    Arc::new(self.new_session(user.uid, recipients, Some(version.clone()))?)
+                    // A new version keeps the file's owner, group and mode.
+                    let ownership = version.reader.ownership().clone();
+                    Arc::new(self.new_session(
+                        user.uid,
+                        recipients,
+                        ownership,
+                        Some(version.clone()),
+                    )?)
                 }
                 (None, None) => return Err(FsError::new(libc::EIO)),
             };
@@ -351,7 +368,7 @@ impl Core {
         &self,
         _: &Recorded,
         ino: u64,
-        rel: &str,
+        (rel, ownership): (&str, Ownership),
         user: &UserSession,
     ) -> FsResult<Arc<OpenSession>> {
         let keyring = self.store.user(&user.name)?;
@@ -361,7 +378,7 @@ impl Core {
             .into_iter()
             .map(|k| (k.name, k.public_key))
             .collect();
-        let session = self.new_session(user.uid, recipients, None)?;
+        let session = self.new_session(user.uid, recipients, ownership, None)?;
         self.commit_in(rel, &session)?;
         let session = Arc::new(session);
         session.writers.store(1, Ordering::Relaxed);
@@ -373,6 +390,7 @@ impl Core {
         &self,
         uid: u32,
         recipients: Vec<(String, PublicKey)>,
+        ownership: Ownership,
         base: Option<Arc<FileVersion>>,
     ) -> FsResult<OpenSession> {
         let log2 = base.as_ref().map_or(self.store.default_chunk_log2(), |b| {
@@ -380,7 +398,14 @@ impl Core {
         });
         let size = base.as_ref().map_or(0, |b| b.reader.len());
         let memory = session::reserve(&self.limits.writes, uid, log2, size)?;
-        let ws = WriteSession::new(self.max_file_size(log2), recipients, log2, base, memory);
+        let ws = WriteSession::new(
+            self.max_file_size(log2),
+            recipients,
+            ownership,
+            log2,
+            base,
+            memory,
+        );
         Ok(OpenSession::new(self.versions.fresh_id(), ws))
     }
 
@@ -466,10 +491,21 @@ impl Core {
         })
     }
 
+    /// Commits at `rel`. The draft carries the ownership the file had when the session
+    /// started; a chmod or chgrp made since is put back on the new version.
     fn commit_in(&self, rel: &str, session: &OpenSession) -> FsResult<()> {
+        let shown = self.attr_of(0, rel)?;
         let next = self.versions.fresh_id();
-        if let Some(key) = session.with(|ws| ws.commit(&self.store, rel, next))? {
+        let (key, drafted) =
+            session.with(|ws| Ok((ws.commit(&self.store, rel, next)?, ws.ownership().clone())))?;
+        if let Some(key) = key {
             *lock(&session.base) = Some(key);
+            if let Some(a) = shown {
+                let now = Ownership::new(a.owner, a.gid, u32::from(a.perm));
+                if now != drafted {
+                    self.store.set_ownership(rel, &now)?;
+                }
+            }
         }
         Ok(())
     }
