@@ -438,7 +438,10 @@ pub fn inspect(
     as_json: bool,
 ) -> CliResult {
     let (label, header) = match rel {
-        None => (path.display().to_string(), validate_safetensors_file(path)?),
+        None => {
+            super::container_file::refuse_container(path)?;
+            (path.display().to_string(), validate_safetensors_file(path)?)
+        }
         Some(rel) => {
             let store = Store::open(path)?;
             let user =
