@@ -15,6 +15,10 @@ pub(crate) struct Context<'a> {
     pub uid: u32,
     /// The caller's user name, when the daemon knows it (they are unlocked).
     pub user: Option<&'a str>,
+    /// For a `mode` denial, the daemon's account of it (which entry, what was missing) and
+    /// the owner of that entry.
+    pub detail: Option<&'a str>,
+    pub owner: Option<&'a str>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -50,9 +54,20 @@ pub(crate) fn explain(reason: &str, cx: &Context<'_>) -> Explained {
             ),
         ),
         "mode" => (
-            "the permission bits of the file, or of a directory above it, do not allow this"
-                .to_string(),
-            "ask the owner to change them (`chmod`), or work on a copy of your own".to_string(),
+            cx.detail.map_or_else(
+                || {
+                    "the permission bits of the file, or of a directory above it, do not allow \
+                     this"
+                        .to_string()
+                },
+                str::to_string,
+            ),
+            format!(
+                "ask {} to change the mode (`chmod`) or to do it for you, or work on a copy \
+                 of your own",
+                cx.owner
+                    .map_or_else(|| "the owner".to_string(), |o| format!("the owner, {o},"))
+            ),
         ),
         "integrity" => (
             "the file failed its integrity check: it was damaged or tampered with in the store"
@@ -82,6 +97,8 @@ mod tests {
             rel: "m/model.safetensors",
             uid: 1001,
             user,
+            detail: None,
+            owner: None,
         }
     }
 
@@ -104,6 +121,21 @@ mod tests {
         assert_eq!(
             explain("new-reason", &cx(None)).words,
             "refused (new-reason)"
+        );
+        let mode = Context {
+            detail: Some("no read permission on file /m/x (owner alice, mode 0600)"),
+            owner: Some("alice"),
+            ..cx(None)
+        };
+        let mode = explain("mode", &mode);
+        assert_eq!(
+            mode.words,
+            "no read permission on file /m/x (owner alice, mode 0600)"
+        );
+        assert!(
+            mode.fix.starts_with("ask the owner, alice, to change"),
+            "{}",
+            mode.fix
         );
     }
 }

@@ -286,13 +286,20 @@ fn explain_denials(reply: &mut Value, mountpoint: &Path) {
         return;
     };
     for denial in denials {
-        let rel = denial["path"].as_str().unwrap_or_default().to_string();
+        let text = |key: &str| denial[key].as_str().map(str::to_string);
+        let (rel, detail, owner) = (
+            text("path").unwrap_or_default(),
+            text("detail"),
+            text("owner"),
+        );
         let cx = Context {
             mountpoint,
             store: &store,
             rel: &rel,
             uid,
             user: user.as_deref(),
+            detail: detail.as_deref(),
+            owner: owner.as_deref(),
         };
         let explained = explain(denial["reason"].as_str().unwrap_or("?"), &cx);
         denial["words"] = Value::String(explained.words);

@@ -63,13 +63,21 @@ impl DaemonControl {
             .denials_of(peer.uid)
             .into_iter()
             .map(|d| {
-                json!({
+                let mut out = json!({
                     "time": audit::format_time(d.last),
                     "op": d.op,
                     "path": d.path,
                     "reason": d.reason,
                     "count": d.count,
-                })
+                });
+                // As `why` reports a mode denial: what was missing where, and whom to ask.
+                if let Some(m) = &d.mode {
+                    out["detail"] = json!(m.to_string());
+                    out["owner"] = json!(m.owner.as_deref().unwrap_or("root"));
+                    out["mode"] = json!(format!("{:04o}", m.mode));
+                    out["entry"] = json!(m.path);
+                }
+                out
             })
             .collect();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

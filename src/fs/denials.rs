@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::access::{Denial, ModeDenial};
 use crate::sync::lock;
 
 pub const PER_UID: usize = 32;
@@ -23,7 +24,7 @@ pub const LOG_WINDOW: Duration = Duration::from_secs(60);
 pub const LOG_BUDGET: u32 = 20;
 
 /// One denial as `tvault status` shows it; repeats update `last` and `count`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DeniedOp {
     /// The operation, as the audit log names it (`open`, `create`, `rename`…).
     pub op: &'static str,
@@ -31,6 +32,8 @@ pub struct DeniedOp {
     pub path: String,
     /// The reason code, as the audit log has it (`locked`, `no-key-slot`…).
     pub reason: &'static str,
+    /// For a `mode` denial: which entry refused what, and its owner and mode (the latest).
+    pub mode: Option<ModeDenial>,
     pub last: SystemTime,
     pub count: u64,
 }
@@ -60,8 +63,23 @@ pub struct Denials {
 
 impl Denials {
     /// Keeps a denial of `uid` and logs it unless logged within the window.
-    pub fn note(&self, uid: u32, op: &'static str, path: &str, reason: &'static str) {
-        for line in self.note_at(uid, op, path, reason, Instant::now(), SystemTime::now()) {
+    pub fn note(&self, uid: u32, op: &'static str, path: &str, denial: &Denial) {
+        let mode = match denial {
+            Denial::Mode(m) => Some(ModeDenial {
+                path: cut(&m.path),
+                ..m.clone()
+            }),
+            _ => None,
+        };
+        let seen = DeniedOp {
+            op,
+            path: cut(path),
+            reason: denial.code(),
+            mode,
+            last: SystemTime::now(),
+            count: 1,
+        };
+        for line in self.note_at(uid, seen, Instant::now()) {
             log::info!("{line}");
         }
     }
@@ -74,17 +92,9 @@ impl Denials {
             .unwrap_or_default()
     }
 
-    /// `note` at a given time; returns the lines to log.
-    fn note_at(
-        &self,
-        uid: u32,
-        op: &'static str,
-        path: &str,
-        reason: &'static str,
-        now: Instant,
-        wall: SystemTime,
-    ) -> Vec<String> {
-        let path = cut(path);
+    /// `note` of `seen` (its path already cut, a count of 1) at `now`; returns the lines to
+    /// log.
+    fn note_at(&self, uid: u32, seen: DeniedOp, now: Instant) -> Vec<String> {
         let mut by_uid = lock(&self.by_uid);
         if !by_uid.contains_key(&uid) && by_uid.len() >= UIDS {
             let stalest = by_uid.iter().min_by_key(|(_, u)| u.last).map(|(&k, _)| k);
@@ -113,8 +123,9 @@ impl Denials {
             of.lines = 0;
             of.left_out = 0;
         }
-        let same =
-            |k: &Kept| k.denied.op == op && k.denied.path == path && k.denied.reason == reason;
+        let same = |k: &Kept| {
+            (k.denied.op, &k.denied.path, k.denied.reason) == (seen.op, &seen.path, seen.reason)
+        };
         let mut kept = match of
             .kept
             .iter()
@@ -122,8 +133,9 @@ impl Denials {
             .and_then(|i| of.kept.remove(i))
         {
             Some(mut k) => {
-                k.denied.last = wall;
+                k.denied.last = seen.last;
                 k.denied.count += 1;
+                k.denied.mode = seen.mode;
                 if now.duration_since(k.logged) < LOG_WINDOW {
                     k.unlogged += 1;
                     of.kept.push_front(k);
@@ -132,20 +144,15 @@ impl Denials {
                 k
             }
             None => Kept {
-                denied: DeniedOp {
-                    op,
-                    path,
-                    reason,
-                    last: wall,
-                    count: 1,
-                },
+                denied: seen,
                 logged: now,
                 unlogged: 0,
             },
         };
         if of.lines < LOG_BUDGET {
             // The path is quoted: a name with a newline in it cannot forge a log line.
-            let mut line = format!("denied: uid {uid} {op} {:?}: {reason}", kept.denied.path);
+            let d = &kept.denied;
+            let mut line = format!("denied: uid {uid} {} {:?}: {}", d.op, d.path, d.reason);
             if kept.unlogged > 0 {
                 line.push_str(&format!(
                     " (and {} times before, not logged)",
@@ -178,13 +185,25 @@ fn cut(path: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A denial of `op` on `path` for `reason` at wall time `w`.
+    fn seen(op: &'static str, path: &str, reason: &'static str, w: SystemTime) -> DeniedOp {
+        DeniedOp {
+            op,
+            path: cut(path),
+            reason,
+            mode: None,
+            last: w,
+            count: 1,
+        }
+    }
+
     #[test]
     fn denials_are_kept_per_uid_most_recent_first() {
         let d = Denials::default();
         let (t, w) = (Instant::now(), SystemTime::now());
-        d.note_at(1001, "open", "a", "locked", t, w);
-        d.note_at(1001, "create", "b", "no-key-slot", t, w);
-        d.note_at(1002, "open", "c", "no-keyring", t, w);
+        d.note_at(1001, seen("open", "a", "locked", w), t);
+        d.note_at(1001, seen("create", "b", "no-key-slot", w), t);
+        d.note_at(1002, seen("open", "c", "no-keyring", w), t);
         let mine = d.of(1001);
         assert_eq!(mine.len(), 2);
         assert_eq!((mine[0].op, mine[0].path.as_str()), ("create", "b"));
@@ -197,25 +216,25 @@ mod tests {
     fn repeats_update_one_entry_and_are_logged_once_a_window() {
         let d = Denials::default();
         let (t, w) = (Instant::now(), SystemTime::now());
-        let first = d.note_at(1001, "open", "a\nforged", "locked", t, w);
+        let first = d.note_at(1001, seen("open", "a\nforged", "locked", w), t);
         assert_eq!(first, ["denied: uid 1001 open \"a\\nforged\": locked"]);
         for i in 1..100 {
             let later = t + Duration::from_millis(i);
             assert!(d
-                .note_at(1001, "open", "a\nforged", "locked", later, w)
+                .note_at(1001, seen("open", "a\nforged", "locked", w), later)
                 .is_empty());
         }
         let kept = d.of(1001);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].count, 100);
-        let next = d.note_at(1001, "open", "a\nforged", "locked", t + LOG_WINDOW, w);
+        let next = d.note_at(1001, seen("open", "a\nforged", "locked", w), t + LOG_WINDOW);
         assert_eq!(
             next,
             ["denied: uid 1001 open \"a\\nforged\": locked (and 99 times before, not logged)"]
         );
         // Another reason for the same path is another denial.
         assert_eq!(
-            d.note_at(1001, "open", "a\nforged", "mode", t + LOG_WINDOW, w)
+            d.note_at(1001, seen("open", "a\nforged", "mode", w), t + LOG_WINDOW)
                 .len(),
             1
         );
@@ -228,14 +247,14 @@ mod tests {
         let mut lines = 0;
         for i in 0..1000 {
             lines += d
-                .note_at(1001, "open", &format!("f{i}"), "locked", t, w)
+                .note_at(1001, seen("open", &format!("f{i}"), "locked", w), t)
                 .len();
         }
         assert_eq!(lines, LOG_BUDGET as usize);
         let kept = d.of(1001);
         assert_eq!(kept.len(), PER_UID);
         assert_eq!(kept[0].path, "f999");
-        let summary = d.note_at(1001, "open", "g", "locked", t + LOG_WINDOW, w);
+        let summary = d.note_at(1001, seen("open", "g", "locked", w), t + LOG_WINDOW);
         assert_eq!(
             summary[0],
             format!(
@@ -250,7 +269,7 @@ mod tests {
         );
         for uid in 0..(UIDS as u32 + 10) {
             let later = t + LOG_WINDOW + Duration::from_secs(1 + u64::from(uid));
-            d.note_at(2000 + uid, "open", "x", "locked", later, w);
+            d.note_at(2000 + uid, seen("open", "x", "locked", w), later);
         }
         assert_eq!(lock(&d.by_uid).len(), UIDS);
         assert!(
@@ -259,7 +278,33 @@ mod tests {
         );
         // Byte MAX_PATH falls inside a character.
         let long = format!("a{}", "é".repeat(MAX_PATH));
-        d.note_at(5, "open", &long, "locked", t, w);
+        d.note_at(5, seen("open", &long, "locked", w), t);
         assert_eq!(d.of(5)[0].path.len(), MAX_PATH - 1);
+    }
+
+    #[test]
+    fn a_mode_denial_keeps_what_refused_it() {
+        let d = Denials::default();
+        let refused = |mode| {
+            Denial::Mode(ModeDenial {
+                need: crate::access::ModeNeed::Read,
+                path: "m".repeat(2 * MAX_PATH),
+                dir: false,
+                owner: Some("alice".into()),
+                mode,
+            })
+        };
+        d.note(1002, "open", "m/x", &refused(0o600));
+        d.note(1002, "open", "m/x", &refused(0o640));
+        let kept = d.of(1002);
+        assert_eq!((kept.len(), kept[0].reason, kept[0].count), (1, "mode", 2));
+        let mode = kept[0].mode.as_ref().unwrap();
+        assert_eq!(
+            (mode.mode, mode.path.len()),
+            (0o640, MAX_PATH),
+            "the latest, cut"
+        );
+        d.note(1002, "open", "n", &Denial::Locked);
+        assert!(d.of(1002)[0].mode.is_none());
     }
 }

@@ -147,7 +147,7 @@ impl Core {
     fn record_denial(&self, op: &Op<'_>, denial: &Denial) {
         let _ = self.audit.record(&op.event().deny(denial.code()));
         self.denials
-            .note(op.caller.uid, op.kind.as_str(), op.path, denial.code());
+            .note(op.caller.uid, op.kind.as_str(), op.path, denial);
         if let Denial::Integrity(why) = denial {
             log::error!("{}: {why}", op.path);
             let _ = self.audit.record(
