@@ -2,11 +2,14 @@
 //! over the library layers; all policy lives below.
 
 mod audit_cmds;
+mod container_file;
+mod explain;
 mod fsck_cmds;
 mod mount_cmds;
 mod own_cmds;
 mod passphrase;
 mod put_cmds;
+mod resolve;
 mod store_cmds;
 
 use std::path::PathBuf;
@@ -28,6 +31,19 @@ pub fn error_message(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     msg
+}
+
+/// `text` as one shell word, quoted only when it must be, in commands shown for copying.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// The files a store path means: the one file it names, or every file under the directory
@@ -225,26 +241,32 @@ enum Command {
     },
     /// Unlock the calling user's keyring on a running mount
     Unlock {
-        mountpoint: PathBuf,
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
         #[command(flatten)]
         pass: PassphraseArgs,
     },
     /// Forget the calling user's keys on a running mount
     Lock {
-        mountpoint: PathBuf,
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
         /// Lock even with files open: their cached pages are dropped and further reads fail
         #[arg(long)]
         force: bool,
     },
-    /// Show unlocked users, open files and cache counters of a running mount
+    /// Show unlocked users, open files, cache counters and the caller's recent denials
     Status {
-        mountpoint: PathBuf,
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Unmount a tvault mount
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
+    },
     /// Show, filter or verify an audit log (a table by default)
     Audit(audit_cmds::AuditArgs),
     /// Show which users hold key slots for which files (no passphrase needed)
@@ -441,10 +463,10 @@ pub fn run(cli: Cli) -> CliResult {
             audit_max_size,
             daemon_child,
         }),
-        Command::Unlock { mountpoint, pass } => mount_cmds::unlock(&mountpoint, &pass),
-        Command::Lock { mountpoint, force } => mount_cmds::lock(&mountpoint, force),
-        Command::Status { mountpoint, json } => mount_cmds::status(&mountpoint, json),
-        Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
+        Command::Unlock { path, pass } => mount_cmds::unlock(&path, &pass),
+        Command::Lock { path, force } => mount_cmds::lock(&path, force),
+        Command::Status { path, json } => mount_cmds::status(&path, json),
+        Command::Umount { path } => mount_cmds::umount(&path),
         Command::Audit(args) => audit_cmds::audit(&args),
         Command::Access(args) => audit_cmds::access(&args),
         Command::Fsck(args) => fsck_cmds::fsck(&args),
@@ -491,6 +513,14 @@ mod tests {
             error_message(&Outer::Wraps(denied())),
             format!("tvault: error: cannot open: {}", denied())
         );
+    }
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(shell_word("/mnt/models"), "/mnt/models");
+        assert_eq!(shell_word("/mnt/my models"), "'/mnt/my models'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

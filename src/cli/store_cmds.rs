@@ -224,6 +224,7 @@ pub fn inspect(
     as_json: bool,
 ) -> CliResult {
     let Some(rel) = rel else {
+        super::container_file::refuse_container(path)?;
         let header = validate_safetensors_file(path)?;
         return print_header(&path.display().to_string(), &header, None, as_json);
     };

@@ -57,6 +57,29 @@ impl DaemonControl {
             .filter(|f| visible(f.uid))
             .map(|f| json!({"path": f.path, "uid": f.uid, "user": f.user}))
             .collect();
+        // Only the caller's own, whoever calls: a uid's denials say which files it tried,
+        // and the audit log already shows everyone's to whoever may read it.
+        let denials: Vec<_> = s
+            .denials_of(peer.uid)
+            .into_iter()
+            .map(|d| {
+                let mut out = json!({
+                    "time": audit::format_time(d.last),
+                    "op": d.op,
+                    "path": d.path,
+                    "reason": d.reason,
+                    "count": d.count,
+                });
+                // As `why` reports a mode denial: what was missing where, and whom to ask.
+                if let Some(m) = &d.mode {
+                    out["detail"] = json!(m.to_string());
+                    out["owner"] = json!(m.owner.as_deref().unwrap_or("root"));
+                    out["mode"] = json!(format!("{:04o}", m.mode));
+                    out["entry"] = json!(m.path);
+                }
+                out
+            })
+            .collect();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         json!({
             "store": self.store_path.display().to_string(),
@@ -65,6 +88,8 @@ impl DaemonControl {
             "read_only": self.read_only,
             "unlocked": users,
             "open_files": open,
+            "uid": peer.uid,
+            "denials": denials,
             "cache": {
                 "bytes": s.cache.bytes(),
                 "capacity": s.cache.capacity(),

@@ -685,3 +685,31 @@ fn a_key_is_remembered_only_once_its_mac_verified() {
     assert_eq!(fx.read_all(ALICE, "g").unwrap(), [1u8; 5000]);
     assert_eq!(alice.cached_keys(), keys + 1);
 }
+
+#[test]
+fn denials_are_kept_for_the_denied_uid_only() {
+    let fx = fixture();
+    fx.put(ALICE, "f", &[7u8; 100]);
+    let f = fx.ino("f");
+    assert_eq!(
+        errno(fx.core.open(caller(BOB), f, libc::O_RDONLY)),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.open(caller(BOB), f, libc::O_RDONLY)),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.mkdir(caller(EVE), ROOT, name("d"))),
+        libc::EACCES
+    );
+    let bob = fx.core.denials_of(BOB);
+    assert_eq!(bob.len(), 1);
+    assert_eq!(
+        (bob[0].op, bob[0].path.as_str(), bob[0].reason, bob[0].count),
+        ("open", "f", "no-key-slot", 2)
+    );
+    let eve = fx.core.denials_of(EVE);
+    assert_eq!((eve[0].op, eve[0].reason), ("mkdir", "no-keyring"));
+    assert!(fx.core.denials_of(ALICE).is_empty());
+}

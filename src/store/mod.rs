@@ -58,7 +58,7 @@ const DIR_MODE: u32 = 0o755;
 pub(crate) const MAX_CONFIG_LEN: u64 = 64 << 10;
 pub(crate) const MAX_KEYRING_LEN: u64 = 64 << 10;
 pub(crate) const MAX_POLICY_LEN: u64 = 64 << 10;
-const CONFIG_REL: &str = ".tvault/store.json";
+pub(crate) const CONFIG_REL: &str = ".tvault/store.json";
 const USERS_REL: &str = ".tvault/users";
 /// Plaintext is streamed through buffers of this size.
 const IO_BUF: usize = 1 << 20;
