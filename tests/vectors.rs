@@ -1,5 +1,5 @@
-//! Known-answer vectors for the `.tvlt` container, the keyring file and the audit log
-//! (docs/FORMAT.md).
+//! Known-answer vectors for the `.tvlt` container, the keyring file, the `.tvln` link file
+//! and the audit log (docs/FORMAT.md).
 //!
 //! The code draws file ids, nonces and ephemeral keys from the operating system, so vectors
 //! cannot be recomputed, only checked. They were written once by the ignored generator below
@@ -735,6 +735,7 @@ fn no_orphan_vector_files() {
                 }
             }
             Some("keyring") => referenced.push(v["keyring_file"].as_str().unwrap().to_string()),
+            Some("link") => referenced.push(v["link_file"].as_str().unwrap().to_string()),
             Some("audit") => {
                 for f in v["files"].as_array().unwrap() {
                     referenced.push(f.as_str().unwrap().to_string());
@@ -1722,6 +1723,7 @@ fn generate() {
     );
     write_audit_vectors(&dir);
     write_v2_vectors(&dir);
+    write_link_vector(&dir);
 }
 
 /// Rewrites only the version 2 vectors (`generate` rewrites them with everything else).
@@ -2044,4 +2046,130 @@ fn write_audit_vectors(dir: &Path) {
         }),
     );
     fs::remove_dir_all(&work).unwrap();
+}
+
+/// The link file of the vector: alice's link into a Hugging Face cache's blobs.
+const LINK_TARGET: &str =
+    "../../blobs/3db4015cf6811ea56316a598310755678dcb49741336a763dd98678390d6377a";
+
+/// Link files every reader must refuse: (what is wrong, the bytes).
+fn bad_links(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let with = |at: usize, byte: u8| {
+        let mut b = good.to_vec();
+        b[at] = byte;
+        b
+    };
+    // The target length sits after magic, version and alice's 12-byte ownership record.
+    let len_at = 4 + 1 + 12;
+    vec![
+        ("bad magic", with(0, b'X')),
+        ("version 2", with(4, 2)),
+        ("owner longer than 32 bytes", with(5, 33)),
+        ("a file-type bit in the mode", with(5 + 1 + 5 + 4 + 1, 0x10)),
+        ("target length 0", [&good[..len_at], &[0, 0]].concat()),
+        (
+            "target longer than the file",
+            with(len_at, good[len_at] + 1),
+        ),
+        ("a byte after the target", [good, b"x"].concat()),
+        ("NUL in the target", with(good.len() - 1, 0)),
+        ("cut before the target length", good[..len_at + 1].to_vec()),
+    ]
+}
+
+/// An independent reader of the link file, from docs/FORMAT.md: (owner, gid, mode, target).
+fn link_reference(b: &[u8]) -> Option<(String, u32, u16, Vec<u8>)> {
+    if b.get(..5)? != b"TVLN\x01" {
+        return None;
+    }
+    let owner_len = *b.get(5)? as usize;
+    if owner_len > 32 {
+        return None;
+    }
+    let owner = std::str::from_utf8(b.get(6..6 + owner_len)?)
+        .ok()?
+        .to_string();
+    let at = 6 + owner_len;
+    let gid = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+    let mode = u16::from_le_bytes(b.get(at + 4..at + 6)?.try_into().ok()?);
+    let len = u16::from_le_bytes(b.get(at + 6..at + 8)?.try_into().ok()?) as usize;
+    let target = b.get(at + 8..)?;
+    if mode > 0o7777 || !(1..=4095).contains(&len) || target.len() != len || target.contains(&0) {
+        return None;
+    }
+    Some((owner, gid, mode, target.to_vec()))
+}
+
+#[test]
+fn link_vector() {
+    use tensorvault::store::Link;
+    let vectors = vectors_of_type("link");
+    assert_eq!(vectors.len(), 1);
+    let v = &vectors[0];
+    let bytes = fs::read(vectors_dir().join(v["link_file"].as_str().unwrap())).unwrap();
+    assert_eq!(sha256_hex(&bytes), v["link_sha256"], "link file altered");
+    let (owner, gid, mode, target) = link_reference(&bytes).expect("reference reads it");
+    assert_eq!(
+        (owner.as_str(), u64::from(gid), u64::from(mode)),
+        (
+            v["owner"].as_str().unwrap(),
+            v["gid"].as_u64().unwrap(),
+            v["mode"].as_u64().unwrap()
+        )
+    );
+    assert_eq!(target, v["target"].as_str().unwrap().as_bytes());
+    let link = Link::decode(&bytes).unwrap();
+    assert_eq!(link.own.owner.as_deref(), Some(owner.as_str()));
+    assert_eq!((link.own.gid, link.own.mode), (gid, mode));
+    assert_eq!(link.target, target);
+    assert_eq!(
+        link.encode().unwrap(),
+        bytes,
+        "this build writes the same bytes"
+    );
+    let cases = v["negative"].as_array().unwrap();
+    assert_eq!(cases.len(), bad_links(&bytes).len());
+    for (case, (what, bad)) in cases.iter().zip(bad_links(&bytes)) {
+        assert_eq!(case["description"], what);
+        assert_eq!(case["hex"], hex::encode(&bad), "{what}");
+        assert!(link_reference(&bad).is_none(), "reference accepts: {what}");
+        assert!(Link::decode(&bad).is_err(), "crate accepts: {what}");
+    }
+}
+
+/// Rewrites only the link vector (`generate` rewrites it with everything else).
+#[test]
+#[ignore = "rewrites tests/vectors/link*; run with `cargo test --test vectors -- --ignored --exact rewrite_link_vector`"]
+fn rewrite_link_vector() {
+    write_link_vector(&vectors_dir());
+}
+
+/// Writes `link.tvln` and `link.json` (deterministic: the same bytes every time).
+fn write_link_vector(dir: &Path) {
+    use tensorvault::container::Ownership;
+    use tensorvault::store::Link;
+    let link = Link {
+        own: Ownership::new(Some("alice".into()), 1001, 0o777),
+        target: LINK_TARGET.as_bytes().to_vec(),
+    };
+    let bytes = link.encode().unwrap();
+    fs::write(dir.join("link.tvln"), &bytes).unwrap();
+    let negative: Vec<Value> = bad_links(&bytes)
+        .into_iter()
+        .map(|(what, bad)| json!({"description": what, "hex": hex::encode(bad)}))
+        .collect();
+    write_json(
+        "link.json",
+        &json!({
+            "type": "link",
+            "description": "a symbolic link as it would lie at STORE/REL.tvln: owner alice, gid 1001, mode 0o777, and its target; then bytes every reader refuses",
+            "link_file": "link.tvln",
+            "link_sha256": sha256_hex(&bytes),
+            "owner": "alice",
+            "gid": 1001,
+            "mode": 0o777,
+            "target": LINK_TARGET,
+            "negative": negative,
+        }),
+    );
 }

@@ -26,6 +26,8 @@ pub enum EventKind {
     Unlink,
     Mkdir,
     Rmdir,
+    /// symlink(2): the link's path, and its target as `target`.
+    Symlink,
     /// truncate(2) by path: a new version committed without an open.
     Truncate,
     /// utimensat(2) on a file or directory.
@@ -60,6 +62,7 @@ impl EventKind {
             EventKind::Unlink => "unlink",
             EventKind::Mkdir => "mkdir",
             EventKind::Rmdir => "rmdir",
+            EventKind::Symlink => "symlink",
             EventKind::Truncate => "truncate",
             EventKind::SetTimes => "set-times",
             EventKind::Chmod => "chmod",
@@ -103,7 +106,7 @@ pub struct Event {
     pub exe: Option<String>,
     /// The store-relative path concerned.
     pub path: Option<String>,
-    /// The new path of a `rename`.
+    /// The new path of a `rename`; the target of a `symlink` (lossy UTF-8).
     pub target: Option<String>,
     /// Open flags as text, see `open_flags_text`.
     pub flags: Option<String>,

@@ -139,6 +139,7 @@ pub fn chown(args: &ChownArgs) -> CliResult {
         let (dir, mut ownership) = match store.node(target)? {
             Some(Node::Dir { ownership, .. }) => (true, ownership),
             Some(Node::File { ownership, .. }) => (false, ownership),
+            Some(Node::Link { own, .. }) => (false, own),
             None => return Err(StoreError::NoSuchFile(target.clone()).into()),
         };
         bar.inc(1);

@@ -4,13 +4,24 @@
 use std::time::SystemTime;
 
 use crate::container::Ownership;
-use crate::store::Meta;
+use crate::store::{Meta, MountKind, LINK_MODE};
 
 /// What a mount entry is: only directories, regular files and symbolic links are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
     File,
+    Symlink,
+}
+
+impl From<MountKind> for Kind {
+    fn from(kind: MountKind) -> Kind {
+        match kind {
+            MountKind::Dir => Kind::Dir,
+            MountKind::File => Kind::File,
+            MountKind::Link => Kind::Symlink,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +59,13 @@ impl Attr {
     ) -> Attr {
         let blksize = u32::try_from(chunk_size).unwrap_or(65536);
         Attr::new(ino, meta, Kind::File, own, uid, size, blksize)
+    }
+
+    /// A link whose target is `target_len` bytes long (the size `lstat` shows), with mode
+    /// 0o777 like every link, and the owner and group its record stores.
+    pub(super) fn link(ino: u64, meta: &Meta, own: &Ownership, uid: u32, target_len: u64) -> Attr {
+        let own = Ownership::new(own.owner.clone(), own.gid, LINK_MODE);
+        Attr::new(ino, meta, Kind::Symlink, &own, uid, target_len, 4096)
     }
 
     fn new(

@@ -8,9 +8,9 @@
 //! One file per job, as gocryptfs splits its frontend: `open` (authorization and the version
 //! table), `read` (the read path), `prefetch` (read-ahead policy and its workers), `write`
 //! (write sessions: open for writing, create, commit, truncate), `namespace` (lookup,
-//! listings, mkdir, rmdir, unlink, rename, times, statfs), `xattr`, and `op`, the one wrapper
-//! that runs authorize → record → act for every change; `denials` keeps each uid's latest
-//! denials for `tvault status`.
+//! listings, mkdir, rmdir, unlink, rename, times, statfs), `link` (symlink, readlink),
+//! `xattr`, and `op`, the one wrapper that runs authorize → record → act for every change;
+//! `denials` keeps each uid's latest denials for `tvault status`.
 
 mod attr;
 mod buffers;
@@ -20,6 +20,7 @@ mod error;
 mod handles;
 mod inodes;
 mod limits;
+mod link;
 mod namespace;
 mod op;
 mod open;

@@ -1,7 +1,8 @@
 //! Names: lookups, attributes, listings, and the changes to the tree (mkdir, rmdir, unlink,
 //! rename, times). Each change needs an unlocked session; changing a file (removing it,
 //! moving it, replacing it, setting its times) needs a key slot for it, because nobody
-//! removes or moves what they cannot read. Every change goes through `Core::change`.
+//! removes or moves what they cannot read. A link holds nothing secret: changing one needs
+//! no slot. Every change goes through `Core::change`.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -14,7 +15,9 @@ use super::op::{Allowed, Op, Refusal};
 use super::{perm, Caller, Core};
 use crate::audit::EventKind;
 use crate::container::Ownership;
-use crate::store::{Node, StoreError, DIR_META_FILE, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
+use crate::store::{
+    MountKind, Node, StoreError, DIR_META_FILE, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE,
+};
 use crate::sync::lock;
 
 /// Paths warned about (links, special files in the store) are remembered up to this many,
@@ -80,7 +83,7 @@ impl Core {
                 }
                 entries.push(DirEntry {
                     ino: inodes.get_or_insert(&child_path(&rel, &e.name)),
-                    kind: if e.is_dir { Kind::Dir } else { Kind::File },
+                    kind: e.kind.into(),
                     name: e.name,
                 });
             }
@@ -115,7 +118,7 @@ impl Core {
             Op::new(EventKind::Mkdir, caller, &rel),
             || {
                 let user = self.writer(caller)?;
-                if self.store.is_dir(&rel) || self.store.exists(&rel).map_err(FsError::from)? {
+                if self.entry_kind(&rel)?.is_some() {
                     return Err(FsError::new(libc::EEXIST).into());
                 }
                 let dir = self.may_add(caller, &rel)?;
@@ -136,11 +139,10 @@ impl Core {
             Op::new(EventKind::Rmdir, caller, &rel),
             || {
                 let user = self.writer(caller)?;
-                if !self.store.is_dir(&rel) {
-                    let exists = self.store.exists(&rel).map_err(FsError::from)?;
-                    return Err(
-                        FsError::new(if exists { libc::ENOTDIR } else { libc::ENOENT }).into(),
-                    );
+                match self.entry_kind(&rel)? {
+                    Some(MountKind::Dir) => {}
+                    Some(_) => return Err(FsError::new(libc::ENOTDIR).into()),
+                    None => return Err(FsError::new(libc::ENOENT).into()),
                 }
                 self.may_remove(caller, &rel, &self.existing(&rel)?)?;
                 Ok(Allowed { user, value: () })
@@ -159,14 +161,20 @@ impl Core {
             Op::new(EventKind::Unlink, caller, &rel),
             || {
                 let user = self.writer(caller)?;
-                self.existing_file(&rel)?;
-                self.may_remove(caller, &rel, &self.existing(&rel)?)?;
-                // Deleting needs the same key slot as reading.
-                self.open_version(caller.uid, &rel)?;
-                Ok(Allowed { user, value: () })
+                let kind = self.entry_kind(&rel)?.ok_or(FsError::new(libc::ENOENT))?;
+                if kind != MountKind::Dir {
+                    self.may_remove(caller, &rel, &self.existing(&rel)?)?;
+                }
+                match kind {
+                    // Deleting needs the same key slot as reading.
+                    MountKind::File => drop(self.open_version(caller.uid, &rel)?),
+                    MountKind::Link => {}
+                    MountKind::Dir => return Err(FsError::new(libc::EISDIR).into()),
+                }
+                Ok(Allowed { user, value: kind })
             },
-            |_, _| {
-                self.store.remove(&rel)?;
+            |Allowed { value: kind, .. }, _| {
+                self.store.remove_entry(&rel, kind)?;
                 let inos = {
                     let mut inodes = lock(&self.inodes);
                     let mut inos = inodes.detached_at(&rel);
@@ -186,7 +194,8 @@ impl Core {
     /// Moves `name` in `parent` to `newname` in `newparent` (`noreplace`:
     /// `RENAME_NOREPLACE`). Moving a file needs a slot for it, and replacing one a slot for
     /// the file replaced; moving a directory needs a slot for every file in it, or a user
-    /// could move someone's model away and put their own in its place.
+    /// could move someone's model away and put their own in its place. A link and a file
+    /// replace each other as two files do.
     pub fn rename(
         &self,
         caller: Caller,
@@ -201,49 +210,57 @@ impl Core {
             op,
             || {
                 let user = self.writer(caller)?;
-                let (from_file, to_file) = (self.is_file(&from)?, self.is_file(&to)?);
-                let (from_dir, to_dir) = (self.store.is_dir(&from), self.store.is_dir(&to));
-                if noreplace && (to_file || to_dir) {
+                let moved = self.entry_kind(&from)?.ok_or(FsError::new(libc::ENOENT))?;
+                let replaced = self.entry_kind(&to)?;
+                if noreplace && replaced.is_some() {
                     return Err(FsError::new(libc::EEXIST).into());
                 }
-                if from_file || from_dir {
-                    self.may_rename(caller, &from, &to, from_dir, to_file || to_dir)?;
+                self.may_rename(
+                    caller,
+                    &from,
+                    &to,
+                    moved == MountKind::Dir,
+                    replaced.is_some(),
+                )?;
+                match (moved, replaced) {
+                    (MountKind::Dir, Some(MountKind::File | MountKind::Link)) => {
+                        return Err(FsError::new(libc::ENOTDIR).into())
+                    }
+                    (MountKind::File | MountKind::Link, Some(MountKind::Dir)) => {
+                        return Err(FsError::new(libc::EISDIR).into())
+                    }
+                    _ => {}
                 }
-                if from_file {
-                    if to_dir {
-                        return Err(FsError::new(libc::EISDIR).into());
+                match moved {
+                    MountKind::File => drop(self.open_version(caller.uid, &from)?),
+                    MountKind::Dir => {
+                        for f in self.store.files_under(&from).map_err(FsError::from)? {
+                            self.open_version(caller.uid, &f.rel)?;
+                        }
                     }
-                    self.open_version(caller.uid, &from)?;
-                    if to_file {
-                        self.open_version(caller.uid, &to)?;
-                    }
-                } else if from_dir {
-                    if to_file {
-                        return Err(FsError::new(libc::ENOTDIR).into());
-                    }
-                    for f in self.store.files_under(&from).map_err(FsError::from)? {
-                        self.open_version(caller.uid, &f.rel)?;
-                    }
-                } else {
-                    return Err(FsError::new(libc::ENOENT).into());
+                    MountKind::Link => {}
                 }
-                // Nothing at the target was authorized to be replaced: one put there
-                // before the act (another caller's create) is not replaced (`EEXIST`).
-                let noreplace = noreplace || !(to_file || to_dir);
+                if replaced == Some(MountKind::File) {
+                    self.open_version(caller.uid, &to)?;
+                }
                 Ok(Allowed {
                     user,
-                    value: (from_file, noreplace),
+                    value: (moved, replaced),
                 })
             },
             |Allowed {
-                 value: (is_file, noreplace),
+                 value: (moved, replaced),
                  ..
              },
              _| {
-                if is_file {
-                    self.store.rename_file(&from, &to, noreplace)?;
-                } else {
-                    self.store.rename_dir(&from, &to, noreplace)?;
+                // Nothing at the target was authorized to be replaced: one put there
+                // before the act (another caller's create) is not replaced (`EEXIST`). An
+                // entry of the other kind (a link for a file) has another name in the
+                // store: it goes once the moved one is in place (store::links).
+                self.store
+                    .rename_entry(&from, &to, moved, replaced != Some(moved))?;
+                if let Some(other) = replaced.filter(|&k| k != moved) {
+                    self.store.remove_entry(&to, other)?;
                 }
                 let mut inodes = lock(&self.inodes);
                 for rel in [&from, &to] {
@@ -294,7 +311,7 @@ impl Core {
     }
 
     /// Attributes of store path `rel` as inode `ino`, or None if nothing is shown there
-    /// (links and special files in the store are hidden, and logged once).
+    /// (OS symlinks and special files in the store are hidden, and logged once).
     pub(super) fn attr_of(&self, ino: u64, rel: &str) -> FsResult<Option<Attr>> {
         match self.store.node(rel) {
             Ok(Some(Node::Dir {
@@ -312,12 +329,23 @@ impl Core {
                 let uid = self.owner_uid(&own);
                 Ok(Some(Attr::file(ino, &meta, &own, uid, (size, chunk_size))))
             }
+            Ok(Some(Node::Link {
+                meta,
+                own,
+                target_len,
+            })) => Ok(Some(Attr::link(
+                ino,
+                &meta,
+                &own,
+                self.owner_uid(&own),
+                target_len,
+            ))),
             Ok(None) => Ok(None),
             Err(e @ (StoreError::Symlink(_) | StoreError::NotRegular { .. })) => {
                 self.warn_once(rel, &e);
                 Ok(None)
             }
-            Err(e @ StoreError::Container { .. }) => {
+            Err(e @ (StoreError::Container { .. } | StoreError::BadLink { .. })) => {
                 self.warn_once(rel, &e);
                 Err(FsError::new(libc::EIO))
             }
@@ -340,22 +368,6 @@ impl Core {
             Some(name) if name.len() > MAX_NAME_LEN => Err(FsError::new(libc::ENAMETOOLONG)),
             Some(name) if !hidden(&parent_rel, name) => Ok(child_path(&parent_rel, name)),
             _ => Err(FsError::new(hidden_errno)),
-        }
-    }
-
-    /// Whether a container is stored at `rel` (a link there is an error, not a file).
-    fn is_file(&self, rel: &str) -> Result<bool, FsError> {
-        Ok(self.store.exists(rel)?)
-    }
-
-    /// `rel` must be a stored file: `EISDIR` for a directory, else `ENOENT`.
-    fn existing_file(&self, rel: &str) -> Result<(), Refusal> {
-        if self.is_file(rel)? {
-            Ok(())
-        } else if self.store.is_dir(rel) {
-            Err(FsError::new(libc::EISDIR).into())
-        } else {
-            Err(FsError::new(libc::ENOENT).into())
         }
     }
 

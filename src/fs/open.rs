@@ -91,7 +91,7 @@ impl Core {
         rel: &str,
     ) -> Result<(Arc<FileVersion>, Arc<UserSession>), Refusal> {
         let file = self.store.open_container_file(rel).map_err(|e| match e {
-            e if e.is_not_found() => FsError::new(libc::ENOENT),
+            e if e.is_not_found() => self.not_a_file(rel),
             StoreError::Symlink(_) | StoreError::NotRegular { .. } => FsError::new(libc::ENOENT),
             e => FsError::from(e),
         })?;

@@ -7,7 +7,7 @@ use super::op::{Allowed, Op};
 use super::{perm, Caller, Core};
 use crate::audit::EventKind;
 use crate::container::Ownership;
-use crate::store::SetTime;
+use crate::store::{MountKind, SetTime};
 
 /// What one setattr asks to change; `None` leaves it.
 #[derive(Debug, Default, Clone, Copy)]
@@ -122,18 +122,13 @@ impl Core {
                         }
                     })?;
                 }
-                let is_file = attr.kind == super::Kind::File;
-                if is_file {
+                let kind = self.entry_kind(rel)?.ok_or(FsError::new(libc::ENOENT))?;
+                if kind == MountKind::File {
                     self.open_version(caller.uid, rel)?;
                 }
-                Ok(Allowed {
-                    user,
-                    value: is_file,
-                })
+                Ok(Allowed { user, value: kind })
             },
-            |Allowed { value: is_file, .. }, _| {
-                Ok(self.store.set_times(rel, !is_file, atime, mtime)?)
-            },
+            |Allowed { value: kind, .. }, _| Ok(self.store.set_times(rel, kind, atime, mtime)?),
         )
     }
 }

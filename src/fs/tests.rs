@@ -700,7 +700,7 @@ fn denials_are_kept_for_the_denied_uid_only() {
         libc::EACCES
     );
     assert_eq!(
-        errno(fx.core.mkdir(caller(EVE), ROOT, name("d"))),
+        errno(fx.core.mkdir(caller(EVE), (ROOT, name("d")), (0o755, 0))),
         libc::EACCES
     );
     let bob = fx.core.denials_of(BOB);
@@ -712,4 +712,229 @@ fn denials_are_kept_for_the_denied_uid_only() {
     let eve = fx.core.denials_of(EVE);
     assert_eq!((eve[0].op, eve[0].reason), ("mkdir", "no-keyring"));
     assert!(fx.core.denials_of(ALICE).is_empty());
+}
+
+#[test]
+fn links_are_made_read_listed_moved_and_removed_without_a_key_slot() {
+    let fx = fixture();
+    // Open directories, so that key slots (not modes) decide what bob may move.
+    let open_root = crate::container::Ownership::new(None, 0, 0o777);
+    fx.core.store.set_ownership("", &open_root).unwrap();
+    fx.put(ALICE, "f", b"alice's data");
+    fx.core
+        .mkdir(caller(ALICE), (ROOT, name("d")), (0o777, 0))
+        .unwrap();
+    fx.journal.take();
+    let attr = fx
+        .core
+        .symlink(caller(ALICE), ROOT, name("l"), b"d/../f")
+        .unwrap();
+    assert_eq!((attr.kind, attr.perm, attr.size), (Kind::Symlink, 0o777, 6));
+    let events = fx.journal.take();
+    assert_eq!(kinds(&events), [allowed(EventKind::Symlink)]);
+    assert_eq!(events[0].target.as_deref(), Some("d/../f"));
+    let l = fx.ino("l");
+    assert_eq!(l, attr.ino);
+    assert_eq!(fx.core.getattr(l).unwrap().kind, Kind::Symlink);
+    // Targets are no secret: anyone reads them, unrecorded, locked or without a keyring.
+    fx.core.access.lock(BOB);
+    assert_eq!(fx.core.readlink(l).unwrap(), b"d/../f");
+    assert!(fx.journal.take().is_empty());
+    assert_eq!(errno(fx.core.readlink(fx.ino("f"))), libc::EINVAL);
+    // Making one needs a session, like mkdir.
+    assert_eq!(
+        errno(fx.core.symlink(caller(BOB), ROOT, name("m"), b"f")),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.symlink(caller(EVE), ROOT, name("m"), b"f")),
+        libc::EACCES
+    );
+    assert_eq!(
+        kinds(&fx.journal.take()),
+        [
+            denied(EventKind::Symlink, "locked"),
+            denied(EventKind::Symlink, "no-keyring")
+        ]
+    );
+    fx.core.access.unlock(&fx.core.store, BOB, b"bob").unwrap();
+    // One name, one kind.
+    for taken in ["f", "d", "l"] {
+        assert_eq!(
+            errno(fx.core.symlink(caller(ALICE), ROOT, name(taken), b"x")),
+            libc::EEXIST
+        );
+    }
+    assert_eq!(
+        errno(fx.core.mkdir(caller(ALICE), (ROOT, name("l")), (0o755, 0))),
+        libc::EEXIST
+    );
+    let create = libc::O_WRONLY | libc::O_CREAT;
+    assert_eq!(
+        errno(
+            fx.core
+                .create(caller(ALICE), (ROOT, name("l")), (0o644, 0o022), create)
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(fx.core.rmdir(caller(ALICE), ROOT, name("l"))),
+        libc::ENOTDIR
+    );
+    for bad in [&b""[..], &[b'a'; 4096]] {
+        assert!(fx
+            .core
+            .symlink(caller(ALICE), ROOT, name("m"), bad)
+            .is_err());
+    }
+    // An open that reaches a link (the kernel resolves them first) is refused.
+    assert_eq!(
+        errno(fx.core.open(caller(ALICE), l, libc::O_RDONLY)),
+        libc::ELOOP
+    );
+    assert_eq!(
+        errno(fx.core.open(caller(ALICE), l, libc::O_WRONLY)),
+        libc::ELOOP
+    );
+    let dh = fx.core.opendir(caller(ALICE), ROOT).unwrap();
+    let listed: Vec<_> = fx
+        .core
+        .readdir(dh)
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.clone(), e.kind))
+        .collect();
+    fx.core.releasedir(dh);
+    assert_eq!(
+        listed[2..],
+        [
+            ("d".to_string(), Kind::Dir),
+            ("f".to_string(), Kind::File),
+            ("l".to_string(), Kind::Symlink)
+        ]
+    );
+    // Times (lutimes: tar x, cp -a) are the link file's.
+    let old = UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let attr = fx
+        .core
+        .setattr(
+            caller(ALICE),
+            l,
+            None,
+            Changes {
+                mtime: Some(SetTime::At(old)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(attr.mtime, old);
+    assert_eq!(Fixture::mtime(&fx.root.join("l.tvln")), old);
+    // Bob holds no slot for f, yet moves and removes alice's link (in directories whose
+    // modes let him); replacing f by a link needs a slot for f.
+    fx.journal.take();
+    fx.core
+        .rename(
+            caller(BOB),
+            (ROOT, name("l")),
+            (fx.ino("d"), name("l2")),
+            false,
+        )
+        .unwrap();
+    assert_eq!(fx.core.readlink(l).unwrap(), b"d/../f", "the inode moved");
+    let d = fx.ino("d");
+    assert_eq!(
+        errno(
+            fx.core
+                .rename(caller(BOB), (d, name("l2")), (ROOT, name("f")), false)
+        ),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(
+            fx.core
+                .rename(caller(ALICE), (d, name("l2")), (ROOT, name("d")), false)
+        ),
+        libc::EISDIR
+    );
+    fx.core
+        .mkdir(caller(ALICE), (d, name("e")), (0o755, 0))
+        .unwrap();
+    assert_eq!(
+        errno(
+            fx.core
+                .rename(caller(ALICE), (d, name("e")), (d, name("l2")), false)
+        ),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        kinds(&fx.journal.take()),
+        [
+            allowed(EventKind::Rename),
+            denied(EventKind::Rename, "no-key-slot"),
+            allowed(EventKind::Mkdir),
+        ]
+    );
+    fx.core.unlink(caller(BOB), d, name("l2")).unwrap();
+    assert_eq!(errno(fx.core.readlink(l)), libc::ENOENT);
+    assert!(!fx.root.join("d/l2.tvln").exists());
+}
+
+#[test]
+fn a_link_and_a_file_replace_each_other_like_two_files() {
+    let fx = fixture();
+    fx.put(ALICE, "f", b"old file");
+    fx.core
+        .symlink(caller(ALICE), ROOT, name("l"), b"target")
+        .unwrap();
+    fx.journal.take();
+    // The link replaces the file: the file's container goes.
+    let root = fx.root.clone();
+    *crate::sync::lock(&fx.journal.probe) = Some(Box::new(move |e: &Event| {
+        if e.kind == EventKind::Rename && e.path.as_deref() == Some("l") {
+            assert!(root.join("l.tvln").exists(), "moved before its record");
+        }
+    }));
+    fx.core
+        .rename(caller(ALICE), (ROOT, name("l")), (ROOT, name("f")), false)
+        .unwrap();
+    assert_eq!(
+        fx.core.lookup(caller(0), ROOT, name("f")).unwrap().kind,
+        Kind::Symlink
+    );
+    assert!(!fx.container("f").exists() && !fx.root.join("l.tvln").exists());
+    assert_eq!(
+        errno(fx.core.lookup(caller(0), ROOT, name("l"))),
+        libc::ENOENT
+    );
+    // A file replaces the link: the link file goes.
+    fx.put(ALICE, "g", b"new file");
+    fx.core
+        .rename(caller(ALICE), (ROOT, name("g")), (ROOT, name("f")), false)
+        .unwrap();
+    assert_eq!(
+        fx.core.lookup(caller(0), ROOT, name("f")).unwrap().kind,
+        Kind::File
+    );
+    assert!(!fx.root.join("f.tvln").exists());
+    assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"new file");
+    // RENAME_NOREPLACE refuses either kind at the target.
+    fx.core
+        .symlink(caller(ALICE), ROOT, name("l"), b"target")
+        .unwrap();
+    for (from, to) in [("l", "f"), ("f", "l")] {
+        assert_eq!(
+            errno(
+                fx.core
+                    .rename(caller(ALICE), (ROOT, name(from)), (ROOT, name(to)), true)
+            ),
+            libc::EEXIST
+        );
+    }
+    // A symlink that cannot be recorded is refused and leaves nothing.
+    fx.journal.fail(true);
+    assert_eq!(
+        errno(fx.core.symlink(caller(ALICE), ROOT, name("m"), b"x")),
+        libc::EACCES
+    );
+    assert!(!fx.root.join("m.tvln").exists());
 }

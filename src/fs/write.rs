@@ -21,6 +21,7 @@ use crate::access::UserSession;
 use crate::audit::EventKind;
 use crate::container::Ownership;
 use crate::crypto::PublicKey;
+use crate::store::MountKind;
 use crate::sync::lock;
 
 /// The write session of one inode, shared by its writable handles.
@@ -151,8 +152,11 @@ impl Core {
             op,
             || {
                 let user = self.writer(caller)?;
-                if self.store.is_dir(&rel) {
-                    return Err(FsError::new(libc::EISDIR).into());
+                match self.entry_kind(&rel)? {
+                    Some(MountKind::Dir) => return Err(FsError::new(libc::EISDIR).into()),
+                    // The kernel follows a link before it creates; one made meanwhile stays.
+                    Some(MountKind::Link) => return Err(FsError::new(libc::EEXIST).into()),
+                    _ => {}
                 }
                 let slot = self.handle_slot(caller.uid)?;
                 let existing = match self.store.exists(&rel) {

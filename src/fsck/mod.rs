@@ -3,7 +3,8 @@
 //! Without a key, [`check`] looks at everything a reader of the store directory can: the
 //! store configuration, every keyring file, every `.tvlt` container (fixed header, key
 //! slots, and the total-length rule that ties the chunk table to the file size), every
-//! `.tvault-recipients` policy, and temporary files left behind by an interrupted writer.
+//! `.tvault-recipients` policy, every `.tvln` link file, and temporary files left behind by
+//! an interrupted writer.
 //! With a user's private key it also authenticates, for every file that user holds a key
 //! slot for, the slot, the header MAC and every chunk.
 //!
@@ -19,8 +20,8 @@ use crate::crypto::PrivateKey;
 use crate::fsutil;
 use crate::keyring::{self, Keyring};
 use crate::store::{
-    self, Backend, Entry, Kind as PathKind, Store, StoreError, CONTAINER_EXT, MAX_KEYRING_LEN,
-    MAX_POLICY_LEN, META_DIR, RECIPIENTS_FILE,
+    self, Backend, Entry, Kind as PathKind, Link, Store, StoreError, CONTAINER_EXT, LINK_EXT,
+    MAX_KEYRING_LEN, MAX_LINK_LEN, MAX_POLICY_LEN, META_DIR, RECIPIENTS_FILE,
 };
 
 /// A temporary file modified more recently than this may belong to a writer that is still
@@ -59,6 +60,8 @@ pub enum Kind {
     Authentication,
     /// Who a file is encrypted to, or a `.tvault-recipients` policy.
     Recipients,
+    /// A symbolic link of the mount (`.tvln`).
+    Link,
     /// A temporary file left by an interrupted writer.
     TempFile,
     /// Something in the store that tvault ignores (e.g. a name that is not UTF-8).
@@ -75,6 +78,7 @@ impl Kind {
             Kind::Container => "container",
             Kind::Authentication => "authentication",
             Kind::Recipients => "recipients",
+            Kind::Link => "link",
             Kind::TempFile => "temp-file",
             Kind::Ignored => "ignored",
             Kind::Io => "io",
@@ -379,6 +383,7 @@ impl Fsck<'_> {
                 PathKind::Symlink | PathKind::Other => self.special(&rel, entry.kind),
                 PathKind::File if fsutil::is_temp_name(&name) => self.temp_file(&rel),
                 PathKind::File if name == RECIPIENTS_FILE => self.policy(&rel),
+                PathKind::File if name.ends_with(&format!(".{LINK_EXT}")) => self.link(&rel),
                 PathKind::File => {
                     if let Some(stem) = rel.strip_suffix(&format!(".{CONTAINER_EXT}")) {
                         match store::validate_rel(stem) {
@@ -437,6 +442,45 @@ impl Fsck<'_> {
             Err(e) => self
                 .report
                 .warning(Kind::TempFile, path, format!("{WHAT}: {e}")),
+        }
+    }
+
+    /// A link file must parse, and show: a directory or container of the same name hides it
+    /// (left by a store writer, or by a rename that replaced a file by a link, or a link by
+    /// a file, interrupted between its two steps).
+    fn link(&mut self, rel: &str) {
+        let path = &self.backend.display_path(rel);
+        let stem = rel
+            .strip_suffix(&format!(".{LINK_EXT}"))
+            .unwrap_or_default();
+        if let Err(e) = store::validate_rel(stem) {
+            return self
+                .report
+                .warning(Kind::Ignored, path, format!("{e}: ignored by tvault"));
+        }
+        match self.backend.read_capped(rel, MAX_LINK_LEN) {
+            Ok(bytes) => {
+                if let Err(e) = Link::decode(&bytes) {
+                    return self.report.error(Kind::Link, path, e.to_string());
+                }
+            }
+            Err(e @ StoreError::TooLarge { .. }) => {
+                return self.report.error(Kind::Link, path, e.to_string())
+            }
+            Err(e) => return self.store_error(path, e),
+        }
+        let container = format!("{stem}.{CONTAINER_EXT}");
+        for (other, what) in [(stem, PathKind::Dir), (container.as_str(), PathKind::File)] {
+            if self.backend.kind(other).ok().flatten() == Some(what) {
+                self.report.warning(
+                    Kind::Link,
+                    path,
+                    format!(
+                        "hidden by {}: the mount shows that instead (remove the one you do not want)",
+                        self.backend.display_path(other).display()
+                    ),
+                );
+            }
         }
     }
 

@@ -153,3 +153,41 @@ fn not_a_store() {
         ]
     );
 }
+
+#[test]
+fn link_files_are_checked_not_reported_as_junk() {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("s");
+    fs::create_dir(&dir).unwrap();
+    let (store, _private, _path) = store_with_file(&dir);
+    let link = |target: &[u8]| Link {
+        own: crate::container::Ownership::new(Some("alice".into()), 0, 0o777),
+        target: target.to_vec(),
+    };
+    store.symlink("m/good", &link(b"w.bin")).unwrap();
+    store.symlink("dangling", &link(b"nowhere")).unwrap();
+    assert!(check(&dir, &Options::default()).unwrap().is_clean());
+    fs::write(dir.join("m/bad.tvln"), b"TVLN\x01\x00").unwrap();
+    fs::write(dir.join("m/huge.tvln"), vec![0u8; 5000]).unwrap();
+    fs::write(dir.join("m/w.bin.tvln"), link(b"x").encode().unwrap()).unwrap();
+    let report = check(&dir, &Options::default()).unwrap();
+    let found: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| {
+            let name = p.path.file_name().unwrap().to_string_lossy().into_owned();
+            (p.severity, p.kind, name)
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Severity::Error, Kind::Link, "bad.tvln".to_string()),
+            (Severity::Error, Kind::Link, "huge.tvln".to_string()),
+            (Severity::Warning, Kind::Link, "w.bin.tvln".to_string()),
+        ],
+        "{:?}",
+        report.problems
+    );
+    assert!(report.problems[2].message.contains("w.bin.tvlt"));
+}

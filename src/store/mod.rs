@@ -6,19 +6,22 @@
 //! STORE/.tvault/users/NAME.json   one keyring per user
 //! STORE/REL.tvlt                  the encrypted form of plaintext file REL
 //! STORE/DIR/.tvault-dir           owner, group and mode of directory DIR (and of the root)
+//! STORE/REL.tvln                  symbolic link REL (its target in the clear)
 //! ```
 //! Every path goes through the backend, which never follows a link, opens only regular files
 //! and directories and reads small files with a cap (`backend.rs`; the local directory
 //! backend is the gate in `dir.rs`), and every write is atomic, so an interrupted command
 //! leaves the store as it was. By job: `users.rs` (keyrings), `policy.rs` (recipients of new
 //! files), `files.rs` (put, read, grant, revoke, listings), `namespace.rs` (what the mount
-//! shows and changes), `node.rs` (what a mount path is), `draft.rs` (new versions written
-//! through the mount), `ownership.rs` (owners, groups and modes: `.tvault-dir`, chown).
+//! shows and changes), `node.rs` (what a mount path is), `links.rs` (symbolic links,
+//! `REL.tvln`), `draft.rs` (new versions written through the mount), `ownership.rs` (owners,
+//! groups and modes: `.tvault-dir`, chown).
 
 mod backend;
 mod dir;
 mod draft;
 mod files;
+mod links;
 mod namespace;
 mod node;
 mod ownership;
@@ -39,6 +42,8 @@ pub(crate) use backend::{Backend, Blob, Entry, Kind, Meta, SetTime, Stage, Statu
 use dir::Gate;
 pub(crate) use draft::StoreDraft;
 pub(crate) use files::PutOptions;
+pub use links::{Link, LinkError, MAX_TARGET_LEN};
+pub(crate) use links::{MountKind, LINK_EXT, LINK_MODE, MAX_LINK_LEN};
 pub(crate) use node::Node;
 pub use ownership::DirMetaError;
 pub(crate) use ownership::{legacy_dir, DIR_META_FILE};
@@ -119,6 +124,8 @@ pub enum StoreError {
     TooLarge { path: PathBuf, limit: u64 },
     #[error("{path}: directory metadata {why}; tvault never guesses a directory's owner and mode (remove it, then set them with `tvault chown`)")]
     BadDirMeta { path: PathBuf, why: DirMetaError },
+    #[error("{path}: {why} (not written by tvault, or damaged; remove it)")]
+    BadLink { path: PathBuf, why: LinkError },
     #[error("{0}: not a local directory; give the audit log a local path (--audit-log)")]
     NotLocal(PathBuf),
 }

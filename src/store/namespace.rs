@@ -1,10 +1,12 @@
 //! The store as the mount shows and changes it: directory listings, and the namespace
-//! operations (mkdir, rmdir, unlink, rename, times), each by validated path.
+//! operations (mkdir, rmdir, unlink, rename, times), each by validated path. Links have
+//! their own operations in `links.rs`.
 
 use std::io;
 
+use super::links::LINK_EXT;
 use super::ownership::{dir_meta_rel, DIR_META_FILE, MAX_DIR_META_LEN};
-use super::{container_rel, validate_rel, Kind, Result, SetTime, Store, StoreError};
+use super::{container_rel, validate_rel, Kind, MountKind, Result, SetTime, Store, StoreError};
 use super::{CONTAINER_EXT, DIR_MODE, FILE_MODE, META_DIR};
 use crate::container::Ownership;
 use crate::fsutil;
@@ -25,18 +27,20 @@ fn temp_beside(rel: &str) -> io::Result<String> {
 }
 
 /// An entry of a store directory as the mount shows it: a container `NAME.tvlt` is the file
-/// `NAME`; other files, links and special files are not shown.
+/// `NAME`, a link file `NAME.tvln` the link `NAME`; other files, OS symlinks and special
+/// files are not shown.
 #[derive(Debug, Clone)]
 pub struct MountEntry {
     pub name: String,
-    pub is_dir: bool,
+    pub kind: MountKind,
 }
 
 impl Store {
     /// What the mount shows in directory `rel`, sorted by name: subdirectories and files
     /// (containers). One pass over the directory.
     pub(crate) fn list_mount_dir(&self, rel: &str) -> Result<Vec<MountEntry>> {
-        let suffix = format!(".{CONTAINER_EXT}");
+        let file_suffix = format!(".{CONTAINER_EXT}");
+        let link_suffix = format!(".{LINK_EXT}");
         let mut out: Vec<MountEntry> = Vec::new();
         for entry in self.backend.list(rel)? {
             if (rel.is_empty() && entry.name == META_DIR) || entry.name == DIR_META_FILE {
@@ -47,25 +51,31 @@ impl Store {
                 Kind::Dir if fsutil::is_temp_name(&entry.name) => {}
                 Kind::Dir => out.push(MountEntry {
                     name: entry.name,
-                    is_dir: true,
+                    kind: MountKind::Dir,
                 }),
                 Kind::File => {
-                    if let Some(stem) = entry.name.strip_suffix(&suffix) {
-                        if !stem.is_empty() {
-                            out.push(MountEntry {
-                                name: stem.to_string(),
-                                is_dir: false,
-                            });
-                        }
+                    let (stem, kind) = match entry.name.strip_suffix(&file_suffix) {
+                        Some(stem) => (stem, MountKind::File),
+                        None => match entry.name.strip_suffix(&link_suffix) {
+                            Some(stem) => (stem, MountKind::Link),
+                            None => continue,
+                        },
+                    };
+                    if !stem.is_empty() {
+                        out.push(MountEntry {
+                            name: stem.to_string(),
+                            kind,
+                        });
                     }
                 }
-                // Never shown: the mount has no links or special files (docs/SECURITY.md).
+                // Never shown: OS symlinks and special files in the store are not the mount's
+                // (docs/SECURITY.md); its links are `.tvln` files.
                 Kind::Symlink | Kind::Other => {}
             }
         }
-        // A directory `x` and a container `x.tvlt` side by side: the directory wins (sorted
-        // first, kept by dedup), as in lookups.
-        out.sort_by(|a, b| a.name.cmp(&b.name).then(b.is_dir.cmp(&a.is_dir)));
+        // Several kinds under one name (`x`, `x.tvlt`, `x.tvln`): a directory wins, then a
+        // file (sorted first, kept by dedup), as in lookups.
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.kind.cmp(&b.kind)));
         out.dedup_by(|later, earlier| later.name == earlier.name);
         Ok(out)
     }
@@ -76,12 +86,12 @@ impl Store {
     }
 
     /// Creates directory `rel` with `ownership` in its `.tvault-dir`, refusing a name a file
-    /// already has (and, `EEXIST`, one a directory has). The directory appears complete or
+    /// or link already has (and, `EEXIST`, one a directory has). The directory appears complete or
     /// not at all: it is made under a temporary name, given its `.tvault-dir`, then renamed
     /// into place without replacing anything, so nobody ever sees it with the legacy default
     /// (root's, 0o1777) instead of its own mode.
     pub(crate) fn mkdir(&self, rel: &str, ownership: &Ownership) -> Result<()> {
-        if self.exists(rel)? {
+        if self.mount_kind(rel)?.is_some() {
             return Err(StoreError::FileExists(rel.to_string()));
         }
         let temp = temp_beside(rel).map_err(super::io_err(&self.backend.display_path(rel)))?;
@@ -182,34 +192,62 @@ impl Store {
     }
 
     /// Renames stored file `from` to `to`, replacing a stored `to` unless `noreplace`.
-    pub(crate) fn rename_file(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
+    fn rename_file(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
         self.backend
             .rename(&container_rel(from)?, &container_rel(to)?, noreplace)
     }
 
     /// Renames directory `from` to `to` (an empty directory `to` is replaced, as rename(2)
     /// does, unless `noreplace`).
-    pub(crate) fn rename_dir(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
+    fn rename_dir(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
         validate_rel(from)?;
         validate_rel(to)?;
         self.backend.rename(from, to, noreplace)
     }
 
-    /// Sets the times of stored file `rel`, or of directory `rel` with `dir`.
+    /// Removes mount path `rel`, a `kind` of entry (a directory must be empty).
+    pub(crate) fn remove_entry(&self, rel: &str, kind: MountKind) -> Result<()> {
+        match kind {
+            MountKind::Dir => self.rmdir(rel),
+            MountKind::File => self.remove(rel),
+            MountKind::Link => self.remove_link(rel),
+        }
+    }
+
+    /// Renames mount path `from`, a `kind` of entry, to `to`, replacing an entry of the same
+    /// kind there unless `noreplace`. One of another kind has another name in the store: the
+    /// caller removes it afterwards (see `links.rs` for what shows meanwhile).
+    pub(crate) fn rename_entry(
+        &self,
+        from: &str,
+        to: &str,
+        kind: MountKind,
+        noreplace: bool,
+    ) -> Result<()> {
+        match kind {
+            MountKind::Dir => self.rename_dir(from, to, noreplace),
+            MountKind::File => self.rename_file(from, to, noreplace),
+            MountKind::Link => self.rename_link(from, to, noreplace),
+        }
+    }
+
+    /// Sets the times of mount path `rel`, a `kind` of entry.
     pub(crate) fn set_times(
         &self,
         rel: &str,
-        dir: bool,
+        kind: MountKind,
         atime: Option<SetTime>,
         mtime: Option<SetTime>,
     ) -> Result<()> {
-        let target = if dir {
-            if !rel.is_empty() {
-                validate_rel(rel)?;
+        let target = match kind {
+            MountKind::Dir => {
+                if !rel.is_empty() {
+                    validate_rel(rel)?;
+                }
+                rel.to_string()
             }
-            rel.to_string()
-        } else {
-            container_rel(rel)?
+            MountKind::File => container_rel(rel)?,
+            MountKind::Link => return self.set_link_times(rel, atime, mtime),
         };
         self.backend.set_times(&target, atime, mtime)
     }
@@ -222,7 +260,7 @@ mod tests {
     use std::fs;
 
     #[test]
-    fn mount_listing_hides_links_and_prefers_directories() {
+    fn mount_listing_hides_os_links_and_prefers_directories_then_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::init(dir.path(), container::DEFAULT_CHUNK_LOG2).unwrap();
         fs::create_dir(dir.path().join("x")).unwrap();
@@ -233,16 +271,25 @@ mod tests {
         fs::create_dir(dir.path().join("x").join(".tvault-dir")).unwrap();
         std::os::unix::fs::symlink("/", dir.path().join("z")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("w.tvlt")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("v.tvln")).unwrap();
+        // Links under names a directory or a file holds too are not shown.
+        fs::write(dir.path().join("x.tvln"), b"").unwrap();
+        fs::write(dir.path().join("y.tvln"), b"").unwrap();
         let listed: Vec<_> = store
             .list_mount_dir("")
             .unwrap()
             .into_iter()
-            .map(|e| (e.name, e.is_dir))
+            .map(|e| (e.name, e.kind))
             .collect();
-        assert_eq!(listed, [("x".to_string(), true), ("y".to_string(), false)]);
+        assert_eq!(
+            listed,
+            [
+                ("x".to_string(), MountKind::Dir),
+                ("y".to_string(), MountKind::File)
+            ]
+        );
         assert!(store.list_mount_dir("x").unwrap().is_empty());
     }
-
     #[test]
     fn mkdir_writes_metadata_and_rmdir_removes_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -266,10 +313,7 @@ mod tests {
             "no temporary directory is left"
         );
         let exists = store.mkdir("d", &alice).unwrap_err();
-        assert!(
-            matches!(&exists, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists),
-            "{exists}"
-        );
+        assert!(matches!(&exists, StoreError::FileExists(_)), "{exists}");
         assert_eq!(store.dir_ownership("d").unwrap(), alice, "not replaced");
         // Nested, keeping what exists.
         let mut asked = Vec::new();

@@ -129,6 +129,9 @@ impl Store {
             }
             return self.write_dir_meta(rel, ownership);
         }
+        if self.mount_kind(rel)? == Some(super::MountKind::Link) {
+            return self.set_link_ownership(rel, ownership);
+        }
         let target = container_rel(rel)?;
         let path = self.backend.display_path(&target);
         let container = self.open_container(rel)?;
