@@ -11,6 +11,7 @@ mod passphrase;
 mod put_cmds;
 mod resolve;
 mod store_cmds;
+mod why_cmd;
 
 use std::path::PathBuf;
 
@@ -262,6 +263,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether you can read and write a path on a mount and, if not, why and what to do
+    /// (exit status 0 when you can read it)
+    Why {
+        /// Any path on a mount (or the mountpoint)
+        path: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Unmount a tvault mount
     Umount {
         /// The mountpoint, any path on the mount, or a path in the store it serves
@@ -466,6 +476,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Unlock { path, pass } => mount_cmds::unlock(&path, &pass),
         Command::Lock { path, force } => mount_cmds::lock(&path, force),
         Command::Status { path, json } => mount_cmds::status(&path, json),
+        Command::Why { path, json } => why_cmd::why(&path, json),
         Command::Umount { path } => mount_cmds::umount(&path),
         Command::Audit(args) => audit_cmds::audit(&args),
         Command::Access(args) => audit_cmds::access(&args),

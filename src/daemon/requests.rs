@@ -148,6 +148,7 @@ impl DaemonControl {
         let session = self.shared.access.session(peer.uid);
         Ok(json!({
             "path": path,
+            "store": self.store_path.display().to_string(),
             "uid": peer.uid,
             "user": session.map(|s| s.name.clone()),
             "kind": if why.kind == crate::fs::Kind::Dir { "directory" } else { "file" },
