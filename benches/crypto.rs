@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use tensorvault::container::{Container, Reader, Writer};
+use tensorvault::container::{Container, Ownership, Reader, Writer};
 use tensorvault::crypto::{FileKeys, PrivateKey, SecretKey, FILE_ID_LEN};
 use tensorvault::safetensors;
 
@@ -124,7 +124,15 @@ fn in_memory_reader(chunk_log2: u8) -> Reader<Vec<u8>> {
     let user = PrivateKey::generate().unwrap();
     let data_key = SecretKey::generate().unwrap();
     let recipients = [("bench".to_string(), user.public_key())];
-    let mut w = Writer::new(Cursor::new(Vec::new()), &data_key, chunk_log2, &recipients).unwrap();
+    let ownership = Ownership::new(Some("bench".into()), 0, 0o644);
+    let mut w = Writer::new(
+        Cursor::new(Vec::new()),
+        &data_key,
+        chunk_log2,
+        &recipients,
+        &ownership,
+    )
+    .unwrap();
     w.write_all(&filler(CONTAINER_LEN)).unwrap();
     let bytes = w.finish().unwrap().into_inner();
     let container = Container::parse(bytes).unwrap();

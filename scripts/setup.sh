@@ -11,6 +11,8 @@ missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v getfattr >/dev/null 2>&1 || missing+=(attr)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# The copy tests run `rsync -a` into the mount.
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 # Debian's python (not a per-user install) so that the tests' other uids can run it too.
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
@@ -23,10 +25,12 @@ fi
 # The demo and the tests run Python as other uids, so the venv lives where every uid can
 # reach it (the checkout may sit in a private home directory).
 VENV="${TVAULT_VENV:-/var/tmp/tvault-venv}"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import safetensors, numpy' >/dev/null 2>&1; then
-  echo "setup: creating $VENV with safetensors and numpy" >&2
-  /usr/bin/python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check safetensors numpy
+# transformers (without torch: configs and tokenizers load without it) for the Hugging Face
+# hub cache test.
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import safetensors, numpy, transformers' >/dev/null 2>&1; then
+  echo "setup: creating $VENV with safetensors, numpy and transformers" >&2
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check safetensors numpy transformers
 fi
 
 cargo build --release --quiet

@@ -35,6 +35,65 @@ pub enum Denial {
     /// The store could not be read.
     #[error(transparent)]
     StoreError(#[from] StoreError),
+    /// POSIX ownership and mode bits refuse it, whatever the key slots say.
+    #[error(transparent)]
+    Mode(ModeDenial),
+}
+
+/// What an operation needed of an entry's ownership or mode, and did not get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeNeed {
+    Read,
+    Write,
+    /// Execute (search) permission on a directory, or execute on a file.
+    Execute,
+    /// Only the owner may do it (chmod, setting explicit times).
+    Owner,
+    /// Only root may give an entry away (chown to another uid, chgrp to a foreign group).
+    Chown,
+    /// The directory is sticky: only the entry's or the directory's owner may remove it.
+    Sticky,
+}
+
+/// A refusal by mode bits: which entry (its mount path), what was needed, and the entry's
+/// owner and mode as the mount shows them, so that the message says whom to ask.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct ModeDenial {
+    pub need: ModeNeed,
+    pub path: String,
+    pub dir: bool,
+    pub owner: Option<String>,
+    pub mode: u16,
+}
+
+impl ModeDenial {
+    fn describe(&self) -> String {
+        let what = if self.dir { "directory" } else { "file" };
+        let path = format!("/{}", self.path);
+        let owner = self.owner.as_deref().unwrap_or("root");
+        let mode = format!("{:04o}", self.mode);
+        match self.need {
+            ModeNeed::Read => {
+                format!("no read permission on {what} {path} (owner {owner}, mode {mode})")
+            }
+            ModeNeed::Write => {
+                format!("no write permission on {what} {path} (owner {owner}, mode {mode})")
+            }
+            ModeNeed::Execute if self.dir => {
+                format!("no search permission on directory {path} (owner {owner}, mode {mode})")
+            }
+            ModeNeed::Execute => {
+                format!("no execute permission on {path} (owner {owner}, mode {mode})")
+            }
+            ModeNeed::Owner => format!("only the owner ({owner}) may change {path}"),
+            ModeNeed::Chown => format!("only root may give {path} to another owner or group"),
+            ModeNeed::Sticky => format!(
+                "{path} is in a sticky directory: only its owner or the directory's may remove or \
+                 replace it"
+            ),
+        }
+    }
 }
 
 impl Denial {
@@ -45,6 +104,7 @@ impl Denial {
             Denial::NoKeySlot => "no-key-slot",
             Denial::Integrity(_) => "integrity",
             Denial::StoreError(_) => "store-error",
+            Denial::Mode(_) => "mode",
         }
     }
 }

@@ -40,9 +40,13 @@ pub enum Request {
         force: bool,
     },
     Status,
+    /// Whether the caller can read and write `path` (relative to the mountpoint), and why not.
+    Why {
+        path: String,
+    },
     /// Unmount (the daemon's owner or root only).
     Umount,
-    /// A store change made outside the mount (grant, revoke), recorded in the daemon's audit
+    /// A store change made outside the mount (grant, revoke, chown), recorded in the daemon's audit
     /// log (the daemon's owner or root only).
     AuditNote {
         event: String,
@@ -65,6 +69,7 @@ impl Drop for Request {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer {
     pub uid: u32,
+    pub gid: u32,
     pub pid: i32,
 }
 
@@ -97,11 +102,12 @@ pub(crate) fn runtime_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/tvault"))
 }
 
-/// The socket path for a mountpoint (which must exist, to be canonicalized).
-pub(crate) fn socket_path(mountpoint: &Path) -> io::Result<PathBuf> {
-    let canonical = std::fs::canonicalize(mountpoint)?;
-    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
-    Ok(runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16]))))
+/// The socket path for a mountpoint, given canonical (as the daemon canonicalizes it when it
+/// mounts, and as the mount table lists it): the mountpoint is not looked at, so this also
+/// names the socket of a dead mount, whose mountpoint no longer resolves.
+pub(crate) fn socket_path(mountpoint: &Path) -> PathBuf {
+    let digest = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    runtime_dir().join(format!("{}.sock", hex::encode(&digest[..16])))
 }
 
 fn peer_cred(stream: &UnixStream) -> io::Result<Peer> {
@@ -126,6 +132,7 @@ fn peer_cred(stream: &UnixStream) -> io::Result<Peer> {
     }
     Ok(Peer {
         uid: cred.uid,
+        gid: cred.gid,
         pid: cred.pid,
     })
 }
@@ -316,7 +323,11 @@ fn encode_request(request: &Request) -> Result<Zeroizing<Vec<u8>>, ClientError> 
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientError {
-    #[error("{mountpoint}: no tvault daemon answers for this mountpoint ({source}); is it mounted with `tvault mount`?")]
+    /// The OS error ends the message, so that the error-chain printer does not repeat it.
+    #[error(
+        "{mountpoint} is a tvault mount but its daemon does not answer (if the daemon is gone, \
+         `tvault umount {mountpoint}` detaches the mount): {source}"
+    )]
     NoDaemon {
         mountpoint: String,
         source: io::Error,
@@ -334,7 +345,8 @@ pub(crate) enum ClientError {
     Refused(String),
 }
 
-/// Sends one request to the daemon serving `mountpoint` and returns its response body.
+/// Sends one request to the daemon serving `mountpoint` (canonical, see [`socket_path`]) and
+/// returns its response body.
 pub(crate) fn call(
     mountpoint: &Path,
     request: &Request,
@@ -345,8 +357,7 @@ pub(crate) fn call(
         source,
     };
     let text = encode_request(request)?;
-    let connected = socket_path(mountpoint).and_then(|path| {
-        let stream = UnixStream::connect(&path)?;
+    let connected = UnixStream::connect(socket_path(mountpoint)).and_then(|stream| {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(stream)

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, Caller, Core, FsError, Kind, Opened};
+use crate::fs::{Attr, Caller, Changes, Core, FsError, Kind, Opened};
 use crate::store::SetTime;
 
 /// Attributes and entries are cached by the kernel this long; opens always reach the core,
@@ -41,6 +41,7 @@ pub fn invalidator(notifier: Notifier) -> crate::fs::Invalidator {
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
+        gid: req.gid(),
         pid: req.pid(),
     }
 }
@@ -137,10 +138,12 @@ impl Filesystem for FuseAdapter {
         self.core.shut_down();
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guarded("lookup", || match self.core.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno("lookup", e)),
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guarded("lookup", || {
+            match self.core.lookup(caller(req), parent.0, name) {
+                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno("lookup", e)),
+            }
         });
     }
 
@@ -207,13 +210,16 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         guarded("create", || {
-            match self.core.create(caller(req), parent.0, name, flags) {
+            match self
+                .core
+                .create(caller(req), (parent.0, name), (mode, umask), flags)
+            {
                 Ok((attr, opened)) => reply.created(
                     &TTL,
                     &file_attr(&attr),
@@ -314,9 +320,9 @@ impl Filesystem for FuseAdapter {
         &self,
         req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
@@ -329,10 +335,17 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         guarded("setattr", || {
-            let times = (set_time(atime), set_time(mtime));
+            let changes = Changes {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: set_time(atime),
+                mtime: set_time(mtime),
+            };
             match self
                 .core
-                .setattr(caller(req), ino.0, fh.map(|f| f.0), size, times)
+                .setattr(caller(req), ino.0, fh.map(|f| f.0), changes)
             {
                 Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
                 Err(e) => reply.error(errno("setattr", e)),
@@ -345,12 +358,15 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            match self.core.mkdir(caller(req), parent.0, name) {
+            match self
+                .core
+                .mkdir(caller(req), (parent.0, name), (mode, umask))
+            {
                 Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno("mkdir", e)),
             }
@@ -454,6 +470,27 @@ impl Filesystem for FuseAdapter {
     ) {
         // Python's open() asks isatty (TCGETS) of every file: not a terminal.
         reply.error(Errno::ENOTTY);
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        guarded("access", || {
+            match self.core.access(caller(req), ino.0, mask.bits()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("access", e)),
+            }
+        });
+    }
+
+    /// Hard links would need one container at two names: not supported, as on vfat.
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

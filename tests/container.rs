@@ -1,6 +1,8 @@
 //! `.tvlt` container tests through the public API: byte-exact round trips, random-access reads,
 //! tamper detection with the exact `ContainerError` each alteration produces, key-slot rewrites
-//! and concurrent reads. The byte layout itself is pinned by tests/vectors.rs.
+//! and concurrent reads. The byte layout itself is pinned by tests/vectors.rs. Every container
+//! here ends its slot section with [`owned`]'s ownership record, which (like the key slots) is
+//! outside the header MAC: changes to it are the only ones a reader does not refuse.
 
 use std::io::Cursor;
 use std::ops::Range;
@@ -9,12 +11,25 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 
 use tensorvault::container::{
-    self, Container, ContainerError, FixedHeader, KeySlot, Reader, Writer, FIXED_HEADER_LEN,
-    MACED_HEADER_LEN, TABLE_ENTRY_LEN,
+    self, Container, ContainerError, FixedHeader, KeySlot, Ownership, Reader, Writer,
+    FIXED_HEADER_LEN, TABLE_ENTRY_LEN,
 };
 use tensorvault::crypto::{FileKeys, PrivateKey, SecretKey};
 
 const MAC_LEN: usize = 32;
+/// The length of [`owned`]'s record: owner length, "alice", gid, mode.
+const RECORD_LEN: usize = 1 + 5 + 4 + 2;
+
+/// The ownership record of the test containers.
+fn owned() -> Ownership {
+    Ownership::new(Some("alice".into()), 1001, 0o640)
+}
+
+/// Where the ownership record of a container lies: the end of the slot section.
+fn record(bytes: &[u8]) -> Range<usize> {
+    let data = Regions::of(bytes).data;
+    data - RECORD_LEN..data
+}
 
 /// Fixed identities keep the tests reproducible apart from the nonces the code draws itself.
 fn alice() -> PrivateKey {
@@ -50,7 +65,7 @@ fn encrypt_in_pieces(
         .iter()
         .map(|(n, k)| (n.to_string(), k.public_key()))
         .collect();
-    let mut w = Writer::new(Cursor::new(Vec::new()), &dk, log2, &recipients).unwrap();
+    let mut w = Writer::new(Cursor::new(Vec::new()), &dk, log2, &recipients, &owned()).unwrap();
     for p in data.chunks(piece.max(1)) {
         w.write_all(p).unwrap();
     }
@@ -75,8 +90,9 @@ fn encrypt_with_id(
         .iter()
         .map(|(n, k)| KeySlot::seal(&file_id, n, &k.public_key(), dk).unwrap())
         .collect();
-    let slots = container::encode_slots(&slots).unwrap();
+    let slots = container::encode_slot_section(&slots, &owned()).unwrap();
     let header = FixedHeader {
+        version: container::VERSION,
         file_id,
         chunk_log2: log2,
         plaintext_len: data.len() as u64,
@@ -94,7 +110,7 @@ fn encrypt_with_id(
         table.extend_from_slice(&tag);
     }
     let encoded = header.encode();
-    let mac = keys.header_mac(&[&encoded[..MACED_HEADER_LEN], &table]);
+    let mac = keys.header_mac(&[&header.maced(), &table]);
     [&encoded[..], &slots, &body, &table, &mac].concat()
 }
 
@@ -177,7 +193,7 @@ fn round_trip(log2: u8) {
         // Total-length rule: header + slots + ciphertext + 28 B per chunk + MAC.
         let chunks = container::chunk_count(size as u64, log2) as usize;
         assert_eq!(chunks, size.div_ceil(cs).max(1));
-        let slots_len = 2 + 1 + 5 + 92;
+        let slots_len = 2 + 1 + 5 + 92 + RECORD_LEN;
         assert_eq!(
             bytes.len(),
             FIXED_HEADER_LEN + slots_len + size + TABLE_ENTRY_LEN * chunks + MAC_LEN,
@@ -241,7 +257,7 @@ fn bad_chunk_sizes_are_refused() {
     let dk = SecretKey::generate().unwrap();
     for log2 in [0, 11, 21, 64] {
         assert!(matches!(
-            Writer::new(Cursor::new(Vec::new()), &dk, log2, &[]),
+            Writer::new(Cursor::new(Vec::new()), &dk, log2, &[], &owned()),
             Err(ContainerError::ChunkSize(n)) if n == log2
         ));
     }
@@ -332,7 +348,8 @@ fn tamper_base() -> &'static (Vec<u8>, Vec<u8>, SecretKey) {
 }
 
 /// The error a single-byte change at `pos` of a one-recipient ("alice") container must give
-/// when opened as alice, from the reader's verification order in docs/FORMAT.md.
+/// when opened as alice, from the reader's verification order in docs/FORMAT.md. (A change
+/// inside the ownership record may also go unnoticed: see [`unnoticed`].)
 fn expected_error(original: &[u8], tampered: &[u8], pos: usize, err: &ContainerError) -> bool {
     use ContainerError::*;
     let r = Regions::of(original);
@@ -348,10 +365,11 @@ fn expected_error(original: &[u8], tampered: &[u8], pos: usize, err: &ContainerE
     let label_start = FIXED_HEADER_LEN + 2;
     match pos {
         0..=3 => matches!(err, NotAContainer),
-        4 | 5 => {
-            let v = u16::from_le_bytes([tampered[4], tampered[5]]);
-            matches!(err, UnsupportedVersion(x) if *x == v)
-        }
+        4 | 5 => match u16::from_le_bytes([tampered[4], tampered[5]]) {
+            // Version 1 has no record: its bytes are left over after the last slot.
+            1 => matches!(err, TrailingSlotBytes(n) if *n == RECORD_LEN),
+            v => matches!(err, UnsupportedVersion(x) if *x == v),
+        },
         6 => {
             let log2 = tampered[6];
             if !(12..=20).contains(&log2) {
@@ -386,21 +404,28 @@ fn expected_error(original: &[u8], tampered: &[u8], pos: usize, err: &ContainerE
                 size_or_overflow(FixedHeader { slots_len: sl, ..h })
             }
         }
-        // Slot count: more slots than the section holds, or bytes left after fewer.
-        64 | 65 => matches!(err, TruncatedSlot { .. } | TrailingSlotBytes(_)),
+        // Slot count: more slots than the section holds, or, after fewer, slot bytes that
+        // are no ownership record.
+        64 | 65 => matches!(
+            err,
+            TruncatedSlot { .. } | Ownership(_) | TrailingRecordBytes(_)
+        ),
         // Label length and label.
         p if p < label_start + 1 + 5 => {
             matches!(
                 err,
                 TruncatedSlot { .. }
-                    | TrailingSlotBytes(_)
+                    | Ownership(_)
+                    | TrailingRecordBytes(_)
                     | LabelNotUtf8 { index: 0 }
                     | EmptyLabel
                     | LabelControlCharacter(_)
             ) || matches!(err, NoSlot(l) if l == "alice")
         }
         // Ephemeral key, nonce, wrapped key.
-        p if p < r.data => matches!(err, SlotAuthentication(l) if l == "alice"),
+        p if p < r.data - RECORD_LEN => matches!(err, SlotAuthentication(l) if l == "alice"),
+        // The record: its length, an owner name that is not one, mode bits out of range.
+        p if p < r.data => matches!(err, Ownership(_) | TrailingRecordBytes(_)),
         p if p < r.table => {
             matches!(err, ChunkAuthentication { index } if *index == ((p - r.data) / r.cs) as u64)
         }
@@ -409,25 +434,37 @@ fn expected_error(original: &[u8], tampered: &[u8], pos: usize, err: &ContainerE
     }
 }
 
+/// Whether a change at `pos` that a reader accepted is one it may accept: inside the
+/// ownership record (outside the MAC, docs/FORMAT.md), giving the right plaintext and another
+/// record, valid but not the one written.
+fn unnoticed(original: &[u8], tampered: &[u8], pos: usize, plain: &[u8], expected: &[u8]) -> bool {
+    let seen = Container::parse(tampered.to_vec()).map(|c| c.ownership().clone());
+    record(original).contains(&pos) && plain == expected && seen.is_ok_and(|o| o != owned())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     /// Any single-byte change anywhere in a one-recipient container is refused, with the error
     /// its region calls for; never a panic, never plaintext.
     #[test]
-    fn any_byte_change_is_caught(pos in 0usize..(2 * 4096 + 100 + 64 + 100 + 3 * 28 + 32), xor in 1u8..=255) {
-        let (_, bytes, _) = tamper_base();
-        prop_assert_eq!(bytes.len(), 2 * 4096 + 100 + 64 + 100 + 3 * 28 + 32);
+    fn any_byte_change_is_caught(pos in 0usize..(2 * 4096 + 100 + 64 + 100 + RECORD_LEN + 3 * 28 + 32), xor in 1u8..=255) {
+        let (data, bytes, _) = tamper_base();
+        prop_assert_eq!(bytes.len(), 2 * 4096 + 100 + 64 + 100 + RECORD_LEN + 3 * 28 + 32);
         let mut b = bytes.clone();
         b[pos] ^= xor;
         match read_all(b.clone(), "alice", &alice()) {
-            Ok(_) => prop_assert!(false, "change at {} (xor {:#x}) went unnoticed", pos, xor),
+            Ok(plain) => prop_assert!(
+                unnoticed(bytes, &b, pos, &plain, data),
+                "change at {} (xor {:#x}) went unnoticed", pos, xor
+            ),
             Err(e) => prop_assert!(expected_error(bytes, &b, pos, &e), "pos {} xor {:#x}: {:?}", pos, xor, e),
         }
     }
 
-    /// With two recipients, alice's view is unaffected only by changes inside bob's slot (slots
-    /// are not covered by the header MAC); anything else is refused. Never wrong plaintext.
+    /// With two recipients, alice's view is unaffected only by changes inside bob's slot and
+    /// the ownership record (neither is covered by the header MAC); anything else is refused.
+    /// Never wrong plaintext.
     #[test]
     fn two_recipient_changes(pos in 0usize..4096, xor in 1u8..=255) {
         static FILE: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
@@ -440,13 +477,14 @@ proptest! {
         // bob's slot follows alice's: label length, "bob", then 92 bytes of key material.
         let bob_len = FIXED_HEADER_LEN + 2 + 1 + 5 + 92;
         let (bob_label, bob_key) = (bob_len + 1..bob_len + 4, bob_len + 4..bob_len + 4 + 92);
+        let record = bob_key.end..bob_key.end + RECORD_LEN;
         let mut b = bytes.clone();
         b[pos] ^= xor;
         match read_all(b, "alice", &alice()) {
             Ok(plain) => {
                 prop_assert!(&plain == data, "wrong plaintext after a change at {}", pos);
                 prop_assert!(
-                    bob_label.contains(&pos) || bob_key.contains(&pos),
+                    bob_label.contains(&pos) || bob_key.contains(&pos) || record.contains(&pos),
                     "change at {} went unnoticed", pos
                 );
             }
@@ -461,16 +499,26 @@ proptest! {
 #[test]
 fn every_byte_of_a_small_file_is_covered() {
     let alice = alice();
-    let (bytes, _) = encrypt(&pseudo_random(100, 1), 12, &[("alice", &alice)]);
+    let data = pseudo_random(100, 1);
+    let (bytes, _) = encrypt(&data, 12, &[("alice", &alice)]);
+    let mut unnoticed_changes = 0;
     for pos in 0..bytes.len() {
         for xor in [0x01, 0x80] {
             let mut b = bytes.clone();
             b[pos] ^= xor;
-            let err = read_all(b.clone(), "alice", &alice)
-                .expect_err(&format!("change at {pos} went unnoticed"));
-            assert!(expected_error(&bytes, &b, pos, &err), "pos {pos}: {err:?}");
+            match read_all(b.clone(), "alice", &alice) {
+                Ok(plain) => {
+                    assert!(unnoticed(&bytes, &b, pos, &plain, &data), "change at {pos}");
+                    unnoticed_changes += 1;
+                }
+                Err(err) => assert!(expected_error(&bytes, &b, pos, &err), "pos {pos}: {err:?}"),
+            }
         }
     }
+    // Exactly these: the 5 name bytes xor 1 (still a name), the 4 gid bytes both ways, the
+    // mode's low byte both ways and its high byte xor 1 (0o0640 to 0o0240 stays within
+    // 0o7777).
+    assert_eq!(unnoticed_changes, 5 + 8 + 2 + 1);
 }
 
 #[test]
@@ -507,10 +555,10 @@ fn header_changes() {
     ));
 
     let mut b = bytes.clone();
-    b[4] = 2;
+    b[4] = 3;
     assert!(matches!(
         read_all(b, "alice", &alice),
-        Err(ContainerError::UnsupportedVersion(2))
+        Err(ContainerError::UnsupportedVersion(3))
     ));
 
     for (at, v) in [(7, 1), (32, 1), (59, 0x80)] {
@@ -613,18 +661,21 @@ fn slot_changes() {
         structural(64, 2),
         ContainerError::TruncatedSlot { index: 1, count: 2 }
     ));
+    // No slots: the slot's bytes are read as an ownership record, and are not one.
     assert!(matches!(
         structural(64, 0),
-        ContainerError::TrailingSlotBytes(98)
+        ContainerError::Ownership(_) | ContainerError::TrailingRecordBytes(_)
     ));
+    // A label running one byte past the record.
     assert!(matches!(
-        structural(66, 6),
+        structural(66, (5 + RECORD_LEN + 1) as u8),
         ContainerError::TruncatedSlot { index: 0, count: 1 }
     ));
-    // "alic", the 92 key bytes from the "e" on, and one byte left over.
+    // "alic", the 92 key bytes from the "e" on, and one byte before the record: the record
+    // then starts a byte early and does not parse.
     assert!(matches!(
         structural(66, 4),
-        ContainerError::TrailingSlotBytes(1)
+        ContainerError::Ownership(_) | ContainerError::TrailingRecordBytes(_)
     ));
     assert!(matches!(
         structural(67, 0xff),
@@ -869,7 +920,7 @@ fn grant_like_slot_rewrite_keeps_data() {
     // No slots at all is a valid container (count 0): readable only with the data key.
     let mut none = Vec::new();
     c.write_with_slots(&[], &mut none).unwrap();
-    assert_eq!(Regions::of(&none).data, FIXED_HEADER_LEN + 2);
+    assert_eq!(Regions::of(&none).data, FIXED_HEADER_LEN + 2 + RECORD_LEN);
     let c = Container::parse(none.clone()).unwrap();
     assert!(c.slots().is_empty());
     assert_eq!(read_all_with_key(none, &dk).unwrap(), data);

@@ -592,7 +592,7 @@ fn mount_errors_are_clear() {
     let err = fails(&["mount", s(&fx.store), s(&fx.mnt), "--foreground"], "");
     assert!(err.contains("already a mount point"), "{err}");
     let err = fails(&["unlock", s(&fx.path("empty"))], "pw\n");
-    assert!(err.contains("no tvault daemon"), "{err}");
+    assert!(err.contains("no tvault mount contains"), "{err}");
     for bad in ["3K", "32M", "6000"] {
         let err = fails(&["mount", s(&fx.store), s(&fx.mnt), "--readahead", bad], "");
         assert!(

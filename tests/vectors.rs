@@ -7,7 +7,12 @@
 //!
 //! ```text
 //! cargo test --test vectors -- --ignored generate     # rewrites tests/vectors/
+//! cargo test --test vectors -- --ignored --exact rewrite_v2_vectors   # only the version 2 ones
 //! ```
+//!
+//! The first six positive vectors and `negative.json` are version 1 containers (no ownership
+//! record), as earlier builds wrote them; the `owned` and `root-owned` vectors and
+//! `negative-v2.json` are version 2, which this build writes.
 //!
 //! The other tests read every vector and check it twice: through the crate's public API, and
 //! through `reference`, an independent reader written from docs/FORMAT.md with nothing but the
@@ -26,8 +31,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use tensorvault::container::{
-    self, Container, ContainerError, FixedHeader, KeySlot, Writer, FIXED_HEADER_LEN,
-    MACED_HEADER_LEN, TABLE_ENTRY_LEN,
+    self, Container, ContainerError, FixedHeader, KeySlot, Ownership, Writer, FIXED_HEADER_LEN,
+    TABLE_ENTRY_LEN,
 };
 use tensorvault::crypto::{FileKeys, KdfParams, PrivateKey, PublicKey, SecretKey};
 use tensorvault::keyring::{self, Keyring};
@@ -111,9 +116,13 @@ mod reference {
         [file_id, &index.to_le_bytes()[..], &[u8::from(last)]].concat()
     }
 
+    /// The MAC over the first 60 header bytes, with the version field (bytes 4..6) taken as
+    /// 1, and the chunk table.
     pub fn header_mac(mac_key: &[u8; 32], header: &[u8], table: &[u8]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(mac_key).expect("any key length");
-        mac.update(header);
+        let mut header = header.to_vec();
+        header[4..6].copy_from_slice(&1u16.to_le_bytes());
+        mac.update(&header);
         mac.update(table);
         mac.finalize().into_bytes().into()
     }
@@ -145,12 +154,23 @@ mod reference {
         pub sealed: [u8; 48],
     }
 
+    /// An ownership record: owner (None: root), gid, mode.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Record {
+        pub owner: Option<String>,
+        pub gid: u32,
+        pub mode: u16,
+    }
+
     pub struct Parsed {
+        pub version: u16,
         pub file_id: [u8; 16],
         pub chunk_log2: u8,
         pub plaintext_len: u64,
         pub slots_len: u32,
         pub slots: Vec<Slot>,
+        /// The record of a version 2 file; None in version 1.
+        pub ownership: Option<Record>,
         pub chunk_count: u64,
         pub data: usize,
         pub table: usize,
@@ -166,6 +186,36 @@ mod reference {
         json!({"kind": "Malformed"})
     }
 
+    fn bad_record() -> Value {
+        json!({"kind": "Ownership"})
+    }
+
+    /// `owner_len u8 ‖ owner ‖ gid u32le ‖ mode u16le`, exactly filling `s`.
+    fn record(s: &[u8]) -> Result<Record, Value> {
+        let (&n, rest) = s.split_first().ok_or_else(bad_record)?;
+        let n = n as usize;
+        if n > 32 || rest.len() < n + 6 {
+            return Err(bad_record());
+        }
+        let owner = std::str::from_utf8(&rest[..n]).map_err(|_| bad_record())?;
+        if owner.chars().any(char::is_control) {
+            return Err(bad_record());
+        }
+        let gid = u32::from_le_bytes(rest[n..n + 4].try_into().unwrap());
+        let mode = u16::from_le_bytes(rest[n + 4..n + 6].try_into().unwrap());
+        if mode & !0o7777 != 0 {
+            return Err(bad_record());
+        }
+        if rest.len() != n + 6 {
+            return Err(malformed());
+        }
+        Ok(Record {
+            owner: (n > 0).then(|| owner.to_string()),
+            gid,
+            mode,
+        })
+    }
+
     /// Steps 1-4 of the reader's verification order: everything that needs no key.
     pub fn parse(b: &[u8]) -> Result<Parsed, Value> {
         if b.len() < 64 {
@@ -178,7 +228,7 @@ mod reference {
             return Err(json!({"kind": "NotAContainer"}));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
-        if version != 1 {
+        if version != 1 && version != 2 {
             return Err(json!({"kind": "UnsupportedVersion", "version": version}));
         }
         let chunk_log2 = b[6];
@@ -240,15 +290,19 @@ mod reference {
             });
             s = &rest[len + 92..];
         }
-        if !s.is_empty() {
-            return Err(malformed());
-        }
+        let ownership = match version {
+            1 if !s.is_empty() => return Err(malformed()),
+            1 => None,
+            _ => Some(record(s)?),
+        };
         Ok(Parsed {
+            version,
             file_id,
             chunk_log2,
             plaintext_len,
             slots_len,
             slots,
+            ownership,
             chunk_count,
             data,
             table,
@@ -328,6 +382,7 @@ fn kind(e: &ContainerError) -> Value {
         | ContainerError::NoSlotCount(_)
         | ContainerError::TruncatedSlot { .. }
         | ContainerError::TrailingSlotBytes(_)
+        | ContainerError::TrailingRecordBytes(_)
         | ContainerError::LabelNotUtf8 { .. }
         | ContainerError::DuplicateSlot(_) => json!({"kind": "Malformed"}),
         ContainerError::SizeMismatch { expected, actual } => {
@@ -340,6 +395,7 @@ fn kind(e: &ContainerError) -> Value {
             json!({"kind": "ChunkAuthentication", "index": index})
         }
         ContainerError::ChunkSize(n) => json!({"kind": "ChunkSize", "log2": n}),
+        ContainerError::Ownership(_) => json!({"kind": "Ownership"}),
         ContainerError::EmptyLabel => json!({"kind": "Label", "label": ""}),
         ContainerError::LabelControlCharacter(l) => json!({"kind": "Label", "label": l}),
         other => json!({"kind": "Other", "error": other.to_string()}),
@@ -428,6 +484,7 @@ fn container_vectors() {
         // Through the crate.
         let c = Container::parse(bytes.clone()).unwrap();
         let hd = c.header();
+        assert_eq!(hd.version, v["header"]["version"], "{name}");
         assert_eq!(hex::encode(hd.file_id), v["header"]["file_id"], "{name}");
         assert_eq!(hd.chunk_log2, v["header"]["chunk_log2"], "{name}");
         assert_eq!(hd.plaintext_len, v["header"]["plaintext_len"], "{name}");
@@ -437,6 +494,29 @@ fn container_vectors() {
         assert_eq!(layout.table, v["layout"]["table"], "{name}");
         assert_eq!(layout.mac, v["layout"]["mac"], "{name}");
         assert_eq!(hd.chunk_count(), v["layout"]["chunk_count"], "{name}");
+        let own = &v["ownership"];
+        let expected_own = ownership_of(own);
+        assert_eq!(c.ownership(), &expected_own, "{name}");
+        match own["record"].as_str() {
+            Some(record) => {
+                assert_eq!(hd.version, 2, "{name}");
+                let at = layout.data as usize - record.len() / 2;
+                assert_eq!(
+                    hex::encode(&bytes[at..layout.data as usize]),
+                    record,
+                    "{name}"
+                );
+            }
+            None => {
+                // Version 1: the default, owned by the first slot's user.
+                assert_eq!(hd.version, 1, "{name}");
+                assert_eq!(own["owner"], v["recipients"][0]["label"], "{name}");
+                assert_eq!(
+                    (own["gid"].as_u64(), own["mode"].as_str()),
+                    (Some(0), Some("0644"))
+                );
+            }
+        }
         for r in v["recipients"].as_array().unwrap() {
             let label = r["label"].as_str().unwrap();
             let sk: [u8; 32] = unhex(&r["private_key"]);
@@ -468,6 +548,15 @@ fn container_vectors() {
         // Through the reference reader, recomputing every recorded value.
         let p = reference::parse(&bytes).unwrap();
         assert_eq!(p.slots_len, v["header"]["slots_len"]);
+        assert_eq!(p.version, v["header"]["version"]);
+        match &p.ownership {
+            Some(r) => assert_eq!(
+                (&r.owner, r.gid, r.mode),
+                (&expected_own.owner, expected_own.gid, expected_own.mode),
+                "{name}: reference record"
+            ),
+            None => assert!(own["record"].is_null(), "{name}"),
+        }
         assert_eq!(p.slots.len(), v["recipients"].as_array().unwrap().len());
         for r in v["recipients"].as_array().unwrap() {
             let label = r["label"].as_str().unwrap();
@@ -529,9 +618,16 @@ fn container_vectors() {
 #[test]
 fn negative_vectors() {
     let sets = vectors_of_type("negative");
-    assert_eq!(sets.len(), 1, "one negative.json");
-    let cases = sets[0]["cases"].as_array().unwrap();
-    assert!(cases.len() >= 20);
+    assert_eq!(
+        sets.len(),
+        2,
+        "negative.json (version 1) and negative-v2.json"
+    );
+    let cases: Vec<&Value> = sets
+        .iter()
+        .flat_map(|set| set["cases"].as_array().unwrap())
+        .collect();
+    assert!(cases.len() >= 27);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let bytes = container_bytes(case);
@@ -547,7 +643,22 @@ fn negative_vectors() {
             let via_reference = outcome(reference::decrypt(&bytes, key), Value::clone);
             assert_eq!(&via_reference, expect, "{name}: reference reader");
         }
+        // An alteration that opens: the ownership a reader then sees.
+        if let Some(own) = case.get("ownership_seen") {
+            let c = Container::parse(bytes.clone()).unwrap();
+            assert_eq!(c.ownership(), &ownership_of(own), "{name}");
+        }
     }
+}
+
+/// The ownership a vector records: owner (null: root), gid, mode as four octal digits.
+fn ownership_of(v: &Value) -> Ownership {
+    let mode = u32::from_str_radix(v["mode"].as_str().expect("mode"), 8).expect("octal mode");
+    Ownership::new(
+        v["owner"].as_str().map(str::to_string),
+        v["gid"].as_u64().expect("gid") as u32,
+        mode,
+    )
 }
 
 #[test]
@@ -1012,8 +1123,8 @@ fn data_key_for(name: &str) -> [u8; 32] {
     Sha256::digest(format!("tensorvault test vector data key {name}")).into()
 }
 
-/// Encrypts through the crate's streaming writer, as `tvault put` does.
-fn encrypt(dk: &[u8; 32], who: &[&Identity], data: &[u8]) -> Vec<u8> {
+/// Encrypts through the crate's streaming writer, as `tvault put` does (version 2).
+fn encrypt_v2(dk: &[u8; 32], who: &[&Identity], data: &[u8], ownership: &Ownership) -> Vec<u8> {
     let recipients: Vec<_> = who
         .iter()
         .map(|i| (i.label.to_string(), i.public()))
@@ -1023,12 +1134,41 @@ fn encrypt(dk: &[u8; 32], who: &[&Identity], data: &[u8]) -> Vec<u8> {
         &SecretKey::from_bytes(*dk),
         LOG2,
         &recipients,
+        ownership,
     )
     .unwrap();
     for piece in data.chunks(1000) {
         w.write_all(piece).unwrap();
     }
     w.finish().unwrap().into_inner()
+}
+
+/// `bytes` with its slot section replaced by what `edit` makes of it, and the slot-section
+/// length set to match (the header MAC does not cover it). `version` sets the version field.
+fn with_section(bytes: &[u8], version: u16, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut header = FixedHeader::decode(bytes).unwrap();
+    let data = FIXED_HEADER_LEN + header.slots_len as usize;
+    let mut section = bytes[FIXED_HEADER_LEN..data].to_vec();
+    edit(&mut section);
+    header.slots_len = section.len() as u32;
+    header.version = version;
+    [&header.encode()[..], &section, &bytes[data..]].concat()
+}
+
+/// A version 2 container as version 1 writes it: the record dropped, the version set to 1.
+/// The header MAC does not change (it takes the version as 1 either way).
+fn to_v1(bytes: &[u8]) -> Vec<u8> {
+    let slots = Container::parse(bytes).unwrap().slots().to_vec();
+    with_section(bytes, container::VERSION_1, |s| {
+        *s = container::encode_slots(&slots).unwrap()
+    })
+}
+
+/// A version 1 container, as earlier builds wrote them (the first six positive vectors and
+/// negative.json).
+fn encrypt(dk: &[u8; 32], who: &[&Identity], data: &[u8]) -> Vec<u8> {
+    let legacy = Ownership::legacy_file(Some(who[0].label));
+    to_v1(&encrypt_v2(dk, who, data, &legacy))
 }
 
 /// Builds a container from the public low-level API with a chosen file id: two versions of a
@@ -1041,6 +1181,7 @@ fn encrypt_with_id(dk: &[u8; 32], file_id: [u8; 16], who: &[&Identity], data: &[
         .collect();
     let slots = container::encode_slots(&slots).unwrap();
     let header = FixedHeader {
+        version: container::VERSION_1,
         file_id,
         chunk_log2: LOG2,
         plaintext_len: data.len() as u64,
@@ -1059,7 +1200,7 @@ fn encrypt_with_id(dk: &[u8; 32], file_id: [u8; 16], who: &[&Identity], data: &[
         table.extend_from_slice(&tag);
     }
     let encoded = header.encode();
-    let mac = keys.header_mac(&[&encoded[..MACED_HEADER_LEN], &table]);
+    let mac = keys.header_mac(&[&header.maced(), &table]);
     [&encoded[..], &slots, &body, &table, &mac].concat()
 }
 
@@ -1081,6 +1222,18 @@ fn describe(
     if len <= 64 {
         plain["hex"] = json!(hex::encode(&data));
     }
+    let own = c.ownership();
+    let record = (h.version == container::VERSION).then(|| {
+        let mut r = Vec::new();
+        own.encode(&mut r).unwrap();
+        hex::encode(r)
+    });
+    let ownership = json!({
+        "owner": own.owner,
+        "gid": own.gid,
+        "mode": format!("{:04o}", own.mode),
+        "record": record,
+    });
     let recipients: Vec<Value> = who
         .iter()
         .map(|i| {
@@ -1127,7 +1280,7 @@ fn describe(
         "plaintext": plain,
         "data_key": hex::encode(dk),
         "header": {
-            "version": 1,
+            "version": h.version,
             "chunk_log2": h.chunk_log2,
             "file_id": hex::encode(h.file_id),
             "plaintext_len": h.plaintext_len,
@@ -1141,6 +1294,7 @@ fn describe(
             "total": layout.total,
             "chunk_count": h.chunk_count(),
         },
+        "ownership": ownership,
         "chunk_key": hex::encode(reference::hkdf(dk, &h.file_id, reference::INFO_CHUNK)),
         "mac_key": hex::encode(reference::hkdf(dk, &h.file_id, reference::INFO_MAC)),
         "header_mac": hex::encode(&bytes[layout.mac as usize..]),
@@ -1154,14 +1308,15 @@ fn write_json(name: &str, v: &Value) {
     fs::write(vectors_dir().join(name), text).unwrap();
 }
 
-/// Replaces the key slots of `bytes` (as `tvault grant` does) and returns the new container.
+/// Replaces the key slots of version 1 container `bytes` (as `tvault grant` does, though it
+/// writes version 2) and returns the new container, still version 1.
 fn with_slots(bytes: &[u8], slots: &[KeySlot]) -> Vec<u8> {
     let mut out = Vec::new();
     Container::parse(bytes)
         .unwrap()
         .write_with_slots(slots, &mut out)
         .unwrap();
-    out
+    to_v1(&out)
 }
 
 #[test]
@@ -1281,10 +1436,10 @@ fn generate() {
         (
             "unsupported-version",
             "one-byte",
-            "version field set to 2",
-            Box::new(|b| b[4] = 2),
-            json!({"kind": "UnsupportedVersion", "version": 2}),
-            json!({"kind": "UnsupportedVersion", "version": 2}),
+            "version field set to 3",
+            Box::new(|b| b[4] = 3),
+            json!({"kind": "UnsupportedVersion", "version": 3}),
+            json!({"kind": "UnsupportedVersion", "version": 3}),
         ),
         (
             "chunk-size-too-small",
@@ -1567,7 +1722,180 @@ fn generate() {
         }),
     );
     write_audit_vectors(&dir);
+    write_v2_vectors(&dir);
     write_link_vector(&dir);
+}
+
+/// Rewrites only the version 2 vectors (`generate` rewrites them with everything else).
+#[test]
+#[ignore = "rewrites the version 2 vectors; run with `cargo test --test vectors -- --ignored --exact rewrite_v2_vectors`"]
+fn rewrite_v2_vectors() {
+    write_v2_vectors(&vectors_dir());
+}
+
+/// The version 2 vectors: two positive ones (`owned`, `root-owned`) and `negative-v2.json`,
+/// alterations of `owned`'s slot section. Some of those open: the record is outside the
+/// header MAC, which docs/FORMAT.md (and SECURITY.md) say a store writer can change.
+fn write_v2_vectors(dir: &Path) {
+    let alice = Identity::new("alice");
+    let bob = Identity::new("bob");
+    let alice_owns = Ownership::new(Some("alice".into()), 1001, 0o640);
+    let root_owns = Ownership::new(None, 0, 0o600);
+    let positives: [(&str, &str, usize, u64, Vec<&Identity>, &Ownership); 2] = [
+        (
+            "owned",
+            "version 2: owned by alice, group 1001, mode 0640; key slots for alice and bob \
+             (base of negative-v2.json)",
+            100,
+            5,
+            vec![&alice, &bob],
+            &alice_owns,
+        ),
+        (
+            "root-owned",
+            "version 2: owned by root (an empty owner name), group 0, mode 0600; two chunks",
+            CS + 10,
+            6,
+            vec![&alice],
+            &root_owns,
+        ),
+    ];
+    let mut base = None;
+    for (name, description, len, seed, who, own) in &positives {
+        let dk = data_key_for(name);
+        let bytes = encrypt_v2(&dk, who, &plaintext(*len, *seed), own);
+        fs::write(dir.join(format!("{name}.tvlt")), &bytes).unwrap();
+        write_json(
+            &format!("{name}.json"),
+            &describe(name, description, &bytes, *seed, *len, &dk, who),
+        );
+        base.get_or_insert((bytes, dk, *len, *seed));
+    }
+    let (base, dk, len, seed) = base.unwrap();
+    let record_len = alice_owns.encoded_len();
+    let ok = json!({"kind": "Ok", "plaintext_sha256": sha256_hex(&plaintext(len, seed))});
+    let bad_record = json!({"kind": "Ownership"});
+    let v2 = container::VERSION;
+    // The record: owner_len, owner, gid, mode at the end of the section.
+    let record_at = move |s: &Vec<u8>| s.len() - record_len;
+    let bob_record = || Ownership::new(Some("bob".into()), 0, 0o777);
+    let bob_owns = bob_record();
+    let legacy = Ownership::legacy_file(Some("alice"));
+    type Edit = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+    let cases: Vec<(&str, &str, Edit, Value, Option<&Ownership>)> =
+        vec![
+        (
+            "record-truncated",
+            "the ownership record's last byte (the mode's high byte) removed, the slot-section \
+             length lowered to match",
+            Box::new(move |b| with_section(b, v2, |s| {
+                    s.pop();
+                })),
+            bad_record.clone(),
+            None,
+        ),
+        (
+            "record-trailing-byte",
+            "a zero byte appended after the ownership record, the slot-section length raised \
+             to match",
+            Box::new(move |b| with_section(b, v2, |s| s.push(0))),
+            json!({"kind": "Malformed"}),
+            None,
+        ),
+        (
+            "record-bad-mode",
+            "mode 0640 of the record changed to 010640 (a file-type bit)",
+            Box::new(move |b| with_section(b, v2, |s| *s.last_mut().unwrap() |= 0x10)),
+            bad_record.clone(),
+            None,
+        ),
+        (
+            "record-owner-too-long",
+            "the owner name replaced by 33 bytes (\"a\" × 33): longer than a user name can be",
+            Box::new(move |b| {
+                with_section(b, v2, |s| {
+                    let at = record_at(s);
+                    let tail = s[at + 1 + 5..].to_vec();
+                    s.truncate(at);
+                    s.push(33);
+                    s.extend_from_slice(&[b'a'; 33]);
+                    s.extend_from_slice(&tail);
+                })
+            }),
+            bad_record.clone(),
+            None,
+        ),
+        (
+            "record-missing",
+            "the ownership record removed, version 2 kept: a version 2 slot section must end \
+             with one",
+            Box::new(move |b| with_section(b, v2, |s| s.truncate(record_at(s)))),
+            bad_record.clone(),
+            None,
+        ),
+        (
+            "record-rewritten",
+            "the record replaced by one for bob, group 0, mode 0777, as a store writer (or \
+             `tvault chown`) can: it is outside the header MAC, and the file opens",
+            Box::new(move |b| {
+                with_section(b, v2, |s| {
+                    s.truncate(record_at(s));
+                    bob_record().encode(s).unwrap();
+                })
+            }),
+            ok.clone(),
+            Some(&bob_owns),
+        ),
+        (
+            "downgraded-to-v1",
+            "the record removed and the version set to 1: the header MAC takes the version as \
+             1 either way, so the file opens, with version 1's default ownership",
+            Box::new(to_v1),
+            ok.clone(),
+            Some(&legacy),
+        ),
+    ];
+    let mut records = Vec::new();
+    for (name, what, edit, expect, seen) in cases {
+        let bytes = edit(&base);
+        for key in [Key::Slot("alice", alice.scalar), Key::Data(dk)] {
+            let got = outcome(crate_decrypt(bytes.clone(), &key), kind);
+            assert_eq!(got, expect, "{name}");
+        }
+        let file = format!("neg-v2-{name}.tvlt");
+        fs::write(dir.join(&file), &bytes).unwrap();
+        let mut record = json!({
+            "name": format!("v2-{name}"),
+            "base": "owned",
+            "tamper": what,
+            "container": file,
+            "container_sha256": sha256_hex(&bytes),
+            "open_as": "alice",
+            "private_key": hex::encode(alice.scalar),
+            "data_key": hex::encode(dk),
+            "expect": expect,
+            "expect_with_data_key": expect,
+        });
+        if let Some(own) = seen {
+            record["ownership_seen"] = json!({
+                "owner": own.owner,
+                "gid": own.gid,
+                "mode": format!("{:04o}", own.mode),
+            });
+        }
+        records.push(record);
+    }
+    write_json(
+        "negative-v2.json",
+        &json!({
+            "type": "negative",
+            "description": "Alterations of the slot section of the version 2 vector `owned`, \
+                opened as in negative.json. The ownership record must parse and end the \
+                section; it is not authenticated, so a well-formed replacement opens \
+                (ownership_seen is what a reader then reports).",
+            "cases": records,
+        }),
+    );
 }
 
 /// Rewrites only the audit vectors (`generate` rewrites them with everything else).

@@ -32,6 +32,11 @@ pub enum EventKind {
     Truncate,
     /// utimensat(2) on a file or directory.
     SetTimes,
+    /// chmod(2) through the mount.
+    Chmod,
+    /// chown(2) through the mount (only a group change to one of the owner's groups is
+    /// allowed), or `tvault chown`.
+    Chown,
     /// An extended attribute derived from a file's plaintext (tensor count, header length).
     Xattr,
     Rotate,
@@ -60,6 +65,8 @@ impl EventKind {
             EventKind::Symlink => "symlink",
             EventKind::Truncate => "truncate",
             EventKind::SetTimes => "set-times",
+            EventKind::Chmod => "chmod",
+            EventKind::Chown => "chown",
             EventKind::Xattr => "xattr",
             EventKind::Rotate => "rotate",
             EventKind::Suppressed => "suppressed",

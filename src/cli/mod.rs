@@ -2,10 +2,16 @@
 //! over the library layers; all policy lives below.
 
 mod audit_cmds;
+mod container_file;
+mod explain;
 mod fsck_cmds;
 mod mount_cmds;
+mod own_cmds;
 mod passphrase;
+mod put_cmds;
+mod resolve;
 mod store_cmds;
+mod why_cmd;
 
 use std::path::PathBuf;
 
@@ -26,6 +32,19 @@ pub fn error_message(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     msg
+}
+
+/// `text` as one shell word, quoted only when it must be, in commands shown for copying.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// The files a store path means: the one file it names, or every file under the directory
@@ -114,6 +133,10 @@ enum Command {
             value_name = "USER[,USER...]"
         )]
         to: Vec<String>,
+        /// Who owns the files (and the directories made for them): a user of the store, or
+        /// root; default: the first --to user. Mode bits and group are the source's
+        #[arg(long, value_name = "NAME")]
+        owner: Option<String>,
         /// Store path for a single file, or the prefix for a directory's files
         #[arg(long = "as", value_name = "REL")]
         as_rel: Option<String>,
@@ -124,7 +147,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Decrypt one file from the store
+    /// Decrypt one file from the store (with its stored mode bits; as root, its owner too)
     Get {
         store: PathBuf,
         rel: String,
@@ -137,7 +160,8 @@ enum Command {
         #[command(flatten)]
         pass: PassphraseArgs,
     },
-    /// Show the tensor table of a .safetensors file: `inspect FILE` or `inspect STORE REL --user NAME`
+    /// Show the tensor table of a .safetensors file: `inspect FILE` or `inspect STORE REL --user NAME`;
+    /// `inspect STORE REL` shows a stored file's owner, mode and readers without a key
     Inspect {
         /// A plaintext .safetensors file (also one on a tvault mount), or a store
         path: PathBuf,
@@ -179,6 +203,8 @@ enum Command {
         #[command(flatten)]
         pass: PassphraseArgs,
     },
+    /// Give a file or directory (with -R, and everything in it) another owner, without keys
+    Chown(own_cmds::ChownArgs),
     /// Mount a store with FUSE (as a daemon unless --foreground)
     Mount {
         store: PathBuf,
@@ -216,26 +242,41 @@ enum Command {
     },
     /// Unlock the calling user's keyring on a running mount
     Unlock {
-        mountpoint: PathBuf,
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
         #[command(flatten)]
         pass: PassphraseArgs,
     },
     /// Forget the calling user's keys on a running mount
     Lock {
-        mountpoint: PathBuf,
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
         /// Lock even with files open: their cached pages are dropped and further reads fail
         #[arg(long)]
         force: bool,
     },
-    /// Show unlocked users, open files and cache counters of a running mount
+    /// Show unlocked users, open files, cache counters and the caller's recent denials
     Status {
-        mountpoint: PathBuf,
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether you can read and write a path on a mount and, if not, why and what to do
+    /// (exit status 0 when you can read it)
+    Why {
+        /// Any path on a mount (or the mountpoint)
+        path: PathBuf,
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Unmount a tvault mount
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The mountpoint, any path on the mount, or a path in the store it serves
+        path: PathBuf,
+    },
     /// Show, filter or verify an audit log (a table by default)
     Audit(audit_cmds::AuditArgs),
     /// Show which users hold key slots for which files (no passphrase needed)
@@ -364,17 +405,26 @@ pub fn run(cli: Cli) -> CliResult {
             store,
             sources,
             to,
+            owner,
             as_rel,
             chunk_size,
             force,
-        } => s::put(&store, &sources, &to, as_rel.as_deref(), chunk_size, force),
+        } => put_cmds::put(
+            &store,
+            &sources,
+            &to,
+            owner.as_deref(),
+            as_rel.as_deref(),
+            chunk_size,
+            force,
+        ),
         Command::Get {
             store,
             rel,
             output,
             user,
             pass,
-        } => s::get(&store, &rel, &output, &user, &pass),
+        } => put_cmds::get(&store, &rel, &output, &user, &pass),
         Command::Inspect {
             path,
             rel,
@@ -397,6 +447,7 @@ pub fn run(cli: Cli) -> CliResult {
             user,
             pass,
         } => s::revoke(&store, &rel, &revokee, rekey, user.as_deref(), &pass),
+        Command::Chown(args) => own_cmds::chown(&args),
         Command::Mount {
             store,
             mountpoint,
@@ -422,10 +473,11 @@ pub fn run(cli: Cli) -> CliResult {
             audit_max_size,
             daemon_child,
         }),
-        Command::Unlock { mountpoint, pass } => mount_cmds::unlock(&mountpoint, &pass),
-        Command::Lock { mountpoint, force } => mount_cmds::lock(&mountpoint, force),
-        Command::Status { mountpoint, json } => mount_cmds::status(&mountpoint, json),
-        Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
+        Command::Unlock { path, pass } => mount_cmds::unlock(&path, &pass),
+        Command::Lock { path, force } => mount_cmds::lock(&path, force),
+        Command::Status { path, json } => mount_cmds::status(&path, json),
+        Command::Why { path, json } => why_cmd::why(&path, json),
+        Command::Umount { path } => mount_cmds::umount(&path),
         Command::Audit(args) => audit_cmds::audit(&args),
         Command::Access(args) => audit_cmds::access(&args),
         Command::Fsck(args) => fsck_cmds::fsck(&args),
@@ -472,6 +524,14 @@ mod tests {
             error_message(&Outer::Wraps(denied())),
             format!("tvault: error: cannot open: {}", denied())
         );
+    }
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(shell_word("/mnt/models"), "/mnt/models");
+        assert_eq!(shell_word("/mnt/my models"), "'/mnt/my models'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

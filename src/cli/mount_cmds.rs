@@ -1,4 +1,5 @@
-//! Commands that work on a mount: mount, unlock, lock, status, umount.
+//! Commands that work on a mount: mount, unlock, lock, status, umount. All but `mount` take
+//! any path on the mount (or in the store it serves), found by `resolve`.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::explain::{explain, Context};
+use super::resolve::resolve;
 use super::{passphrase, CliResult, PassphraseArgs};
 use crate::control::{self, ClientError, Request};
 use crate::daemon::{self, MountOptions};
@@ -142,7 +145,9 @@ fn spawn_daemon(args: &MountArgs) -> CliResult {
     }
 }
 
-pub fn unlock(mountpoint: &Path, pass: &PassphraseArgs) -> CliResult {
+pub fn unlock(path: &Path, pass: &PassphraseArgs) -> CliResult {
+    // Before the passphrase is asked: a path on no mount needs none.
+    let mountpoint = resolve(path)?.mountpoint;
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let phrase = passphrase::read(
@@ -156,7 +161,7 @@ pub fn unlock(mountpoint: &Path, pass: &PassphraseArgs) -> CliResult {
     let request = Request::Unlock {
         passphrase: text.to_owned(),
     };
-    let reply = control::call(mountpoint, &request, UNLOCK_TIMEOUT)?;
+    let reply = control::call(&mountpoint, &request, UNLOCK_TIMEOUT)?;
     println!(
         "unlocked {} (uid {uid}) on {}",
         reply["user"].as_str().unwrap_or("?"),
@@ -165,8 +170,9 @@ pub fn unlock(mountpoint: &Path, pass: &PassphraseArgs) -> CliResult {
     Ok(())
 }
 
-pub fn lock(mountpoint: &Path, force: bool) -> CliResult {
-    let reply = control::call(mountpoint, &Request::Lock { force }, REQUEST_TIMEOUT)?;
+pub fn lock(path: &Path, force: bool) -> CliResult {
+    let mountpoint = resolve(path)?.mountpoint;
+    let reply = control::call(&mountpoint, &Request::Lock { force }, REQUEST_TIMEOUT)?;
     let invalidated = reply["invalidated"].as_u64().unwrap_or(0);
     print!(
         "locked {} on {}",
@@ -195,11 +201,13 @@ fn human(bytes: u64) -> String {
     }
 }
 
-pub fn status(mountpoint: &Path, as_json: bool) -> CliResult {
-    let mut reply = control::call(mountpoint, &Request::Status, REQUEST_TIMEOUT)?;
+pub fn status(path: &Path, as_json: bool) -> CliResult {
+    let mountpoint = resolve(path)?.mountpoint;
+    let mut reply = control::call(&mountpoint, &Request::Status, REQUEST_TIMEOUT)?;
     if let Value::Object(map) = &mut reply {
         map.remove("ok");
     }
+    explain_denials(&mut reply, &mountpoint);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(());
@@ -258,7 +266,81 @@ pub fn status(mountpoint: &Path, as_json: bool) -> CliResult {
         n(&reply["opens_denied"]),
         n(&reply["integrity_failures"])
     );
+    print_denials(&reply, &mountpoint);
     Ok(())
+}
+
+/// Adds to each of the caller's denials in a status reply its reason in words (`words`) and
+/// what fixes it (`fix`).
+fn explain_denials(reply: &mut Value, mountpoint: &Path) {
+    let uid = reply["uid"].as_u64().and_then(|u| u32::try_from(u).ok());
+    let Some(uid) = uid else { return };
+    let store = reply["store"].as_str().unwrap_or("STORE").to_string();
+    let user = reply["unlocked"].as_array().and_then(|users| {
+        users
+            .iter()
+            .find(|u| u["uid"].as_u64() == Some(uid.into()))
+            .and_then(|u| u["user"].as_str().map(str::to_string))
+    });
+    let Some(denials) = reply.get_mut("denials").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for denial in denials {
+        let text = |key: &str| denial[key].as_str().map(str::to_string);
+        let (rel, detail, owner) = (
+            text("path").unwrap_or_default(),
+            text("detail"),
+            text("owner"),
+        );
+        let cx = Context {
+            mountpoint,
+            store: &store,
+            rel: &rel,
+            uid,
+            user: user.as_deref(),
+            detail: detail.as_deref(),
+            owner: owner.as_deref(),
+        };
+        let explained = explain(denial["reason"].as_str().unwrap_or("?"), &cx);
+        denial["words"] = Value::String(explained.words);
+        denial["fix"] = Value::String(explained.fix);
+    }
+}
+
+/// The caller's recent denials, most recent first, each with its reason and fix.
+fn print_denials(reply: &Value, mountpoint: &Path) {
+    let uid = reply["uid"].as_u64().unwrap_or(0);
+    let denials = reply["denials"].as_array().cloned().unwrap_or_default();
+    if denials.is_empty() {
+        println!("denials:    none recently for uid {uid}");
+        return;
+    }
+    println!(
+        "denials:    {} recent for uid {uid} (latest first)",
+        denials.len()
+    );
+    for d in &denials {
+        let count = d["count"].as_u64().unwrap_or(1);
+        let times = if count > 1 {
+            format!(" ({count} times)")
+        } else {
+            String::new()
+        };
+        println!(
+            "  {} {} {}{times}",
+            d["time"].as_str().unwrap_or("?"),
+            d["op"].as_str().unwrap_or("?"),
+            mountpoint
+                .join(d["path"].as_str().unwrap_or_default())
+                .display()
+        );
+        println!(
+            "    {}: {}",
+            d["reason"].as_str().unwrap_or("?"),
+            d["words"].as_str().unwrap_or("?")
+        );
+        println!("    fix: {}", d["fix"].as_str().unwrap_or("?"));
+    }
 }
 
 fn wait_unmounted(mountpoint: &Path, timeout: Duration) -> bool {
@@ -272,21 +354,18 @@ fn wait_unmounted(mountpoint: &Path, timeout: Duration) -> bool {
     false
 }
 
-pub fn umount(mountpoint: &Path) -> CliResult {
-    // The mountpoint of a dead daemon cannot be canonicalized (ENOTCONN): use it as given,
-    // made absolute.
-    let absolute = std::path::absolute(mountpoint)?;
-    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| absolute.clone());
-    let socket = control::socket_path(mountpoint).ok();
-    match control::call(mountpoint, &Request::Umount, REQUEST_TIMEOUT) {
+pub fn umount(path: &Path) -> CliResult {
+    // Found in the mount table even when its daemon is dead (its mountpoint then does not
+    // resolve: ENOTCONN).
+    let mountpoint = resolve(path)?.mountpoint;
+    let socket = control::socket_path(&mountpoint);
+    match control::call(&mountpoint, &Request::Umount, REQUEST_TIMEOUT) {
         Ok(_) => {
-            if wait_unmounted(&canonical, Duration::from_secs(10)) {
+            if wait_unmounted(&mountpoint, Duration::from_secs(10)) {
                 // The daemon removes its socket last: once it is gone, a new mount of this
                 // directory cannot collide with the old daemon.
                 let start = Instant::now();
-                while socket.as_ref().is_some_and(|p| p.exists())
-                    && start.elapsed() < Duration::from_secs(10)
-                {
+                while socket.exists() && start.elapsed() < Duration::from_secs(10) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 println!("unmounted {}", mountpoint.display());
@@ -297,10 +376,10 @@ pub fn umount(mountpoint: &Path) -> CliResult {
         Err(ClientError::Refused(msg)) => Err(msg.into()),
         Err(e) => {
             // No daemon answers (killed?): detach the dead mount so the directory is usable.
-            if !daemon::is_mount_point(&canonical) {
+            if !daemon::is_mount_point(&mountpoint) {
                 return Err(e.into());
             }
-            daemon::detach(&canonical).map_err(|e| {
+            daemon::detach(&mountpoint).map_err(|e| {
                 format!(
                     "{}: cannot unmount ({e}; not root, and fusermount3 failed)",
                     mountpoint.display()

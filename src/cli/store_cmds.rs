@@ -1,25 +1,23 @@
-//! Commands that work on a store directly (no mount): init, user, put, get, inspect, grant,
-//! revoke.
+//! Commands that work on a store directly (no mount): init, user, inspect, grant, revoke
+//! (`put` and `get` are in `put_cmds`, `chown` in `own_cmds`), and what they share.
 
-use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::{passphrase, CliResult, KdfArgs, PassphraseArgs};
+use super::{own_cmds, passphrase, CliResult, KdfArgs, PassphraseArgs};
 use crate::audit::{self, AuditLog, Event, EventKind};
-use crate::container::{self, Reader};
+use crate::container::{self, Container, Reader};
 use crate::control::{self, Request};
 use crate::crypto::{KdfParams, PrivateKey};
-use crate::fsutil::write_atomic;
 use crate::keyring::{self, Keyring};
 use crate::safetensors::{self, Header};
 use crate::store::{self, Store, StoreError};
 
-fn error(msg: impl Into<String>) -> Box<dyn std::error::Error> {
+pub(super) fn error(msg: impl Into<String>) -> Box<dyn std::error::Error> {
     msg.into().into()
 }
 
@@ -42,7 +40,7 @@ fn kdf_params(args: &KdfArgs) -> KdfParams {
     params
 }
 
-fn unlock(
+pub(super) fn unlock(
     store: &Store,
     name: &str,
     pass: &PassphraseArgs,
@@ -59,11 +57,22 @@ fn unlock(
     Ok(keyring.unlock(&phrase)?)
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template(
+/// A bar of `total` bytes (drawn only on a terminal).
+pub(super) fn progress_bar(total: u64) -> ProgressBar {
+    styled_bar(
+        total,
         "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-    ) {
+    )
+}
+
+/// A bar of `total` entries (drawn only on a terminal).
+pub(super) fn count_bar(total: u64) -> ProgressBar {
+    styled_bar(total, "{msg} [{bar:30}] {pos}/{len} eta {eta}")
+}
+
+fn styled_bar(total: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
@@ -183,104 +192,8 @@ pub fn user_import(path: &Path, name: &str, uid: u32, public_key: &str) -> CliRe
     Ok(())
 }
 
-/// One file to put: where it comes from, where it goes, how big it is.
-struct PutItem {
-    source: PathBuf,
-    rel: String,
-    len: u64,
-}
-
-fn base_name(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
-    let canonical =
-        fs::canonicalize(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
-    canonical
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| error(format!("{}: has no usable file name", path.display())))
-}
-
-/// Lists regular files under `dir` recursively (symlinks to files are followed, symlinks to
-/// directories are not, so a link cycle cannot loop).
-fn walk_sources(dir: &Path, prefix: &str, out: &mut Vec<PutItem>) -> CliResult {
-    let mut entries = fs::read_dir(dir)
-        .map_err(|e| error(format!("{}: {e}", dir.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(format!("{}: {e}", dir.display())))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| error(format!("{}: file name is not UTF-8", path.display())))?;
-        let rel = format!("{prefix}/{name}");
-        let kind = entry
-            .file_type()
-            .map_err(|e| error(format!("{}: {e}", path.display())))?;
-        if kind.is_dir() {
-            walk_sources(&path, &rel, out)?;
-            continue;
-        }
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => out.push(PutItem {
-                source: path,
-                rel,
-                len: meta.len(),
-            }),
-            Ok(_) => log::warn!("skipping {} (not a regular file)", path.display()),
-            Err(e) => return Err(error(format!("{}: {e}", path.display()))),
-        }
-    }
-    Ok(())
-}
-
-fn collect_put_items(
-    sources: &[PathBuf],
-    as_rel: Option<&str>,
-) -> Result<Vec<PutItem>, Box<dyn std::error::Error>> {
-    if as_rel.is_some() && sources.len() > 1 {
-        return Err(error(
-            "--as names one destination: give a single source with it",
-        ));
-    }
-    let mut items = Vec::new();
-    for source in sources {
-        let meta = fs::metadata(source).map_err(|e| error(format!("{}: {e}", source.display())))?;
-        let dest = match as_rel {
-            Some(rel) => rel.trim_end_matches('/').to_string(),
-            None => base_name(source)?,
-        };
-        if meta.is_dir() {
-            walk_sources(source, &dest, &mut items)?;
-        } else if meta.is_file() {
-            items.push(PutItem {
-                source: source.clone(),
-                rel: dest,
-                len: meta.len(),
-            });
-        } else {
-            return Err(error(format!(
-                "{}: not a regular file or directory",
-                source.display()
-            )));
-        }
-    }
-    let mut seen = BTreeSet::new();
-    for item in &items {
-        store::validate_rel(&item.rel)?;
-        if !seen.insert(item.rel.as_str()) {
-            return Err(error(format!(
-                "two sources map to the same store path {:?}",
-                item.rel
-            )));
-        }
-    }
-    Ok(items)
-}
-
 /// Reads and validates the safetensors header of a plaintext file.
-fn validate_safetensors_file(path: &Path) -> Result<Header, Box<dyn std::error::Error>> {
+pub(super) fn validate_safetensors_file(path: &Path) -> Result<Header, Box<dyn std::error::Error>> {
     let describe = |e: &dyn std::fmt::Display| error(format!("{}: {e}", path.display()));
     let file = File::open(path).map_err(|e| describe(&e))?;
     let file_len = file.metadata().map_err(|e| describe(&e))?.len();
@@ -288,133 +201,6 @@ fn validate_safetensors_file(path: &Path) -> Result<Header, Box<dyn std::error::
         std::os::unix::fs::FileExt::read_exact_at(&file, buf, offset)
     })
     .map_err(|e| describe(&e))
-}
-
-fn is_safetensors(rel: &str) -> bool {
-    rel.ends_with(".safetensors")
-}
-
-pub fn put(
-    path: &Path,
-    sources: &[PathBuf],
-    to: &[String],
-    as_rel: Option<&str>,
-    chunk_size: Option<u64>,
-    force: bool,
-) -> CliResult {
-    let store = Store::open(path)?;
-    let mut recipients = Vec::new();
-    for name in to {
-        let keyring = store.user(name)?;
-        if !recipients.iter().any(|k: &Keyring| k.name == keyring.name) {
-            recipients.push(keyring);
-        }
-    }
-    let chunk_log2 = match chunk_size {
-        Some(size) => container::chunk_log2_from_size(size)?,
-        None => store.default_chunk_log2(),
-    };
-    let items = collect_put_items(sources, as_rel)?;
-    if items.is_empty() {
-        return Err(error("nothing to put: the sources hold no files"));
-    }
-    // Everything is checked before anything is written: one bad file refuses the batch.
-    for item in &items {
-        if !force && store.taken(&item.rel)? {
-            return Err(StoreError::FileExists(item.rel.clone()).into());
-        }
-        if is_safetensors(&item.rel) {
-            validate_safetensors_file(&item.source)?;
-        }
-    }
-    let total: u64 = items.iter().map(|i| i.len).sum();
-    let bar = progress_bar(total);
-    let mut done_before = 0u64;
-    for item in &items {
-        bar.set_message(item.rel.clone());
-        store.put(
-            &item.rel,
-            &item.source,
-            &recipients,
-            chunk_log2,
-            force,
-            &mut |n| bar.set_position(done_before + n),
-        )?;
-        done_before += item.len;
-        log::info!("stored {} ({} bytes)", item.rel, item.len);
-    }
-    bar.finish_and_clear();
-    let names: Vec<_> = recipients.iter().map(|k| k.name.as_str()).collect();
-    println!(
-        "stored {} file(s), {} bytes, for {}",
-        items.len(),
-        total,
-        names.join(", ")
-    );
-    Ok(())
-}
-
-fn copy_plaintext(
-    reader: &Reader<store::Blob>,
-    out: &mut dyn Write,
-    bar: &ProgressBar,
-) -> CliResult {
-    let mut chunk = zeroize::Zeroizing::new(vec![0u8; reader.chunk_size() as usize]);
-    for index in 0..reader.chunk_count() {
-        let n = reader.read_chunk(index, &mut chunk)?;
-        out.write_all(&chunk[..n])?;
-        bar.inc(n as u64);
-    }
-    Ok(())
-}
-
-pub fn get(path: &Path, rel: &str, output: &Path, user: &str, pass: &PassphraseArgs) -> CliResult {
-    let store = Store::open(path)?;
-    // Check the file exists and the user holds a slot before asking for a passphrase.
-    if store.open_container(rel)?.slot(user).is_none() {
-        return Err(StoreError::NoAccess {
-            rel: rel.to_string(),
-            user: user.to_string(),
-        }
-        .into());
-    }
-    let private = unlock(&store, user, pass)?;
-    let reader = store.reader(rel, user, &private)?;
-    let bar = progress_bar(reader.len());
-    bar.set_message(rel.to_string());
-    // Devices and pipes (-o /dev/null, a FIFO) are written in place: renaming a temporary
-    // file over them would replace the device node.
-    let special = fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir());
-    if output == Path::new("-") {
-        let stdout = io::stdout();
-        let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-        copy_plaintext(&reader, &mut out, &bar)?;
-        out.flush()?;
-    } else if special {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(output)
-            .map_err(|e| error(format!("{}: {e}", output.display())))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        copy_plaintext(&reader, &mut out, &bar)?;
-        out.flush()?;
-    } else {
-        let describe = |e: io::Error| -> Box<dyn std::error::Error> {
-            error(format!("{}: {e}", output.display()))
-        };
-        write_atomic(
-            output,
-            0o600,
-            |file| {
-                let mut out = BufWriter::with_capacity(1 << 20, file);
-                copy_plaintext(&reader, &mut out, &bar)?;
-                out.flush().map_err(describe)
-            },
-            describe,
-        )?;
-    }
-    bar.finish_and_clear();
-    Ok(())
 }
 
 /// Reads and validates the safetensors header of a stored file, decrypting only its chunks.
@@ -437,22 +223,73 @@ pub fn inspect(
     pass: &PassphraseArgs,
     as_json: bool,
 ) -> CliResult {
-    let (label, header) = match rel {
-        None => (path.display().to_string(), validate_safetensors_file(path)?),
-        Some(rel) => {
-            let store = Store::open(path)?;
-            let user =
-                user.ok_or_else(|| error("inspecting an encrypted file needs --user NAME"))?;
-            let private = unlock(&store, user, pass)?;
-            let reader = store.reader(rel, user, &private)?;
-            let header = header_from_reader(&reader).map_err(|e| error(format!("{rel}: {e}")))?;
-            (rel.to_string(), header)
-        }
+    let Some(rel) = rel else {
+        super::container_file::refuse_container(path)?;
+        let header = validate_safetensors_file(path)?;
+        return print_header(&path.display().to_string(), &header, None, as_json);
     };
-    print_header(&label, &header, as_json)
+    let store = Store::open(path)?;
+    let summary = container_summary(&store, rel, &store.open_container(rel)?);
+    // Without a user, what needs no key: the container, its owner and its readers.
+    let Some(user) = user else {
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&summary.1)?);
+        } else {
+            println!("{}", summary.0);
+        }
+        return Ok(());
+    };
+    let private = unlock(&store, user, pass)?;
+    let reader = store.reader(rel, user, &private)?;
+    let header = header_from_reader(&reader).map_err(|e| error(format!("{rel}: {e}")))?;
+    print_header(rel, &header, Some(summary), as_json)
 }
 
-fn print_header(label: &str, header: &Header, as_json: bool) -> CliResult {
+/// What `inspect STORE REL` shows without a key, as text and as JSON: version, size, owner,
+/// group, mode and the users holding key slots.
+fn container_summary(
+    store: &Store,
+    rel: &str,
+    c: &Container<store::Blob>,
+) -> (String, serde_json::Value) {
+    let h = c.header();
+    let readers: Vec<&str> = c.slots().iter().map(|s| s.label.as_str()).collect();
+    let legacy = if h.version == container::VERSION_1 {
+        " (version 1 has no ownership record: the first reader owns it, mode 0644)"
+    } else {
+        ""
+    };
+    let text = format!(
+        "{rel}: tensorvault container version {}, {} plaintext bytes in {} chunk(s) of {}\n  \
+         {}{legacy}\n  readers: {}",
+        h.version,
+        h.plaintext_len,
+        h.chunk_count(),
+        h.chunk_size(),
+        own_cmds::describe(store, false, c.ownership()),
+        readers.join(", ")
+    );
+    let mut doc = json!({
+        "path": rel,
+        "version": h.version,
+        "plaintext_len": h.plaintext_len,
+        "chunk_size": h.chunk_size(),
+        "readers": readers,
+    });
+    if let (Some(doc), serde_json::Value::Object(own)) =
+        (doc.as_object_mut(), own_cmds::to_json(store, c.ownership()))
+    {
+        doc.extend(own);
+    }
+    (text, doc)
+}
+
+fn print_header(
+    label: &str,
+    header: &Header,
+    container: Option<(String, serde_json::Value)>,
+    as_json: bool,
+) -> CliResult {
     if as_json {
         let tensors: Vec<_> = header
             .tensors
@@ -467,7 +304,7 @@ fn print_header(label: &str, header: &Header, as_json: bool) -> CliResult {
                 })
             })
             .collect();
-        let doc = json!({
+        let mut doc = json!({
             "path": label,
             "header_len": header.header_len,
             "tensor_count": header.tensors.len(),
@@ -475,8 +312,14 @@ fn print_header(label: &str, header: &Header, as_json: bool) -> CliResult {
             "metadata": header.metadata,
             "tensors": tensors,
         });
+        if let (Some(doc), Some((_, summary))) = (doc.as_object_mut(), container) {
+            doc.insert("container".into(), summary);
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
+    }
+    if let Some((text, _)) = container {
+        println!("{text}");
     }
     println!(
         "{label}: {} tensors, {} data bytes, header {} bytes",
@@ -511,10 +354,10 @@ fn print_header(label: &str, header: &Header, as_json: bool) -> CliResult {
     Ok(())
 }
 
-/// Records a grant or revoke in the store's audit log: through the running mount's daemon if
-/// one holds the log, else directly. Failing to record is a warning, not an error: the
-/// change is already made.
-fn audit_store_change(
+/// Records a grant, revoke or chown in the store's audit log: through the running mount's
+/// daemon if one holds the log, else directly. Failing to record is a warning, not an error:
+/// the change is already made.
+pub(super) fn audit_store_change(
     store: &Store,
     kind: EventKind,
     rel: &str,

@@ -15,10 +15,14 @@ use crate::crypto::{
 };
 
 pub(crate) const MAGIC: [u8; 4] = *b"TVLT";
-pub(crate) const VERSION: u16 = 1;
+/// The version every writer writes: the key-slot section ends with an ownership record.
+pub const VERSION: u16 = 2;
+/// The first version, still read: no ownership record (see [`Ownership::legacy_file`]).
+pub const VERSION_1: u16 = 1;
 pub const FIXED_HEADER_LEN: usize = 64;
 /// The header MAC covers the fixed header up to the slot-section length, which is excluded so
-/// that key slots can be added or removed by someone who does not hold the data key.
+/// that key slots can be added or removed by someone who does not hold the data key. The
+/// version field enters the MAC as 1 whatever it says (see [`FixedHeader::maced`]).
 pub const MACED_HEADER_LEN: usize = 60;
 pub const TABLE_ENTRY_LEN: usize = NONCE_LEN + TAG_LEN;
 pub(crate) const MIN_CHUNK_LOG2: u8 = 12;
@@ -38,7 +42,9 @@ pub enum ContainerError {
     NotAContainer,
     #[error("{0} bytes is shorter than the {FIXED_HEADER_LEN}-byte container header")]
     TruncatedHeader(u64),
-    #[error("unsupported container version {0} (this build reads version {VERSION})")]
+    #[error(
+        "unsupported container version {0} (this build reads versions {VERSION_1} and {VERSION})"
+    )]
     UnsupportedVersion(u16),
     #[error("invalid chunk size 2^{0}: must be a power of two from 4 KiB to 1 MiB")]
     ChunkSize(u8),
@@ -65,6 +71,8 @@ pub enum ContainerError {
     TruncatedSlot { index: u16, count: u16 },
     #[error("key-slot section: {0} bytes after the last slot")]
     TrailingSlotBytes(usize),
+    #[error("key-slot section: {0} bytes after the ownership record")]
+    TrailingRecordBytes(usize),
     #[error("key slot {index}: label is not UTF-8")]
     LabelNotUtf8 { index: u16 },
     #[error("empty key slot label")]
@@ -135,6 +143,9 @@ pub fn chunk_log2_from_size(size: u64) -> Result<u8> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedHeader {
+    /// [`VERSION`] or [`VERSION_1`]: whether the key-slot section ends with an ownership
+    /// record.
+    pub version: u16,
     pub file_id: [u8; FILE_ID_LEN],
     pub chunk_log2: u8,
     pub plaintext_len: u64,
@@ -145,11 +156,22 @@ impl FixedHeader {
     pub fn encode(&self) -> [u8; FIXED_HEADER_LEN] {
         let mut b = [0u8; FIXED_HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
-        b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
         b[6] = self.chunk_log2;
         b[8..24].copy_from_slice(&self.file_id);
         b[24..32].copy_from_slice(&self.plaintext_len.to_le_bytes());
         b[60..64].copy_from_slice(&self.slots_len.to_le_bytes());
+        b
+    }
+
+    /// The header bytes the MAC covers: the encoded header up to the slot-section length,
+    /// with the version field as 1. The version only says whether the (unauthenticated) slot
+    /// section carries an ownership record, so a version 1 file gains one (`tvault chown`)
+    /// without its data key, and its MAC stays valid.
+    pub fn maced(&self) -> [u8; MACED_HEADER_LEN] {
+        let mut b = [0u8; MACED_HEADER_LEN];
+        b.copy_from_slice(&self.encode()[..MACED_HEADER_LEN]);
+        b[4..6].copy_from_slice(&VERSION_1.to_le_bytes());
         b
     }
 
@@ -168,7 +190,7 @@ impl FixedHeader {
             return Err(ContainerError::NotAContainer);
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(ContainerError::UnsupportedVersion(version));
         }
         let chunk_log2 = b[6];
@@ -189,6 +211,7 @@ impl FixedHeader {
             return Err(ContainerError::SlotsLenOutOfRange(slots_len));
         }
         Ok(FixedHeader {
+            version,
             file_id,
             chunk_log2,
             plaintext_len,
@@ -302,8 +325,8 @@ mod reader;
 mod slots;
 mod writer;
 
-pub use ownership::{Ownership, MAX_OWNER_LEN, MODE_BITS};
-pub use reader::{Container, Reader};
+pub use ownership::{Ownership, LEGACY_FILE_MODE, MAX_OWNER_LEN, MODE_BITS};
+pub use reader::{read_ownership, Container, Reader};
 pub use slots::*;
 pub use writer::*;
 

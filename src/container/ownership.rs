@@ -13,6 +13,8 @@ use super::{ContainerError, Result};
 pub const MODE_BITS: u16 = 0o7777;
 /// The longest owner name: a store user name (see `keyring::validate_name`).
 pub const MAX_OWNER_LEN: usize = 32;
+/// The mode of a version 1 container (see [`Ownership::legacy_file`]).
+pub const LEGACY_FILE_MODE: u32 = 0o644;
 /// Encoded length without the owner name.
 const FIXED_LEN: usize = 1 + 4 + 2;
 
@@ -33,6 +35,15 @@ impl Ownership {
             gid,
             mode: (mode & u32::from(MODE_BITS)) as u16,
         }
+    }
+
+    /// What a version 1 container, which has no record, is taken to carry: owned by the user
+    /// of its first key slot (its creator: the writer through the mount, or the first `--to`
+    /// of `tvault put`), group 0, mode 0o644. A first label that cannot be a store user name
+    /// (longer than [`MAX_OWNER_LEN`]), or no slot at all, gives root.
+    pub fn legacy_file(first_label: Option<&str>) -> Ownership {
+        let owner = first_label.filter(|l| !l.is_empty() && l.len() <= MAX_OWNER_LEN);
+        Ownership::new(owner.map(str::to_string), 0, LEGACY_FILE_MODE)
     }
 
     pub fn encoded_len(&self) -> usize {
@@ -133,5 +144,14 @@ mod tests {
             .encode(&mut Vec::new())
             .is_err());
         assert_eq!(Ownership::new(None, 0, 0o100644).mode, 0o644);
+    }
+
+    #[test]
+    fn legacy_file_defaults() {
+        let alice = Ownership::legacy_file(Some("alice"));
+        assert_eq!(alice, Ownership::new(Some("alice".into()), 0, 0o644));
+        assert_eq!(Ownership::legacy_file(None).owner, None);
+        assert_eq!(Ownership::legacy_file(Some(&"x".repeat(33))).owner, None);
+        alice.encode(&mut Vec::new()).unwrap();
     }
 }

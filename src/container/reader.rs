@@ -9,12 +9,40 @@ pub(crate) const MAX_TABLE_LEN: u64 = 1 << 30;
 
 /// A structurally checked container whose contents are not yet authenticated. Opening it
 /// needs the data key, obtained from one of its key slots. Only the fixed header and the key
-/// slots have been read.
+/// slot section (slots and ownership record) have been read.
 pub struct Container<B> {
     source: B,
     header: FixedHeader,
     layout: Layout,
     slots: Vec<KeySlot>,
+    /// The record of a version 2 file, or the default of a version 1 file.
+    ownership: Ownership,
+}
+
+/// The fixed header of the container in `source`, and its ownership (the record, or a
+/// version 1 file's default): what `stat` shows, read without the whole-file checks of
+/// [`Container::parse`] (two reads, one of them at most [`MAX_SLOTS_LEN`] bytes).
+pub fn read_ownership<S: Source + ?Sized>(source: &S) -> Result<(FixedHeader, Ownership)> {
+    let mut fixed = [0u8; FIXED_HEADER_LEN];
+    source.read_exact_at(&mut fixed, 0)?;
+    let header = FixedHeader::decode(&fixed)?;
+    let (_, ownership) = read_slot_section(source, &header)?;
+    Ok((header, ownership))
+}
+
+/// Reads and decodes the slot section `header` announces; a version 1 file gets its default
+/// ownership.
+fn read_slot_section<S: Source + ?Sized>(
+    source: &S,
+    header: &FixedHeader,
+) -> Result<(Vec<KeySlot>, Ownership)> {
+    // slots_len is at most MAX_SLOTS_LEN (checked by `decode`).
+    let mut encoded = vec![0u8; header.slots_len as usize];
+    source.read_exact_at(&mut encoded, FIXED_HEADER_LEN as u64)?;
+    let (slots, recorded) = decode_slot_section(&encoded, header.version)?;
+    let ownership =
+        recorded.unwrap_or_else(|| Ownership::legacy_file(slots.first().map(|s| s.label.as_str())));
+    Ok((slots, ownership))
 }
 
 impl<B: Source> Container<B> {
@@ -36,15 +64,13 @@ impl<B: Source> Container<B> {
                 actual,
             });
         }
-        // slots_len is at most MAX_SLOTS_LEN (checked by `decode`).
-        let mut encoded = vec![0u8; header.slots_len as usize];
-        source.read_exact_at(&mut encoded, FIXED_HEADER_LEN as u64)?;
-        let slots = decode_slots(&encoded)?;
+        let (slots, ownership) = read_slot_section(&source, &header)?;
         Ok(Container {
             source,
             header,
             layout,
             slots,
+            ownership,
         })
     }
 
@@ -58,6 +84,12 @@ impl<B: Source> Container<B> {
 
     pub fn slot(&self, label: &str) -> Option<&KeySlot> {
         self.slots.iter().find(|s| s.label == label)
+    }
+
+    /// Owner, group and mode: the record of a version 2 file, the default of a version 1
+    /// file ([`Ownership::legacy_file`]). Not authenticated (like the key slots).
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
     }
 
     /// Bytes of the chunk table plus the MAC, which `open` reads into memory.
@@ -88,8 +120,7 @@ impl<B: Source> Container<B> {
         let mut mac = [0u8; MAC_LEN];
         self.source.read_exact_at(&mut mac, self.layout.mac)?;
         let keys = FileKeys::derive(data_key, &self.header.file_id);
-        let fixed = self.header.encode();
-        keys.verify_header_mac(&[&fixed[..MACED_HEADER_LEN], &table], &mac)
+        keys.verify_header_mac(&[&self.header.maced(), &table], &mac)
             .map_err(|_| ContainerError::HeaderAuthentication)?;
         Ok((keys, table, mac))
     }
@@ -111,17 +142,35 @@ impl<B: Source> Container<B> {
             header: self.header,
             layout: self.layout,
             slots: self.slots,
+            ownership: self.ownership,
             keys,
             table,
             mac,
         })
     }
 
-    /// Writes this container with `slots` replacing its key slots; the data, chunk table and
-    /// MAC are copied unchanged (no re-encryption).
+    /// Writes this container with `slots` replacing its key slots (grant, revoke), keeping
+    /// its ownership; the data, chunk table and MAC are copied unchanged (no re-encryption).
+    /// The copy is version 2: a version 1 file keeps its default ownership as a record.
     pub fn write_with_slots<W: Write>(&self, slots: &[KeySlot], out: &mut W) -> Result<()> {
-        let encoded = encode_slots(slots)?;
+        self.write_with(slots, &self.ownership, out)
+    }
+
+    /// Writes this container with `ownership` replacing its record (chown, chmod), keeping
+    /// its key slots; like [`Self::write_with_slots`], no key is needed.
+    pub fn write_with_ownership<W: Write>(&self, ownership: &Ownership, out: &mut W) -> Result<()> {
+        self.write_with(&self.slots, ownership, out)
+    }
+
+    fn write_with<W: Write>(
+        &self,
+        slots: &[KeySlot],
+        ownership: &Ownership,
+        out: &mut W,
+    ) -> Result<()> {
+        let encoded = encode_slot_section(slots, ownership)?;
         let mut header = self.header;
+        header.version = VERSION;
         header.slots_len = encoded.len() as u32;
         out.write_all(&header.encode())?;
         out.write_all(&encoded)?;
@@ -144,6 +193,7 @@ pub struct Reader<B> {
     header: FixedHeader,
     layout: Layout,
     slots: Vec<KeySlot>,
+    ownership: Ownership,
     keys: FileKeys,
     /// The chunk table as authenticated by the header MAC, held in memory: a later in-place
     /// edit of the file cannot swap in unauthenticated nonces or tags.
@@ -158,6 +208,11 @@ impl<B: Source> Reader<B> {
 
     pub(crate) fn slots(&self) -> &[KeySlot] {
         &self.slots
+    }
+
+    /// Owner, group and mode, as [`Container::ownership`] read them (not authenticated).
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
     }
 
     /// The authenticated header MAC. With the file id it names this exact version: another

@@ -53,6 +53,7 @@ impl KeySlot {
     }
 }
 
+/// The slot section of a version 1 container: `count u16 ‖ slots`.
 pub fn encode_slots(slots: &[KeySlot]) -> Result<Vec<u8>> {
     let count =
         u16::try_from(slots.len()).map_err(|_| ContainerError::TooManySlots(slots.len()))?;
@@ -75,7 +76,40 @@ pub fn encode_slots(slots: &[KeySlot]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-pub(crate) fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
+/// The slot section of a version 2 container, which writers write: `count u16 ‖ slots ‖
+/// ownership record`.
+pub fn encode_slot_section(slots: &[KeySlot], ownership: &Ownership) -> Result<Vec<u8>> {
+    let mut out = encode_slots(slots)?;
+    ownership.encode(&mut out)?;
+    if out.len() > MAX_SLOTS_LEN as usize {
+        return Err(ContainerError::SlotsTooLarge(out.len()));
+    }
+    Ok(out)
+}
+
+/// Decodes the slot section of a container of `version`: its key slots, and its ownership
+/// record (`None` in version 1, which has none). Nothing may follow the last slot (version 1)
+/// or the record (version 2).
+pub(crate) fn decode_slot_section(
+    bytes: &[u8],
+    version: u16,
+) -> Result<(Vec<KeySlot>, Option<Ownership>)> {
+    let (slots, rest) = decode_slots(bytes)?;
+    if version == VERSION_1 {
+        if !rest.is_empty() {
+            return Err(ContainerError::TrailingSlotBytes(rest.len()));
+        }
+        return Ok((slots, None));
+    }
+    let (ownership, used) = Ownership::decode(rest)?;
+    if used != rest.len() {
+        return Err(ContainerError::TrailingRecordBytes(rest.len() - used));
+    }
+    Ok((slots, Some(ownership)))
+}
+
+/// The key slots at the start of `bytes`, and what follows them.
+fn decode_slots(bytes: &[u8]) -> Result<(Vec<KeySlot>, &[u8])> {
     let (count, mut rest) = match bytes {
         [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
         _ => return Err(ContainerError::NoSlotCount(bytes.len())),
@@ -108,8 +142,5 @@ pub(crate) fn decode_slots(bytes: &[u8]) -> Result<Vec<KeySlot>> {
         slots.push(KeySlot { label, wrapped });
         rest = &tail[len + SLOT_FIXED_LEN..];
     }
-    if !rest.is_empty() {
-        return Err(ContainerError::TrailingSlotBytes(rest.len()));
-    }
-    Ok(slots)
+    Ok((slots, rest))
 }

@@ -4,11 +4,13 @@
 use super::*;
 
 /// The header (with a fresh file id and a zero length, filled in when the container is
-/// finished) and the encoded key slots of a new container.
+/// finished) and the encoded slot section (key slots and ownership record) of a new
+/// container.
 fn new_header(
     data_key: &SecretKey,
     chunk_log2: u8,
     recipients: &[(String, PublicKey)],
+    ownership: &Ownership,
 ) -> Result<(FixedHeader, Vec<u8>)> {
     if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&chunk_log2) {
         return Err(ContainerError::ChunkSize(chunk_log2));
@@ -18,8 +20,9 @@ fn new_header(
         .iter()
         .map(|(label, pk)| KeySlot::seal(&file_id, label, pk, data_key))
         .collect::<Result<Vec<_>>>()?;
-    let encoded = encode_slots(&slots)?;
+    let encoded = encode_slot_section(&slots, ownership)?;
     let header = FixedHeader {
+        version: VERSION,
         file_id,
         chunk_log2,
         plaintext_len: 0,
@@ -43,14 +46,16 @@ pub struct Writer<W: Write + Seek> {
 }
 
 impl<W: Write + Seek> Writer<W> {
-    /// `recipients` are (label, public key) pairs, one key slot each.
+    /// `recipients` are (label, public key) pairs, one key slot each; `ownership` is the
+    /// record the slot section ends with.
     pub fn new(
         mut out: W,
         data_key: &SecretKey,
         chunk_log2: u8,
         recipients: &[(String, PublicKey)],
+        ownership: &Ownership,
     ) -> Result<Self> {
-        let (header, encoded) = new_header(data_key, chunk_log2, recipients)?;
+        let (header, encoded) = new_header(data_key, chunk_log2, recipients, ownership)?;
         out.write_all(&header.encode())?;
         out.write_all(&encoded)?;
         Ok(Writer {
@@ -97,9 +102,7 @@ impl<W: Write + Seek> Writer<W> {
         self.seal_pending(true)?;
         self.header.plaintext_len = self.written;
         let encoded = self.header.encode();
-        let mac = self
-            .keys
-            .header_mac(&[&encoded[..MACED_HEADER_LEN], &self.table]);
+        let mac = self.keys.header_mac(&[&self.header.maced(), &self.table]);
         self.out.write_all(&self.table)?;
         self.out.write_all(&mac)?;
         self.out.seek(SeekFrom::Start(0))?;
@@ -134,15 +137,17 @@ pub struct Draft {
 }
 
 impl Draft {
-    /// Writes the header placeholder and key slots for `recipients` into `file` (empty).
+    /// Writes the header placeholder and the slot section (key slots for `recipients`, then
+    /// `ownership`) into `file` (empty).
     pub(crate) fn create(
         file: std::fs::File,
         data_key: &SecretKey,
         chunk_log2: u8,
         recipients: &[(String, PublicKey)],
+        ownership: &Ownership,
     ) -> Result<Self> {
         use std::os::unix::fs::FileExt;
-        let (header, encoded) = new_header(data_key, chunk_log2, recipients)?;
+        let (header, encoded) = new_header(data_key, chunk_log2, recipients, ownership)?;
         // The placeholder header has no valid MAC or length; `finish` rewrites it.
         file.write_all_at(&header.encode(), 0)?;
         file.write_all_at(&encoded, FIXED_HEADER_LEN as u64)?;
@@ -252,9 +257,7 @@ impl Draft {
             }
         }
         let encoded = self.header.encode();
-        let mac = self
-            .keys
-            .header_mac(&[&encoded[..MACED_HEADER_LEN], &table]);
+        let mac = self.keys.header_mac(&[&self.header.maced(), &table]);
         let table_offset = self.data_offset + plaintext_len;
         self.file.write_all_at(&table, table_offset)?;
         let mac_offset = table_offset + table.len() as u64;

@@ -8,17 +8,17 @@ use std::sync::{Arc, Mutex};
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use serde_json::{json, Value};
 
-use crate::access::{Access, UnlockError};
+use crate::access::{Access, Denial, UnlockError};
 use crate::audit::{self, AuditLog, Event, EventKind};
 use crate::control::{self, Handler, Peer, Request};
-use crate::fs::Core;
+use crate::fs::{Caller, Core, Verdict};
 use crate::fuse::FuseAdapter;
 use crate::store::Store;
 
 mod mounts;
 mod requests;
 
-pub use mounts::{detach, is_mount_point, mounts};
+pub use mounts::{detach, is_mount_point, mounts, MountEntry};
 use requests::DaemonControl;
 
 pub struct MountOptions {
@@ -36,6 +36,11 @@ pub struct MountOptions {
 /// Written to `STORE/.tvault/daemon.json` while mounted, so that store commands (grant,
 /// revoke) can find the daemon that holds the audit log.
 pub const DAEMON_FILE: &str = "daemon.json";
+
+/// The kernel's name for the filesystem type of a tvault mount (`subtype=tvault`).
+pub const FSTYPE: &str = "fuse.tvault";
+/// A tvault mount's source in the mount table is this followed by the store's canonical path.
+pub const SOURCE_PREFIX: &str = "tvault:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -103,7 +108,7 @@ fn recover_dead_mount(given: &Path) -> Result<(), DaemonError> {
     let Some(top) = mounts().into_iter().rev().find(|m| m.point == resolved) else {
         return Err(DaemonError::InsideDeadMount(display));
     };
-    if top.fstype != "fuse.tvault" {
+    if top.fstype != FSTYPE {
         return Err(DaemonError::DeadForeignMount(display, top.fstype));
     }
     detach(&resolved).map_err(|source| DaemonError::Detach {
@@ -253,10 +258,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         let (store, mountpoint) = names();
         return Err(DaemonError::StoreInMountpoint { store, mountpoint });
     }
-    let socket = control::socket_path(&mountpoint).map_err(|source| DaemonError::Socket {
-        path: display.clone(),
-        source,
-    })?;
+    let socket = control::socket_path(&mountpoint);
     let listener = control::bind(&socket).map_err(|source| DaemonError::Socket {
         path: socket.display().to_string(),
         source,
@@ -302,7 +304,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     );
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName(format!("tvault:{}", store_path.display())),
+        MountOption::FSName(format!("{SOURCE_PREFIX}{}", store_path.display())),
         MountOption::CUSTOM("subtype=tvault".into()),
         MountOption::NoAtime,
         MountOption::NoDev,

@@ -9,6 +9,8 @@ pub struct MountEntry {
     pub dev: String,
     /// e.g. "fuse.tvault", "ext4".
     pub fstype: String,
+    /// What is mounted: for a tvault mount `tvault:` and the store's canonical path.
+    pub source: String,
 }
 
 /// Mounts from /proc/self/mountinfo, in mount order (the last one at a path is on top).
@@ -25,10 +27,12 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     let mut fields = front.split(' ');
     let dev = fields.nth(2)?.to_string();
     let point = fields.nth(1)?;
+    let mut back = back.split(' ');
     Some(MountEntry {
         point: PathBuf::from(unescape_mountinfo(point)),
         dev,
-        fstype: back.split(' ').next()?.to_string(),
+        fstype: back.next()?.to_string(),
+        source: unescape_mountinfo(back.next()?),
     })
 }
 
@@ -92,6 +96,7 @@ mod tests {
         assert_eq!(m.point, Path::new("/mnt/a b"));
         assert_eq!(m.dev, "0:52");
         assert_eq!(m.fstype, "fuse.tvault");
+        assert_eq!(m.source, "tvault:/s");
         assert!(parse_mountinfo_line("garbage").is_none());
     }
 

@@ -25,6 +25,8 @@ pub(super) enum Refusal {
     UnknownAuditEvent(String),
     #[error(transparent)]
     Audit(audit::AuditError),
+    #[error("{0}: {1}")]
+    Why(String, crate::fs::FsError),
 }
 
 pub(super) struct DaemonControl {
@@ -55,6 +57,29 @@ impl DaemonControl {
             .filter(|f| visible(f.uid))
             .map(|f| json!({"path": f.path, "uid": f.uid, "user": f.user}))
             .collect();
+        // Only the caller's own, whoever calls: a uid's denials say which files it tried,
+        // and the audit log already shows everyone's to whoever may read it.
+        let denials: Vec<_> = s
+            .denials_of(peer.uid)
+            .into_iter()
+            .map(|d| {
+                let mut out = json!({
+                    "time": audit::format_time(d.last),
+                    "op": d.op,
+                    "path": d.path,
+                    "reason": d.reason,
+                    "count": d.count,
+                });
+                // As `why` reports a mode denial: what was missing where, and whom to ask.
+                if let Some(m) = &d.mode {
+                    out["detail"] = json!(m.to_string());
+                    out["owner"] = json!(m.owner.as_deref().unwrap_or("root"));
+                    out["mode"] = json!(format!("{:04o}", m.mode));
+                    out["entry"] = json!(m.path);
+                }
+                out
+            })
+            .collect();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         json!({
             "store": self.store_path.display().to_string(),
@@ -63,6 +88,8 @@ impl DaemonControl {
             "read_only": self.read_only,
             "unlocked": users,
             "open_files": open,
+            "uid": peer.uid,
+            "denials": denials,
             "cache": {
                 "bytes": s.cache.bytes(),
                 "capacity": s.cache.capacity(),
@@ -84,6 +111,60 @@ impl DaemonControl {
                 "key": privileged.then(|| self.audit.key_path().display().to_string()),
             },
         })
+    }
+}
+
+impl DaemonControl {
+    /// `tvault why`: the fs core's verdicts for the peer, each with its reason code and the
+    /// reason in words (the CLI adds the fix, which names the mountpoint).
+    fn why(&self, peer: Peer, path: &str) -> Result<Value, Refusal> {
+        let caller = Caller {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid as u32,
+        };
+        let why = self
+            .shared
+            .why_path(caller, path)
+            .map_err(|e| Refusal::Why(path.to_string(), e))?;
+        let verdict = |v: &Verdict| match v {
+            Verdict::Allowed => json!({"allowed": true}),
+            Verdict::Denied(d) => {
+                let mut out =
+                    json!({"allowed": false, "reason": d.code(), "detail": d.to_string()});
+                if let Denial::Mode(m) = d {
+                    out["owner"] = json!(m.owner.as_deref().unwrap_or("root"));
+                    out["mode"] = json!(format!("{:04o}", m.mode));
+                    out["entry"] = json!(m.path);
+                }
+                out
+            }
+            Verdict::Failed(e) => json!({
+                "allowed": false,
+                "reason": errno_reason(e.errno()),
+                "detail": e.to_string(),
+            }),
+        };
+        let session = self.shared.access.session(peer.uid);
+        Ok(json!({
+            "path": path,
+            "store": self.store_path.display().to_string(),
+            "uid": peer.uid,
+            "user": session.map(|s| s.name.clone()),
+            "kind": if why.kind == crate::fs::Kind::Dir { "directory" } else { "file" },
+            "read": verdict(&why.read),
+            "write": verdict(&why.write),
+        }))
+    }
+}
+
+/// Reason codes for the errors (not decisions) `tvault why` can meet.
+fn errno_reason(errno: i32) -> &'static str {
+    match errno {
+        libc::EROFS => "read-only",
+        libc::ENOENT => "not-found",
+        libc::EMFILE | libc::ENFILE => "too-many-open-files",
+        _ => "error",
     }
 }
 
@@ -164,6 +245,7 @@ impl Handler for DaemonControl {
                 Ok(json!({"user": session.name, "uid": peer.uid, "invalidated": invalidated}))
             }
             Request::Status => Ok(self.status(peer)),
+            Request::Why { path } => self.why(peer, path),
             Request::AuditNote {
                 event,
                 path,
@@ -178,6 +260,7 @@ impl Handler for DaemonControl {
                 let kind = match event.as_str() {
                     "grant" => EventKind::Grant,
                     "revoke" => EventKind::Revoke,
+                    "chown" => EventKind::Chown,
                     other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
                 };
                 let mut e = Event::from_pid(kind, peer.pid as u32)

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::access::Denial;
+use crate::access::{Denial, ModeNeed};
 use crate::container::ContainerError;
 use crate::store::StoreError;
 
@@ -119,6 +119,11 @@ impl From<Denial> for FsError {
             Denial::NoKeyring | Denial::Locked | Denial::NoKeySlot => FsError::new(libc::EACCES),
             Denial::Integrity(e) => FsError::caused(libc::EIO, e),
             Denial::StoreError(e) => FsError::caused(libc::EIO, e),
+            // Like the kernel: changing what one does not own is EPERM, missing bits EACCES.
+            Denial::Mode(m) => FsError::new(match m.need {
+                ModeNeed::Owner | ModeNeed::Chown | ModeNeed::Sticky => libc::EPERM,
+                ModeNeed::Read | ModeNeed::Write | ModeNeed::Execute => libc::EACCES,
+            }),
         }
     }
 }

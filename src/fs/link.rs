@@ -7,9 +7,8 @@ use std::ffi::OsStr;
 use super::attr::Attr;
 use super::error::{FsError, FsResult};
 use super::op::{Allowed, Op};
-use super::{Caller, Core};
+use super::{perm, Caller, Core};
 use crate::audit::EventKind;
-use crate::container::Ownership;
 use crate::store::{Link, MountKind, LINK_MODE, MAX_TARGET_LEN};
 use crate::sync::lock;
 
@@ -42,12 +41,13 @@ impl Core {
                 if self.entry_kind(&rel)?.is_some() {
                     return Err(FsError::new(libc::EEXIST).into());
                 }
-                Ok(Allowed { user, value: () })
+                let dir = self.may_add(caller, &rel)?;
+                let own = perm::new_ownership(caller, &user.name, &dir, LINK_MODE, false);
+                Ok(Allowed { user, value: own })
             },
-            |Allowed { user, .. }, _| {
-                // The caller's group is not known yet: gid 0 until `Caller` carries it.
+            |Allowed { value: own, .. }, _| {
                 let link = Link {
-                    own: Ownership::new(Some(user.name.clone()), 0, LINK_MODE),
+                    own,
                     target: target.to_vec(),
                 };
                 self.store.symlink(&rel, &link)?;

@@ -9,11 +9,13 @@
 //! table), `read` (the read path), `prefetch` (read-ahead policy and its workers), `write`
 //! (write sessions: open for writing, create, commit, truncate), `namespace` (lookup,
 //! listings, mkdir, rmdir, unlink, rename, times, statfs), `link` (symlink, readlink),
-//! `xattr`, and `op`, the one wrapper that runs authorize → record → act for every change.
+//! `xattr`, and `op`, the one wrapper that runs authorize → record → act for every change;
+//! `denials` keeps each uid's latest denials for `tvault status`.
 
 mod attr;
 mod buffers;
 mod cache;
+mod denials;
 mod error;
 mod handles;
 mod inodes;
@@ -22,12 +24,16 @@ mod link;
 mod namespace;
 mod op;
 mod open;
+mod owners;
+mod perm;
 mod prefetch;
 mod read;
 mod session;
+mod setattr;
 #[cfg(test)]
 mod tests;
 mod versions;
+mod why;
 mod write;
 mod xattr;
 
@@ -42,19 +48,25 @@ use crate::sync::{lock, read};
 pub use attr::{Attr, Kind};
 use buffers::BufferPool;
 pub use cache::ChunkCache;
+use denials::Denials;
+pub use denials::DeniedOp;
 pub use error::FsError;
 use handles::OpenFiles;
 use inodes::Inodes;
 use limits::Limits;
 pub use op::Recorder;
 pub use open::Opened;
+pub use setattr::Changes;
 use versions::Versions;
+pub use why::Verdict;
 use write::OpenSession;
 
 /// Who asks: the uid decides, the pid names the process in the audit log.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub uid: u32,
+    /// The primary gid; supplementary groups are read from `/proc` when a check needs them.
+    pub gid: u32,
     pub pid: u32,
 }
 
@@ -85,7 +97,7 @@ pub struct OpenFileInfo {
 /// 2. `inodes` (the path ↔ inode table), then `versions`' maps inside it (a rename forgets
 ///    the pages of the inodes it moves).
 /// 3. Leaves, each held for one lookup or update and never while taking another lock:
-///    `files` (handles and listings), `warned`, the cache's and limits' own locks.
+///    `files` (handles and listings), `warned`, `denials`, the cache's and limits' own locks.
 ///
 /// A write session's lock (`write::OpenSession::state`) is the only lock held across store
 /// I/O (sealing and committing its own draft); it is per inode, and nothing above waits on
@@ -101,9 +113,11 @@ pub struct Core {
     versions: Versions,
     limits: Limits,
     warned: Mutex<namespace::Warned>,
+    denials: Denials,
     prefetch: prefetch::Prefetcher,
     invalidator: OnceLock<Invalidator>,
     sessions: Mutex<HashMap<u64, Arc<OpenSession>>>,
+    owners: owners::Owners,
     read_only: bool,
     audit: Arc<dyn Recorder>,
 }
@@ -139,9 +153,11 @@ impl Core {
             versions: Versions::new(),
             limits,
             warned: Mutex::new(namespace::Warned::default()),
+            denials: Denials::default(),
             prefetch: prefetch::Prefetcher::new(weak.clone()),
             invalidator: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
+            owners: owners::Owners::default(),
             read_only,
             audit,
         })
@@ -185,6 +201,11 @@ impl Core {
             .collect();
         out.sort_by(|a, b| (a.uid, &a.path).cmp(&(b.uid, &b.path)));
         out
+    }
+
+    /// The latest denials of `uid`, most recent first.
+    pub fn denials_of(&self, uid: u32) -> Vec<DeniedOp> {
+        self.denials.of(uid)
     }
 
     /// Drops the kernel's page cache for every file `uid` has open, so that reads on those

@@ -11,10 +11,13 @@ use super::attr::{Attr, Kind};
 use super::error::{FsError, FsResult};
 use super::handles::{DirEntry, Listing, LISTING_ENTRY};
 use super::inodes::child_path;
-use super::op::{Allowed, Op};
-use super::{Caller, Core};
+use super::op::{Allowed, Op, Refusal};
+use super::{perm, Caller, Core};
 use crate::audit::EventKind;
-use crate::store::{MountKind, Node, SetTime, StoreError, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE};
+use crate::container::Ownership;
+use crate::store::{
+    MountKind, Node, StoreError, DIR_META_FILE, MAX_NAME_LEN, META_DIR, RECIPIENTS_FILE,
+};
 use crate::sync::lock;
 
 /// Paths warned about (links, special files in the store) are remembered up to this many,
@@ -39,8 +42,11 @@ pub struct StatFs {
 }
 
 impl Core {
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+    /// Looks `name` up in `parent`, which the caller must be able to search.
+    pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let rel = self.child_rel(parent, name, libc::ENOENT)?;
+        let dir = self.parent_attr(&rel)?;
+        perm::need(caller, perm::parent_rel(&rel), &dir, perm::MAY_EXEC)?;
         // Only paths that exist get an inode: probing for missing names must not grow the
         // table.
         let mut attr = self.attr_of(0, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
@@ -57,6 +63,8 @@ impl Core {
     /// then serves slices of it.
     pub fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
         let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        let dir = self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
+        perm::need(caller, &rel, &dir, perm::MAY_READ)?;
         let listing = self.store.list_mount_dir(&rel)?;
         let parent_rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
         let mut entries: Listing = Vec::with_capacity(listing.len() + 2);
@@ -98,7 +106,13 @@ impl Core {
         self.files.remove_listing(fh);
     }
 
-    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<Attr> {
+    /// A new directory gets the caller as owner and `mode & !umask`.
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        (parent, name): (u64, &OsStr),
+        (mode, umask): (u32, u32),
+    ) -> FsResult<Attr> {
         let rel = self.child_rel(parent, name, libc::EPERM)?;
         self.change(
             Op::new(EventKind::Mkdir, caller, &rel),
@@ -107,10 +121,12 @@ impl Core {
                 if self.entry_kind(&rel)?.is_some() {
                     return Err(FsError::new(libc::EEXIST).into());
                 }
-                Ok(Allowed { user, value: () })
+                let dir = self.may_add(caller, &rel)?;
+                let own = perm::new_ownership(caller, &user.name, &dir, mode & !umask, true);
+                Ok(Allowed { user, value: own })
             },
-            |_, _| {
-                self.store.mkdir(&rel)?;
+            |Allowed { value: own, .. }, _| {
+                self.store.mkdir(&rel, &own)?;
                 let ino = lock(&self.inodes).get_or_insert(&rel);
                 self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::EIO))
             },
@@ -128,6 +144,7 @@ impl Core {
                     Some(_) => return Err(FsError::new(libc::ENOTDIR).into()),
                     None => return Err(FsError::new(libc::ENOENT).into()),
                 }
+                self.may_remove(caller, &rel, &self.existing(&rel)?)?;
                 Ok(Allowed { user, value: () })
             },
             |_, _| {
@@ -145,6 +162,9 @@ impl Core {
             || {
                 let user = self.writer(caller)?;
                 let kind = self.entry_kind(&rel)?.ok_or(FsError::new(libc::ENOENT))?;
+                if kind != MountKind::Dir {
+                    self.may_remove(caller, &rel, &self.existing(&rel)?)?;
+                }
                 match kind {
                     // Deleting needs the same key slot as reading.
                     MountKind::File => drop(self.open_version(caller.uid, &rel)?),
@@ -195,6 +215,13 @@ impl Core {
                 if noreplace && replaced.is_some() {
                     return Err(FsError::new(libc::EEXIST).into());
                 }
+                self.may_rename(
+                    caller,
+                    &from,
+                    &to,
+                    moved == MountKind::Dir,
+                    replaced.is_some(),
+                )?;
                 match (moved, replaced) {
                     (MountKind::Dir, Some(MountKind::File | MountKind::Link)) => {
                         return Err(FsError::new(libc::ENOTDIR).into())
@@ -245,44 +272,28 @@ impl Core {
         )
     }
 
-    /// setattr(2): size (truncate) and times. Modes and owners are not tvault's access
-    /// control: they are accepted and ignored.
-    pub fn setattr(
+    /// POSIX rules for moving `from` to `to`: it may leave its directory and, at the target,
+    /// be added or replace what is there (sticky bits included); a directory moved to
+    /// another parent also needs write permission on itself, for its `..`.
+    fn may_rename(
         &self,
         caller: Caller,
-        ino: u64,
-        fh: Option<u64>,
-        size: Option<u64>,
-        times: (Option<SetTime>, Option<SetTime>),
-    ) -> FsResult<Attr> {
-        let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
-        if let Some(size) = size {
-            self.truncate(caller, ino, &rel, fh, size)?;
+        from: &str,
+        to: &str,
+        from_dir: bool,
+        replaces: bool,
+    ) -> Result<(), Refusal> {
+        let entry = self.existing(from)?;
+        self.may_remove(caller, from, &entry)?;
+        if replaces {
+            self.may_remove(caller, to, &self.existing(to)?)?;
+        } else {
+            self.may_add(caller, to)?;
         }
-        if times.0.is_some() || times.1.is_some() {
-            self.set_times(caller, &rel, times)?;
+        if from_dir && perm::parent_rel(from) != perm::parent_rel(to) {
+            perm::need(caller, from, &entry, perm::MAY_WRITE)?;
         }
-        self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))
-    }
-
-    fn set_times(
-        &self,
-        caller: Caller,
-        rel: &str,
-        (atime, mtime): (Option<SetTime>, Option<SetTime>),
-    ) -> FsResult<()> {
-        self.change(
-            Op::new(EventKind::SetTimes, caller, rel),
-            || {
-                let user = self.writer(caller)?;
-                let kind = self.entry_kind(rel)?.ok_or(FsError::new(libc::ENOENT))?;
-                if kind == MountKind::File {
-                    self.open_version(caller.uid, rel)?;
-                }
-                Ok(Allowed { user, value: kind })
-            },
-            |Allowed { value: kind, .. }, _| Ok(self.store.set_times(rel, kind, atime, mtime)?),
-        )
+        Ok(())
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
@@ -303,21 +314,32 @@ impl Core {
     /// (OS symlinks and special files in the store are hidden, and logged once).
     pub(super) fn attr_of(&self, ino: u64, rel: &str) -> FsResult<Option<Attr>> {
         match self.store.node(rel) {
-            Ok(Some(Node::Dir(meta))) => Ok(Some(Attr::dir(ino, &meta))),
+            Ok(Some(Node::Dir {
+                meta,
+                ownership: own,
+            })) => Ok(Some(Attr::dir(ino, &meta, &own, self.owner_uid(&own)))),
             Ok(Some(Node::File {
                 meta,
                 plaintext_len,
                 chunk_size,
+                ownership: own,
             })) => {
                 // While a file is being written, its size is the session's.
                 let size = self.session_size(ino).unwrap_or(plaintext_len);
-                Ok(Some(Attr::file(ino, &meta, size, chunk_size)))
+                let uid = self.owner_uid(&own);
+                Ok(Some(Attr::file(ino, &meta, &own, uid, (size, chunk_size))))
             }
             Ok(Some(Node::Link {
                 meta,
                 own,
                 target_len,
-            })) => Ok(Some(Attr::link(ino, &meta, &own, target_len))),
+            })) => Ok(Some(Attr::link(
+                ino,
+                &meta,
+                &own,
+                self.owner_uid(&own),
+                target_len,
+            ))),
             Ok(None) => Ok(None),
             Err(e @ (StoreError::Symlink(_) | StoreError::NotRegular { .. })) => {
                 self.warn_once(rel, &e);
@@ -349,6 +371,10 @@ impl Core {
         }
     }
 
+    fn owner_uid(&self, own: &Ownership) -> u32 {
+        self.owners.uid(&self.store, own.owner.as_deref())
+    }
+
     fn warn_once(&self, rel: &str, what: &dyn std::fmt::Display) {
         let mut warned = lock(&self.warned);
         if warned.0.len() < MAX_WARNED && warned.0.insert(rel.to_string()) {
@@ -357,16 +383,18 @@ impl Core {
     }
 }
 
-/// Names the mount never shows: the store's metadata directory, and the policy file's name.
+/// Names the mount never shows: the store's metadata directory, and the names of the policy
+/// and directory metadata files.
 /// (Temporary and policy files in the store never show anyway: only `*.tvlt` containers and
 /// directories are listed. But a directory named like the policy, made through the mount,
 /// would stand in for the policy of its parents: files created beside it would be
 /// encrypted to nobody else.)
-fn hidden(parent: &str, name: &str) -> bool {
+pub(super) fn hidden(parent: &str, name: &str) -> bool {
     name.is_empty()
         || name == "."
         || name == ".."
         || name.contains('/')
         || name == RECIPIENTS_FILE
+        || name == DIR_META_FILE
         || (parent.is_empty() && name == META_DIR)
 }

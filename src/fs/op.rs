@@ -41,6 +41,16 @@ impl From<FsError> for Refusal {
     }
 }
 
+/// For checks outside `Core::change` (lookups, `access`): the errno, nothing recorded.
+impl From<Refusal> for FsError {
+    fn from(r: Refusal) -> FsError {
+        match r {
+            Refusal::Denied(d) => d.into(),
+            Refusal::Failed(e) => e,
+        }
+    }
+}
+
 impl From<Denial> for Refusal {
     fn from(d: Denial) -> Refusal {
         Refusal::Denied(d)
@@ -131,10 +141,13 @@ impl Core {
         act(allowed, &Recorded(()))
     }
 
-    /// Records a denial; one that is an integrity failure is recorded as such too. Both are
-    /// best effort: the operation is refused either way.
+    /// Records a denial, in the audit log and among the caller's recent denials (which
+    /// `tvault status` shows it); one that is an integrity failure is recorded as such too.
+    /// All best effort: the operation is refused either way.
     fn record_denial(&self, op: &Op<'_>, denial: &Denial) {
         let _ = self.audit.record(&op.event().deny(denial.code()));
+        self.denials
+            .note(op.caller.uid, op.kind.as_str(), op.path, denial);
         if let Denial::Integrity(why) = denial {
             log::error!("{}: {why}", op.path);
             let _ = self.audit.record(

@@ -12,7 +12,7 @@ use super::handles::{Handle, Reads};
 use super::limits::Charge;
 use super::op::{Allowed, Op, Recorded, Refusal};
 use super::versions::{Conflict, Content, FileVersion, PageCache, PageRef, VersionKey};
-use super::{Caller, Core};
+use super::{perm, Caller, Core};
 use crate::access::{Denial, UserSession};
 use crate::audit::EventKind;
 use crate::container::{Container, ContainerError};
@@ -44,6 +44,7 @@ impl Core {
         self.change(
             op,
             || {
+                perm::need(caller, &rel, &self.existing(&rel)?, perm::MAY_READ)?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, user) = self.open_version(caller.uid, &rel)?;
                 let pages = self.open_pages(ino, Content::Version(version.key))?;

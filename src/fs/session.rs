@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::limits::{Charge, Limit, LimitError};
 use super::versions::{FileVersion, VersionKey};
-use crate::container;
+use crate::container::{self, Ownership};
 use crate::crypto::PublicKey;
 use crate::store::{Store, StoreDraft, StoreError};
 
@@ -46,6 +46,8 @@ pub struct WriteSession {
     /// hold. Beyond it writes and truncations fail with `EFBIG`, before anything is sealed.
     max_size: u64,
     recipients: Vec<(String, PublicKey)>,
+    /// The owner, group and mode every version this session commits carries.
+    ownership: Ownership,
     chunk_log2: u8,
     /// The committed version this session started from (None: starts empty).
     base: Option<Arc<FileVersion>>,
@@ -85,6 +87,7 @@ impl WriteSession {
     pub fn new(
         max_size: u64,
         recipients: Vec<(String, PublicKey)>,
+        ownership: Ownership,
         chunk_log2: u8,
         base: Option<Arc<FileVersion>>,
         (memory, dirty_budget): (Charge, u64),
@@ -96,6 +99,7 @@ impl WriteSession {
             dirty_budget,
             max_size,
             recipients,
+            ownership,
             chunk_log2,
             base_valid: size,
             size,
@@ -110,6 +114,16 @@ impl WriteSession {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The owner, group and mode its versions are written with.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// The users this session's versions are encrypted to.
+    pub fn recipient_names(&self) -> Vec<String> {
+        self.recipients.iter().map(|(n, _)| n.clone()).collect()
     }
 
     /// Charges the chunk table of a file of `size` bytes before the session grows to it:
@@ -145,7 +159,8 @@ impl WriteSession {
 
     fn ensure_draft(&mut self, store: &Store, rel: &str) -> Result<(), WriteError> {
         if self.draft.is_none() {
-            self.draft = Some(store.start_draft(rel, self.chunk_log2, &self.recipients)?);
+            self.draft =
+                Some(store.start_draft(rel, self.chunk_log2, &self.recipients, &self.ownership)?);
         }
         Ok(())
     }

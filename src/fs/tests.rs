@@ -91,7 +91,11 @@ struct Fixture {
 }
 
 fn caller(uid: u32) -> Caller {
-    Caller { uid, pid: 0 }
+    Caller {
+        uid,
+        gid: uid,
+        pid: 0,
+    }
 }
 
 fn name(s: &str) -> &OsStr {
@@ -129,7 +133,7 @@ impl Fixture {
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let (_, opened) = self
             .core
-            .create(caller(uid), ROOT, name(rel), flags)
+            .create(caller(uid), (ROOT, name(rel)), (0o644, 0o022), flags)
             .unwrap();
         assert_eq!(
             self.core.write(opened.fh, 0, data).unwrap() as usize,
@@ -139,7 +143,7 @@ impl Fixture {
     }
 
     fn ino(&self, rel: &str) -> u64 {
-        self.core.lookup(ROOT, name(rel)).unwrap().ino
+        self.core.lookup(caller(0), ROOT, name(rel)).unwrap().ino
     }
 
     fn read_all(&self, uid: u32, rel: &str) -> FsResult<Vec<u8>> {
@@ -211,7 +215,9 @@ fn reads_and_writes_round_trip_across_chunks() {
 fn every_change_is_recorded_before_it_takes_effect() {
     let fx = fixture();
     fx.put(ALICE, "f", b"hello world");
-    fx.core.mkdir(caller(ALICE), ROOT, name("d")).unwrap();
+    fx.core
+        .mkdir(caller(ALICE), (ROOT, name("d")), (0o755, 0))
+        .unwrap();
     fx.journal.take();
     // At the moment each record is written, the change it records has not happened yet.
     let root = fx.root.clone();
@@ -236,11 +242,21 @@ fn every_change_is_recorded_before_it_takes_effect() {
         }
     }));
     fx.put(ALICE, "g", b"new");
-    fx.core.mkdir(caller(ALICE), ROOT, name("e")).unwrap();
+    fx.core
+        .mkdir(caller(ALICE), (ROOT, name("e")), (0o755, 0))
+        .unwrap();
     fx.core.rmdir(caller(ALICE), ROOT, name("e")).unwrap();
     let old = SetTime::At(UNIX_EPOCH + Duration::from_secs(1000));
     fx.core
-        .setattr(caller(ALICE), fx.ino("g"), None, None, (None, Some(old)))
+        .setattr(
+            caller(ALICE),
+            fx.ino("g"),
+            None,
+            Changes {
+                mtime: Some(old),
+                ..Default::default()
+            },
+        )
         .unwrap();
     fx.core
         .rename(caller(ALICE), (ROOT, name("g")), (ROOT, name("h")), false)
@@ -264,7 +280,9 @@ fn every_change_is_recorded_before_it_takes_effect() {
 fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
     let fx = fixture();
     fx.put(ALICE, "f", b"hello world");
-    fx.core.mkdir(caller(ALICE), ROOT, name("d")).unwrap();
+    fx.core
+        .mkdir(caller(ALICE), (ROOT, name("d")), (0o755, 0))
+        .unwrap();
     let (f, d) = (fx.ino("f"), fx.ino("d"));
     let before = std::fs::read(fx.container("f")).unwrap();
     let mtime = Fixture::mtime(&fx.container("f"));
@@ -273,10 +291,16 @@ fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
     let me = caller(ALICE);
     let create = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
     assert_eq!(
-        errno(fx.core.create(me, ROOT, name("new"), create)),
+        errno(
+            fx.core
+                .create(me, (ROOT, name("new")), (0o644, 0o022), create)
+        ),
         libc::EACCES
     );
-    assert_eq!(errno(fx.core.mkdir(me, ROOT, name("e"))), libc::EACCES);
+    assert_eq!(
+        errno(fx.core.mkdir(me, (ROOT, name("e")), (0o755, 0))),
+        libc::EACCES
+    );
     assert_eq!(errno(fx.core.rmdir(me, ROOT, name("d"))), libc::EACCES);
     assert_eq!(errno(fx.core.unlink(me, ROOT, name("f"))), libc::EACCES);
     let moved = fx
@@ -284,16 +308,40 @@ fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
         .rename(me, (ROOT, name("f")), (ROOT, name("g")), false);
     assert_eq!(errno(moved), libc::EACCES);
     assert_eq!(
-        errno(fx.core.setattr(me, f, None, Some(0), (None, None))),
+        errno(fx.core.setattr(
+            me,
+            f,
+            None,
+            Changes {
+                size: Some(0),
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     let epoch = Some(SetTime::At(UNIX_EPOCH));
     assert_eq!(
-        errno(fx.core.setattr(me, f, None, None, (None, epoch))),
+        errno(fx.core.setattr(
+            me,
+            f,
+            None,
+            Changes {
+                mtime: epoch,
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     assert_eq!(
-        errno(fx.core.setattr(me, d, None, None, (None, epoch))),
+        errno(fx.core.setattr(
+            me,
+            d,
+            None,
+            Changes {
+                mtime: epoch,
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     assert_eq!(
@@ -307,14 +355,24 @@ fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, [".tvault", "d", "f.tvlt"]);
+    assert_eq!(names, [".tvault", ".tvault-dir", "d", "f.tvlt"]);
     assert_eq!(std::fs::read(fx.container("f")).unwrap(), before);
     assert_eq!(Fixture::mtime(&fx.container("f")), mtime);
     assert!(fx.journal.take().is_empty());
     // And all of it works once recording does.
     fx.journal.fail(false);
     assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"hello world");
-    fx.core.setattr(me, f, None, Some(5), (None, None)).unwrap();
+    fx.core
+        .setattr(
+            me,
+            f,
+            None,
+            Changes {
+                size: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"hello");
     fx.core.rmdir(me, ROOT, name("d")).unwrap();
     assert!(!fx.root.join("d").exists());
@@ -324,6 +382,9 @@ fn a_change_that_cannot_be_recorded_is_refused_and_leaves_no_trace() {
 fn each_denial_is_recorded_with_its_true_reason() {
     let fx = fixture();
     fx.put(ALICE, "f", &[7u8; 10_000]);
+    // A root without the sticky bit, so that key slots decide removals.
+    let open_root = crate::container::Ownership::new(None, 0, 0o777);
+    fx.core.store.set_ownership("", &open_root).unwrap();
     fx.journal.take();
     let f = fx.ino("f");
     // Bob is unlocked but holds no slot for alice's file.
@@ -334,7 +395,15 @@ fn each_denial_is_recorded_with_its_true_reason() {
         .rename(bob, (ROOT, name("f")), (ROOT, name("g")), false);
     assert_eq!(errno(moved), libc::EACCES);
     assert_eq!(
-        errno(fx.core.setattr(bob, f, None, Some(0), (None, None))),
+        errno(fx.core.setattr(
+            bob,
+            f,
+            None,
+            Changes {
+                size: Some(0),
+                ..Default::default()
+            }
+        )),
         libc::EACCES
     );
     assert_eq!(errno(fx.core.open(bob, f, libc::O_RDONLY)), libc::EACCES);
@@ -343,7 +412,8 @@ fn each_denial_is_recorded_with_its_true_reason() {
         [
             denied(EventKind::Unlink, "no-key-slot"),
             denied(EventKind::Rename, "no-key-slot"),
-            denied(EventKind::Truncate, "no-key-slot"),
+            // The file is alice's 0644: the mode refuses before the slot is looked at.
+            denied(EventKind::Truncate, "mode"),
             denied(EventKind::Open, "no-key-slot"),
         ]
     );
@@ -353,7 +423,7 @@ fn each_denial_is_recorded_with_its_true_reason() {
         libc::EACCES
     );
     assert_eq!(
-        errno(fx.core.mkdir(caller(EVE), ROOT, name("d"))),
+        errno(fx.core.mkdir(caller(EVE), (ROOT, name("d")), (0o755, 0))),
         libc::EACCES
     );
     fx.core.access.lock(ALICE);
@@ -425,28 +495,40 @@ fn a_broken_write_session_fails_its_handles_instead_of_committing() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names.len(), 3, "{names:?}");
 }
 
 #[test]
 fn names_the_mount_never_shows_cannot_be_made_or_found() {
     let fx = fixture();
     let me = caller(ALICE);
-    for hidden in [".tvault", ".tvault-recipients"] {
-        assert_eq!(errno(fx.core.mkdir(me, ROOT, name(hidden))), libc::EPERM);
-        assert_eq!(errno(fx.core.lookup(ROOT, name(hidden))), libc::ENOENT);
+    for hidden in [".tvault", ".tvault-recipients", ".tvault-dir"] {
+        assert_eq!(
+            errno(fx.core.mkdir(me, (ROOT, name(hidden)), (0o755, 0))),
+            libc::EPERM
+        );
+        assert_eq!(
+            errno(fx.core.lookup(caller(0), ROOT, name(hidden))),
+            libc::ENOENT
+        );
     }
     let long = "x".repeat(251);
     assert_eq!(
-        errno(fx.core.mkdir(me, ROOT, name(&long))),
+        errno(fx.core.mkdir(me, (ROOT, name(&long)), (0o755, 0))),
         libc::ENAMETOOLONG
     );
     assert!(fx.journal.take().is_empty());
     // A link planted in the store is not shown and not followed.
     std::os::unix::fs::symlink("/etc", fx.root.join("link")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", fx.root.join("p.tvlt")).unwrap();
-    assert_eq!(errno(fx.core.lookup(ROOT, name("link"))), libc::ENOENT);
-    assert_eq!(errno(fx.core.lookup(ROOT, name("p"))), libc::ENOENT);
+    assert_eq!(
+        errno(fx.core.lookup(caller(0), ROOT, name("link"))),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(fx.core.lookup(caller(0), ROOT, name("p"))),
+        libc::ENOENT
+    );
     let listing = fx.core.readdir(fx.core.opendir(me, ROOT).unwrap()).unwrap();
     let names: Vec<&str> = listing.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, [".", ".."]);
@@ -479,7 +561,7 @@ fn a_file_renamed_while_open_for_writing_commits_at_its_new_name() {
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
     let (_, opened) = fx
         .core
-        .create(caller(ALICE), ROOT, name(".tmp"), flags)
+        .create(caller(ALICE), (ROOT, name(".tmp")), (0o644, 0o022), flags)
         .unwrap();
     fx.core
         .write(opened.fh, 0, b"written before the rename")
@@ -539,13 +621,17 @@ fn a_create_racing_another_create_does_not_replace_the_file_it_made() {
         }),
         Box::new(move || {
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-            let (_, opened) = core.create(caller(BOB), ROOT, name("f"), flags).unwrap();
+            let (_, opened) = core
+                .create(caller(BOB), (ROOT, name("f")), (0o644, 0o022), flags)
+                .unwrap();
             core.write(opened.fh, 0, b"bob's weights").unwrap();
             core.release(opened.fh).unwrap();
         }),
     ));
     let flags = libc::O_WRONLY | libc::O_CREAT;
-    let created = fx.core.create(caller(ALICE), ROOT, name("f"), flags);
+    let created = fx
+        .core
+        .create(caller(ALICE), (ROOT, name("f")), (0o644, 0o022), flags);
     assert_eq!(errno(created), libc::EEXIST);
     assert_eq!(fx.read_all(BOB, "f").unwrap(), b"bob's weights");
 }
@@ -562,7 +648,9 @@ fn a_rename_onto_a_free_name_does_not_replace_a_file_made_there_meanwhile() {
         Box::new(|e: &Event| e.kind == EventKind::Rename && e.decision == Some(Decision::Allow)),
         Box::new(move || {
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-            let (_, opened) = core.create(caller(BOB), ROOT, name("b"), flags).unwrap();
+            let (_, opened) = core
+                .create(caller(BOB), (ROOT, name("b")), (0o644, 0o022), flags)
+                .unwrap();
             core.write(opened.fh, 0, b"bob's weights").unwrap();
             core.release(opened.fh).unwrap();
         }),
@@ -599,10 +687,43 @@ fn a_key_is_remembered_only_once_its_mac_verified() {
 }
 
 #[test]
+fn denials_are_kept_for_the_denied_uid_only() {
+    let fx = fixture();
+    fx.put(ALICE, "f", &[7u8; 100]);
+    let f = fx.ino("f");
+    assert_eq!(
+        errno(fx.core.open(caller(BOB), f, libc::O_RDONLY)),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.open(caller(BOB), f, libc::O_RDONLY)),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fx.core.mkdir(caller(EVE), (ROOT, name("d")), (0o755, 0))),
+        libc::EACCES
+    );
+    let bob = fx.core.denials_of(BOB);
+    assert_eq!(bob.len(), 1);
+    assert_eq!(
+        (bob[0].op, bob[0].path.as_str(), bob[0].reason, bob[0].count),
+        ("open", "f", "no-key-slot", 2)
+    );
+    let eve = fx.core.denials_of(EVE);
+    assert_eq!((eve[0].op, eve[0].reason), ("mkdir", "no-keyring"));
+    assert!(fx.core.denials_of(ALICE).is_empty());
+}
+
+#[test]
 fn links_are_made_read_listed_moved_and_removed_without_a_key_slot() {
     let fx = fixture();
+    // Open directories, so that key slots (not modes) decide what bob may move.
+    let open_root = crate::container::Ownership::new(None, 0, 0o777);
+    fx.core.store.set_ownership("", &open_root).unwrap();
     fx.put(ALICE, "f", b"alice's data");
-    fx.core.mkdir(caller(ALICE), ROOT, name("d")).unwrap();
+    fx.core
+        .mkdir(caller(ALICE), (ROOT, name("d")), (0o777, 0))
+        .unwrap();
     fx.journal.take();
     let attr = fx
         .core
@@ -645,12 +766,15 @@ fn links_are_made_read_listed_moved_and_removed_without_a_key_slot() {
         );
     }
     assert_eq!(
-        errno(fx.core.mkdir(caller(ALICE), ROOT, name("l"))),
+        errno(fx.core.mkdir(caller(ALICE), (ROOT, name("l")), (0o755, 0))),
         libc::EEXIST
     );
     let create = libc::O_WRONLY | libc::O_CREAT;
     assert_eq!(
-        errno(fx.core.create(caller(ALICE), ROOT, name("l"), create)),
+        errno(
+            fx.core
+                .create(caller(ALICE), (ROOT, name("l")), (0o644, 0o022), create)
+        ),
         libc::EEXIST
     );
     assert_eq!(
@@ -693,12 +817,20 @@ fn links_are_made_read_listed_moved_and_removed_without_a_key_slot() {
     let old = UNIX_EPOCH + Duration::from_secs(1_000_000);
     let attr = fx
         .core
-        .setattr(caller(ALICE), l, None, None, (None, Some(SetTime::At(old))))
+        .setattr(
+            caller(ALICE),
+            l,
+            None,
+            Changes {
+                mtime: Some(SetTime::At(old)),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(attr.mtime, old);
     assert_eq!(Fixture::mtime(&fx.root.join("l.tvln")), old);
-    // Bob holds no slot for f, yet moves and removes alice's link (the lead's mode checks
-    // decide who may); replacing f by a link needs a slot for f.
+    // Bob holds no slot for f, yet moves and removes alice's link (in directories whose
+    // modes let him); replacing f by a link needs a slot for f.
     fx.journal.take();
     fx.core
         .rename(
@@ -724,7 +856,9 @@ fn links_are_made_read_listed_moved_and_removed_without_a_key_slot() {
         ),
         libc::EISDIR
     );
-    fx.core.mkdir(caller(ALICE), d, name("e")).unwrap();
+    fx.core
+        .mkdir(caller(ALICE), (d, name("e")), (0o755, 0))
+        .unwrap();
     assert_eq!(
         errno(
             fx.core
@@ -763,15 +897,24 @@ fn a_link_and_a_file_replace_each_other_like_two_files() {
     fx.core
         .rename(caller(ALICE), (ROOT, name("l")), (ROOT, name("f")), false)
         .unwrap();
-    assert_eq!(fx.core.lookup(ROOT, name("f")).unwrap().kind, Kind::Symlink);
+    assert_eq!(
+        fx.core.lookup(caller(0), ROOT, name("f")).unwrap().kind,
+        Kind::Symlink
+    );
     assert!(!fx.container("f").exists() && !fx.root.join("l.tvln").exists());
-    assert_eq!(errno(fx.core.lookup(ROOT, name("l"))), libc::ENOENT);
+    assert_eq!(
+        errno(fx.core.lookup(caller(0), ROOT, name("l"))),
+        libc::ENOENT
+    );
     // A file replaces the link: the link file goes.
     fx.put(ALICE, "g", b"new file");
     fx.core
         .rename(caller(ALICE), (ROOT, name("g")), (ROOT, name("f")), false)
         .unwrap();
-    assert_eq!(fx.core.lookup(ROOT, name("f")).unwrap().kind, Kind::File);
+    assert_eq!(
+        fx.core.lookup(caller(0), ROOT, name("f")).unwrap().kind,
+        Kind::File
+    );
     assert!(!fx.root.join("f.tvln").exists());
     assert_eq!(fx.read_all(ALICE, "f").unwrap(), b"new file");
     // RENAME_NOREPLACE refuses either kind at the target.

@@ -16,9 +16,10 @@ use super::handles::Reads;
 use super::op::{Allowed, Op, Recorded};
 use super::session::{self, WriteError, WriteSession};
 use super::versions::{Content, FileVersion, VersionKey};
-use super::{Caller, Core, Opened};
+use super::{perm, Caller, Core, Opened};
 use crate::access::UserSession;
 use crate::audit::EventKind;
+use crate::container::Ownership;
 use crate::crypto::PublicKey;
 use crate::store::MountKind;
 use crate::sync::lock;
@@ -27,6 +28,8 @@ use crate::sync::lock;
 pub(super) struct OpenSession {
     /// Names this session's content for the page-cache rules (`versions::Content`).
     pub id: u64,
+    /// Who its versions are encrypted to: a writer joins only if it chose them all.
+    readers: Vec<String>,
     /// The draft being built. Not taken through `sync::lock`: a panic while it was held may
     /// have left it half-changed, so a poisoned session fails instead of committing.
     state: Mutex<WriteSession>,
@@ -44,6 +47,7 @@ impl OpenSession {
     fn new(id: u64, ws: WriteSession) -> Self {
         OpenSession {
             id,
+            readers: ws.recipient_names(),
             base: Mutex::new(ws.base_key()),
             size: AtomicU64::new(ws.size()),
             state: Mutex::new(ws),
@@ -90,6 +94,15 @@ impl OpenSession {
     }
 }
 
+/// What opening for writing with `flags` needs of the file's mode.
+fn write_mask(flags: i32) -> u32 {
+    if flags & libc::O_ACCMODE == libc::O_RDWR {
+        perm::MAY_READ | perm::MAY_WRITE
+    } else {
+        perm::MAY_WRITE
+    }
+}
+
 impl Core {
     /// open(2) for writing (`O_WRONLY`/`O_RDWR`, with `O_TRUNC` applied here): needs an
     /// unlocked session and a key slot for the file's current version.
@@ -105,6 +118,7 @@ impl Core {
             op,
             || {
                 let user = self.writer(caller)?;
+                perm::need(caller, rel, &self.existing(rel)?, write_mask(flags))?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, _) = self.open_version(caller.uid, rel)?;
                 Ok(Allowed {
@@ -114,7 +128,7 @@ impl Core {
             },
             |Allowed { user, value }, recorded| {
                 let (slot, version) = value;
-                let session = self.join_session(recorded, ino, caller.uid, version)?;
+                let session = self.join_session(recorded, ino, (&user, rel), version)?;
                 let truncate = flags & libc::O_TRUNC != 0;
                 self.open_writer(recorded, session, user, ino, rel, slot, truncate)
             },
@@ -124,11 +138,12 @@ impl Core {
     /// Creates `name` in `parent` (or opens it for writing, if it exists and `O_EXCL` is not
     /// given). A new file's empty version is committed at once, after its record, so that
     /// it exists for lookups while it is written.
+    /// A new file gets the caller as owner and `mode & !umask` (see [`perm::new_ownership`]).
     pub fn create(
         &self,
         caller: Caller,
-        parent: u64,
-        name: &std::ffi::OsStr,
+        (parent, name): (u64, &std::ffi::OsStr),
+        (mode, umask): (u32, u32),
         flags: i32,
     ) -> FsResult<(Attr, Opened)> {
         let rel = self.child_rel(parent, name, libc::EPERM)?;
@@ -148,8 +163,20 @@ impl Core {
                     Ok(true) if flags & libc::O_EXCL != 0 => {
                         return Err(FsError::new(libc::EEXIST).into())
                     }
-                    Ok(true) => Some(self.open_version(caller.uid, &rel)?.0),
-                    Ok(false) => None,
+                    Ok(true) => {
+                        perm::need(caller, &rel, &self.existing(&rel)?, write_mask(flags))?;
+                        Ok(self.open_version(caller.uid, &rel)?.0)
+                    }
+                    Ok(false) => {
+                        let dir = self.may_add(caller, &rel)?;
+                        Err(perm::new_ownership(
+                            caller,
+                            &user.name,
+                            &dir,
+                            mode & !umask,
+                            false,
+                        ))
+                    }
                     Err(e) => return Err(FsError::from(e).into()),
                 };
                 Ok(Allowed {
@@ -160,10 +187,12 @@ impl Core {
             |Allowed { user, value }, recorded| {
                 let (slot, existing) = value;
                 let ino = lock(&self.inodes).get_or_insert(&rel);
-                let truncate = existing.is_some() && flags & libc::O_TRUNC != 0;
+                let truncate = existing.is_ok() && flags & libc::O_TRUNC != 0;
                 let session = match existing {
-                    Some(version) => self.join_session(recorded, ino, caller.uid, version)?,
-                    None => self.create_session(recorded, ino, &rel, &user)?,
+                    Ok(version) => self.join_session(recorded, ino, (&user, &rel), version)?,
+                    Err(ownership) => {
+                        self.create_session(recorded, ino, (&rel, ownership), &user)?
+                    }
                 };
                 let opened =
                     self.open_writer(recorded, session.clone(), user, ino, &rel, slot, truncate)?;
@@ -227,9 +256,11 @@ impl Core {
             || {
                 let user = self.writer(caller)?;
                 let by_path = match handle {
+                    // ftruncate: the descriptor was opened for writing, which decided.
                     Some(_) => None,
                     None => Some((
-                        self.handle_slot(caller.uid)?,
+                        perm::need(caller, rel, &self.existing(rel)?, perm::MAY_WRITE)
+                            .map(|()| self.handle_slot(caller.uid))??,
                         self.open_version(caller.uid, rel)?.0,
                     )),
                 };
@@ -238,12 +269,12 @@ impl Core {
                     value: by_path,
                 })
             },
-            |Allowed { value, .. }, recorded| {
+            |Allowed { user, value }, recorded| {
                 let truncate = |s: &OpenSession| s.with(|ws| ws.truncate(&self.store, rel, size));
                 match (value, &handle) {
                     (None, Some(h)) => h.write.as_ref().map_or(Ok(()), |s| truncate(s)),
                     (Some((_slot, version)), _) => {
-                        let session = self.join_session(recorded, ino, caller.uid, version)?;
+                        let session = self.join_session(recorded, ino, (&user, rel), version)?;
                         let truncated = truncate(&session);
                         if truncated.is_err() {
                             self.abandon(ino, &session);
@@ -257,33 +288,48 @@ impl Core {
         )
     }
 
-    /// Joins (or starts) the session of `ino` that builds on `version`, which the caller
-    /// was just authorized for. `ESTALE` (the path moves to a new inode) if the inode's
-    /// session builds on another version.
+    /// Joins (or starts) the session of `ino` that builds on `version`, which `user` was
+    /// just authorized to write at `rel`. `ESTALE` (the path moves to a new inode) if the
+    /// inode's session builds on another version; `EBUSY` if it is encrypted to a reader
+    /// this writer did not choose (see [`Core::rewrite_recipients`]).
     fn join_session(
         &self,
         _: &Recorded,
         ino: u64,
-        uid: u32,
+        (user, rel): (&UserSession, &str),
         version: Arc<FileVersion>,
     ) -> FsResult<Arc<OpenSession>> {
         let key = version.key;
+        // Read before any lock: it reads keyrings and the directory's policy.
+        let mut recipients = Some(self.rewrite_recipients(rel, user, &version)?);
+        let allowed: Vec<String> = recipients
+            .iter()
+            .flatten()
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut fresh: Option<Arc<OpenSession>> = None;
         loop {
             let existing = lock(&self.sessions).get(&ino).cloned();
             if let Some(existing) = existing {
-                match self.join(ino, &existing, key) {
+                match self.join(ino, &existing, key, &allowed) {
                     Some(joined) => return joined,
                     None => continue,
                 }
             }
-            // Built without holding `sessions`: it reads keyrings and reserves memory.
-            let session = match fresh.take() {
-                Some(session) => session,
-                None => {
-                    let recipients = self.recipients_of(&version);
-                    Arc::new(self.new_session(uid, recipients, Some(version.clone()))?)
+            // Built without holding `sessions`: it reserves memory.
+            let session = match (fresh.take(), recipients.take()) {
+                (Some(session), _) => session,
+                (None, Some(recipients)) => {
+                    // A new version keeps the file's owner, group and mode.
+                    let ownership = version.reader.ownership().clone();
+                    Arc::new(self.new_session(
+                        user.uid,
+                        recipients,
+                        ownership,
+                        Some(version.clone()),
+                    )?)
                 }
+                (None, None) => return Err(FsError::new(libc::EIO)),
             };
             let mut sessions = lock(&self.sessions);
             if sessions.contains_key(&ino) {
@@ -298,16 +344,20 @@ impl Core {
     }
 
     /// Joins `session` if it is still the one registered for `ino` (None: it ended
-    /// meanwhile, the caller looks again).
+    /// meanwhile, the caller looks again) and the joiner may write to all its readers.
     fn join(
         &self,
         ino: u64,
         session: &Arc<OpenSession>,
         key: VersionKey,
+        allowed: &[String],
     ) -> Option<FsResult<Arc<OpenSession>>> {
         let sessions = lock(&self.sessions);
         let current = sessions.get(&ino).filter(|s| Arc::ptr_eq(s, session))?;
         if current.base_key() == Some(key) {
+            if !current.readers.iter().all(|r| allowed.contains(r)) {
+                return Some(Err(FsError::new(libc::EBUSY)));
+            }
             current.writers.fetch_add(1, Ordering::Relaxed);
             return Some(Ok(current.clone()));
         }
@@ -322,7 +372,7 @@ impl Core {
         &self,
         _: &Recorded,
         ino: u64,
-        rel: &str,
+        (rel, ownership): (&str, Ownership),
         user: &UserSession,
     ) -> FsResult<Arc<OpenSession>> {
         let keyring = self.store.user(&user.name)?;
@@ -332,7 +382,7 @@ impl Core {
             .into_iter()
             .map(|k| (k.name, k.public_key))
             .collect();
-        let session = self.new_session(user.uid, recipients, None)?;
+        let session = self.new_session(user.uid, recipients, ownership, None)?;
         self.commit_in(rel, &session)?;
         let session = Arc::new(session);
         session.writers.store(1, Ordering::Relaxed);
@@ -344,6 +394,7 @@ impl Core {
         &self,
         uid: u32,
         recipients: Vec<(String, PublicKey)>,
+        ownership: Ownership,
         base: Option<Arc<FileVersion>>,
     ) -> FsResult<OpenSession> {
         let log2 = base.as_ref().map_or(self.store.default_chunk_log2(), |b| {
@@ -351,7 +402,14 @@ impl Core {
         });
         let size = base.as_ref().map_or(0, |b| b.reader.len());
         let memory = session::reserve(&self.limits.writes, uid, log2, size)?;
-        let ws = WriteSession::new(self.max_file_size(log2), recipients, log2, base, memory);
+        let ws = WriteSession::new(
+            self.max_file_size(log2),
+            recipients,
+            ownership,
+            log2,
+            base,
+            memory,
+        );
         Ok(OpenSession::new(self.versions.fresh_id(), ws))
     }
 
@@ -437,21 +495,55 @@ impl Core {
         })
     }
 
+    /// Commits at `rel`. The draft carries the ownership the file had when the session
+    /// started; a chmod or chgrp made since is put back on the new version.
     fn commit_in(&self, rel: &str, session: &OpenSession) -> FsResult<()> {
+        let shown = self.attr_of(0, rel)?;
         let next = self.versions.fresh_id();
-        if let Some(key) = session.with(|ws| ws.commit(&self.store, rel, next))? {
+        let (key, drafted) =
+            session.with(|ws| Ok((ws.commit(&self.store, rel, next)?, ws.ownership().clone())))?;
+        if let Some(key) = key {
             *lock(&session.base) = Some(key);
+            if let Some(a) = shown {
+                let now = Ownership::new(a.owner, a.gid, u32::from(a.perm));
+                if now != drafted {
+                    self.store.set_ownership(rel, &now)?;
+                }
+            }
         }
         Ok(())
     }
 
     /// (name, public key) of every recipient of a committed version, for its next version.
-    fn recipients_of(&self, version: &FileVersion) -> Vec<(String, PublicKey)> {
-        self.store
-            .keyrings_for(version.reader.slots().iter().map(|s| s.label.as_str()))
+    /// Who a new version of `rel` written by `user` is encrypted to: what a new file there
+    /// would get (the writer and the directory's `.tvault-recipients`) and, only when the
+    /// writer owns the file, also the readers of the version it replaces. So a file planted
+    /// by someone else where a job writes does not carry the job's output back to them: no
+    /// write reaches a reader its writer did not choose, by owning the file or by writing
+    /// into a directory whose policy names them.
+    fn rewrite_recipients(
+        &self,
+        rel: &str,
+        user: &UserSession,
+        version: &FileVersion,
+    ) -> FsResult<Vec<(String, PublicKey)>> {
+        let keyring = self.store.user(&user.name)?;
+        let mut recipients = self.store.recipients_for_new(rel, &keyring)?;
+        let owned = self
+            .attr_of(0, rel)?
+            .is_some_and(|a| a.owner.as_deref() == Some(user.name.as_str()));
+        if owned {
+            let previous = version.reader.slots().iter().map(|s| s.label.as_str());
+            for k in self.store.keyrings_for(previous) {
+                if !recipients.iter().any(|r| r.name == k.name) {
+                    recipients.push(k);
+                }
+            }
+        }
+        Ok(recipients
             .into_iter()
             .map(|k| (k.name, k.public_key))
-            .collect()
+            .collect())
     }
 
     /// The largest file a write through the mount may make with chunks of `2^log2` bytes:

@@ -16,8 +16,15 @@ fn store_with_file(dir: &Path) -> (Store, PrivateKey, PathBuf) {
     store.add_user(&alice).unwrap();
     let src = dir.join("..").join("plain.bin");
     fs::write(&src, vec![7u8; 10_000]).unwrap();
+    let ownership = crate::container::Ownership::new(Some("alice".into()), 1001, 0o640);
+    let options = store::PutOptions {
+        chunk_log2: 12,
+        replace: false,
+        ownership: &ownership,
+    };
+    store.mkdir_all("m", &mut |_| ownership.clone()).unwrap();
     store
-        .put("m/w.bin", &src, &[alice], 12, false, &mut |_| {})
+        .put("m/w.bin", &src, &[alice], &options, &mut |_| {})
         .unwrap();
     let path = dir.join(store::container_rel("m/w.bin").unwrap());
     (store, private, path)

@@ -56,14 +56,13 @@ impl Kind {
     }
 }
 
-/// Times and owner of a store entry.
+/// Times of a store entry (owners and modes come from ownership records, not the backing
+/// storage).
 #[derive(Debug, Clone, Copy)]
 pub struct Meta {
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
-    pub uid: u32,
-    pub gid: u32,
 }
 
 /// What [`Backend::stat`] finds at a path.

@@ -4,7 +4,7 @@
 //! temporary file; committing replaces the target atomically.
 
 use super::{container_err, container_rel, Blob, Result, Stage, Store, FILE_MODE};
-use crate::container::{self, Draft, Reader};
+use crate::container::{self, Draft, Ownership, Reader};
 use crate::crypto::{PublicKey, SecretKey};
 
 pub struct StoreDraft {
@@ -15,19 +15,20 @@ pub struct StoreDraft {
 
 impl Store {
     /// Starts a new version of `rel`, encrypted to `recipients` in chunks of `2^chunk_log2`
-    /// bytes, under a data key generated now.
+    /// bytes, under a data key generated now, carrying `ownership` in its slot section.
     pub(crate) fn start_draft(
         &self,
         rel: &str,
         chunk_log2: u8,
         recipients: &[(String, PublicKey)],
+        ownership: &Ownership,
     ) -> Result<StoreDraft> {
         let target = container_rel(rel)?;
         let path = self.backend.display_path(&target);
         let key = SecretKey::generate().map_err(|e| container_err(&path)(e.into()))?;
         let (stage, file) = self.backend.stage(&target, FILE_MODE)?;
-        let draft =
-            Draft::create(file, &key, chunk_log2, recipients).map_err(container_err(&path))?;
+        let draft = Draft::create(file, &key, chunk_log2, recipients, ownership)
+            .map_err(container_err(&path))?;
         Ok(StoreDraft { stage, draft, key })
     }
 }

@@ -7,11 +7,21 @@ use std::path::{Path, PathBuf};
 
 use super::{
     container_err, container_rel, io_err, validate_rel, Blob, Kind, Result, Store, StoreError,
-    CONTAINER_EXT, DIR_MODE, IO_BUF, META_DIR,
+    CONTAINER_EXT, DIR_META_FILE, IO_BUF, META_DIR,
 };
-use crate::container::{Container, ContainerError, KeySlot, Reader, Writer};
+use crate::container::{Container, ContainerError, KeySlot, Ownership, Reader, Writer};
 use crate::crypto::{PrivateKey, SecretKey};
+use crate::fsutil;
 use crate::keyring::Keyring;
+
+/// How [`Store::put`] writes a file.
+pub(crate) struct PutOptions<'a> {
+    pub chunk_log2: u8,
+    /// Replace an existing file (else it is refused).
+    pub replace: bool,
+    /// The owner, group and mode the new container carries.
+    pub ownership: &'a Ownership,
+}
 
 /// One stored file as seen by listings.
 #[derive(Debug, Clone)]
@@ -63,12 +73,27 @@ impl Store {
             validate_rel(dir)?;
         }
         let mut out = Vec::new();
-        self.walk(dir, &mut out)?;
+        self.walk(dir, &mut out, &mut Vec::new())?;
         out.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(out)
     }
 
-    fn walk(&self, dir: &str, out: &mut Vec<StoredFile>) -> Result<()> {
+    /// Every directory under directory `dir` (`""`: the whole store), `dir` excluded, sorted
+    /// by path (a parent before its children).
+    pub(crate) fn dirs_under(&self, dir: &str) -> Result<Vec<String>> {
+        if !dir.is_empty() {
+            validate_rel(dir)?;
+        }
+        let mut dirs = Vec::new();
+        self.walk(dir, &mut Vec::new(), &mut dirs)?;
+        dirs.sort();
+        Ok(dirs)
+    }
+
+    /// Collects the files and directories under `dir`. Directories the mount does not show
+    /// (a temporary one of mkdir or rmdir, one named like the directory metadata) are not
+    /// entered.
+    fn walk(&self, dir: &str, out: &mut Vec<StoredFile>, dirs: &mut Vec<String>) -> Result<()> {
         for entry in self.backend.list(dir)? {
             let name = &entry.name;
             if dir.is_empty() && name == META_DIR {
@@ -80,7 +105,11 @@ impl Store {
                 format!("{dir}/{name}")
             };
             match entry.kind {
-                Kind::Dir => self.walk(&rel, out)?,
+                Kind::Dir if fsutil::is_temp_name(name) || name == DIR_META_FILE => {}
+                Kind::Dir => {
+                    self.walk(&rel, out, dirs)?;
+                    dirs.push(rel);
+                }
                 Kind::File => {
                     if let Some(stem) = rel.strip_suffix(&format!(".{CONTAINER_EXT}")) {
                         if validate_rel(stem).is_ok() {
@@ -125,25 +154,22 @@ impl Store {
         container.open(&data_key).map_err(container_err(&path))
     }
 
-    /// Encrypts `source` into the store as `rel`, for `recipients`. With `replace` false an
-    /// existing `rel` is refused. `progress` receives bytes processed so far.
+    /// Encrypts `source` into the store as `rel`, for `recipients`, as `options` say. The
+    /// parent directory must exist (see [`Store::mkdir_all`], which gives the directories it
+    /// makes their owners). `progress` receives bytes processed so far.
     pub(crate) fn put(
         &self,
         rel: &str,
         source: &Path,
         recipients: &[Keyring],
-        chunk_log2: u8,
-        replace: bool,
+        options: &PutOptions<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        if !replace && self.taken(rel)? {
+        if !options.replace && self.taken(rel)? {
             return Err(StoreError::FileExists(rel.to_string()));
         }
         let target = container_rel(rel)?;
         let path = self.backend.display_path(&target);
-        if let Some((parent, _)) = rel.rsplit_once('/') {
-            self.backend.create_dir_all(parent, DIR_MODE)?;
-        }
         let mut input = File::open(source).map_err(io_err(source))?;
         let data_key = SecretKey::generate().map_err(|e| container_err(&path)(e.into()))?;
         let slots: Vec<_> = recipients
@@ -152,8 +178,14 @@ impl Store {
             .collect();
         self.write_atomic(&target, |file| {
             let out = BufWriter::with_capacity(IO_BUF, file);
-            let mut writer =
-                Writer::new(out, &data_key, chunk_log2, &slots).map_err(container_err(&path))?;
+            let mut writer = Writer::new(
+                out,
+                &data_key,
+                options.chunk_log2,
+                &slots,
+                options.ownership,
+            )
+            .map_err(container_err(&path))?;
             let mut buf = zeroize::Zeroizing::new(vec![0u8; IO_BUF]);
             let mut done = 0u64;
             loop {
@@ -261,7 +293,7 @@ impl Store {
     }
 
     /// Re-encrypts the plaintext of `reader` under a fresh data key and file id, chunk by chunk
-    /// in memory, keeping its chunk size.
+    /// in memory, keeping its chunk size and ownership.
     fn reencrypt(&self, target: &str, reader: &Reader<Blob>, recipients: &[Keyring]) -> Result<()> {
         let path = self.backend.display_path(target);
         let data_key = SecretKey::generate().map_err(|e| container_err(&path)(e.into()))?;
@@ -271,8 +303,14 @@ impl Store {
             .collect();
         self.write_atomic(target, |file| {
             let out = BufWriter::with_capacity(IO_BUF, file);
-            let mut writer = Writer::new(out, &data_key, reader.header().chunk_log2, &slots)
-                .map_err(container_err(&path))?;
+            let mut writer = Writer::new(
+                out,
+                &data_key,
+                reader.header().chunk_log2,
+                &slots,
+                reader.ownership(),
+            )
+            .map_err(container_err(&path))?;
             let mut chunk = zeroize::Zeroizing::new(vec![0u8; reader.chunk_size() as usize]);
             let mut cipher = Vec::new();
             for index in 0..reader.chunk_count() {
@@ -312,13 +350,19 @@ mod tests {
         let src = dir.path().join("plain");
         std::fs::write(&src, &data).unwrap();
         let mut seen = 0;
+        let ownership = Ownership::new(Some("alice".into()), 1001, 0o640);
+        let options = PutOptions {
+            chunk_log2: 12,
+            replace: false,
+            ownership: &ownership,
+        };
+        store.mkdir_all("m", &mut |_| ownership.clone()).unwrap();
         store
             .put(
                 "m/w.bin",
                 &src,
                 std::slice::from_ref(alice),
-                12,
-                false,
+                &options,
                 &mut |n| seen = n,
             )
             .unwrap();
@@ -329,8 +373,7 @@ mod tests {
                 "m/w.bin",
                 &src,
                 std::slice::from_ref(alice),
-                12,
-                false,
+                &options,
                 &mut |_| {}
             ),
             Err(StoreError::FileExists(_))
@@ -367,7 +410,12 @@ mod tests {
             1 << 12,
             "re-encryption keeps the chunk size"
         );
+        assert_eq!(rekeyed.ownership(), &ownership, "and the ownership");
         let left: Vec<_> = std::fs::read_dir(dir.path().join("m")).unwrap().collect();
-        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        assert_eq!(
+            left.len(),
+            2,
+            "no temporary file is left behind (.tvault-dir is)"
+        );
     }
 }

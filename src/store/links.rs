@@ -200,6 +200,21 @@ impl Store {
         Ok((link, blob.meta()))
     }
 
+    /// Gives link `rel` another owner or group (lchown), atomically; its target stays.
+    pub(crate) fn set_link_ownership(&self, rel: &str, own: &Ownership) -> Result<()> {
+        let mut link = self.read_link(rel)?;
+        link.own = Ownership::new(own.owner.clone(), own.gid, LINK_MODE);
+        let file = link_rel(rel)?;
+        let path = self.backend.display_path(&file);
+        let bytes = link.encode().map_err(|why| StoreError::BadLink {
+            path: path.clone(),
+            why,
+        })?;
+        self.write_atomic(&file, |f| {
+            std::io::Write::write_all(f, &bytes).map_err(super::io_err(&path))
+        })
+    }
+
     /// Removes link `rel`.
     pub(crate) fn remove_link(&self, rel: &str) -> Result<()> {
         self.backend.remove_file(&link_rel(rel)?)
@@ -288,7 +303,10 @@ mod tests {
             store.symlink("l", &link(b"other")),
             Err(StoreError::FileExists(_))
         ));
-        assert!(matches!(store.mkdir("l"), Err(StoreError::FileExists(_))));
+        assert!(matches!(
+            store.mkdir("l", &Ownership::new(None, 0, 0o755)),
+            Err(StoreError::FileExists(_))
+        ));
         fs::create_dir(dir.path().join("d")).unwrap();
         fs::write(dir.path().join("f.tvlt"), b"").unwrap();
         for taken in ["d", "f"] {

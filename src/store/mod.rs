@@ -5,6 +5,7 @@
 //! STORE/.tvault/store.json        format version, default chunk size
 //! STORE/.tvault/users/NAME.json   one keyring per user
 //! STORE/REL.tvlt                  the encrypted form of plaintext file REL
+//! STORE/DIR/.tvault-dir           owner, group and mode of directory DIR (and of the root)
 //! STORE/REL.tvln                  symbolic link REL (its target in the clear)
 //! ```
 //! Every path goes through the backend, which never follows a link, opens only regular files
@@ -13,7 +14,8 @@
 //! leaves the store as it was. By job: `users.rs` (keyrings), `policy.rs` (recipients of new
 //! files), `files.rs` (put, read, grant, revoke, listings), `namespace.rs` (what the mount
 //! shows and changes), `node.rs` (what a mount path is), `links.rs` (symbolic links,
-//! `REL.tvln`), `draft.rs` (new versions written through the mount).
+//! `REL.tvln`), `draft.rs` (new versions written through the mount), `ownership.rs` (owners,
+//! groups and modes: `.tvault-dir`, chown).
 
 mod backend;
 mod dir;
@@ -22,6 +24,7 @@ mod files;
 mod links;
 mod namespace;
 mod node;
+mod ownership;
 mod policy;
 mod users;
 
@@ -38,9 +41,12 @@ use crate::keyring::KeyringError;
 pub(crate) use backend::{Backend, Blob, Entry, Kind, Meta, SetTime, Stage, Status, Usage};
 use dir::Gate;
 pub(crate) use draft::StoreDraft;
+pub(crate) use files::PutOptions;
 pub use links::{Link, LinkError, MAX_TARGET_LEN};
 pub(crate) use links::{MountKind, LINK_EXT, LINK_MODE, MAX_LINK_LEN};
 pub(crate) use node::Node;
+pub use ownership::DirMetaError;
+pub(crate) use ownership::{legacy_dir, DIR_META_FILE};
 pub use policy::parse_policy;
 pub(crate) use users::read_keyring;
 
@@ -57,7 +63,7 @@ const DIR_MODE: u32 = 0o755;
 pub(crate) const MAX_CONFIG_LEN: u64 = 64 << 10;
 pub(crate) const MAX_KEYRING_LEN: u64 = 64 << 10;
 pub(crate) const MAX_POLICY_LEN: u64 = 64 << 10;
-const CONFIG_REL: &str = ".tvault/store.json";
+pub(crate) const CONFIG_REL: &str = ".tvault/store.json";
 const USERS_REL: &str = ".tvault/users";
 /// Plaintext is streamed through buffers of this size.
 const IO_BUF: usize = 1 << 20;
@@ -116,6 +122,8 @@ pub enum StoreError {
     NotRegular { path: PathBuf, what: &'static str },
     #[error("{path}: larger than the {limit}-byte limit for this kind of file (truncated, replaced, or not written by tvault)")]
     TooLarge { path: PathBuf, limit: u64 },
+    #[error("{path}: directory metadata {why}; tvault never guesses a directory's owner and mode (remove it, then set them with `tvault chown`)")]
+    BadDirMeta { path: PathBuf, why: DirMetaError },
     #[error("{path}: {why} (not written by tvault, or damaged; remove it)")]
     BadLink { path: PathBuf, why: LinkError },
     #[error("{0}: not a local directory; give the audit log a local path (--audit-log)")]
@@ -236,11 +244,14 @@ impl Store {
         };
         let json = serde_json::to_string_pretty(&config).unwrap_or_default() + "\n";
         backend.write_small(CONFIG_REL, json.as_bytes(), 0o644)?;
-        Ok(Store {
+        let store = Store {
             backend,
             root: root.to_path_buf(),
             chunk_log2,
-        })
+        };
+        // Explicit, though it is the default: the root's mode is a decision, not an accident.
+        store.write_dir_meta("", &legacy_dir())?;
+        Ok(store)
     }
 
     pub fn open(root: &Path) -> Result<Store> {
