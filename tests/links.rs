@@ -206,6 +206,12 @@ fn cp_a_and_tar_of_a_tree_with_relative_links_copy_it_exactly() {
     assert_eq!(via.stdout, model, "{}", stderr(&via));
     let deep = fx.as_uid(ALICE, "cat", &[s(&copy.join("a/deep/deep.bin"))], "");
     assert_eq!(deep.stdout, fs::read(src.join("a/b/c/deep.bin")).unwrap());
+    // The administrator's chown -R gives the links away too.
+    ok(&["chown", s(&fx.store), "copy", "bob", "-R"], "");
+    let link = fs::read(fx.store.join("copy/a/b/model.tvln")).unwrap();
+    let link = tensorvault::store::Link::decode(&link).unwrap();
+    assert_eq!(link.own.owner.as_deref(), Some("bob"));
+    assert_eq!(link.target, b"../model.safetensors");
     // tar x (links, then their times) lands the same tree.
     let archive = fx.path("tree.tar");
     let tar = Command::new("tar")

@@ -105,15 +105,15 @@ pub(crate) fn to_json(store: &Store, ownership: &Ownership) -> Value {
     })
 }
 
-/// The entries `chown` changes: `rel` (a file or a directory, `""` the root) and, with
-/// `recursive`, every directory and file under a directory, parents first.
+/// The entries `chown` changes: `rel` (a file, link or directory, `""` the root) and, with
+/// `recursive`, every directory, file and link under a directory, parents first.
 fn chown_targets(
     store: &Store,
     rel: &str,
     recursive: bool,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     if !rel.is_empty() && !store.is_dir(rel) {
-        if store.exists(rel)? {
+        if store.mount_kind(rel)?.is_some() {
             return Ok(vec![rel.to_string()]);
         }
         return Err(StoreError::NoSuchFile(rel.to_string()).into());
@@ -122,6 +122,7 @@ fn chown_targets(
     if recursive {
         out.extend(store.dirs_under(rel)?);
         out.extend(store.files_under(rel)?.into_iter().map(|f| f.rel));
+        out.extend(store.links_under(rel)?);
     }
     Ok(out)
 }

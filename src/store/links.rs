@@ -215,6 +215,26 @@ impl Store {
         })
     }
 
+    /// Every link in directory `dir` (`""`: the root) and below it, sorted by path.
+    pub(crate) fn links_under(&self, dir: &str) -> Result<Vec<String>> {
+        let mut dirs = vec![dir.to_string()];
+        dirs.extend(self.dirs_under(dir)?);
+        let mut out = Vec::new();
+        for d in dirs {
+            for entry in self.list_mount_dir(&d)? {
+                if entry.kind == MountKind::Link {
+                    out.push(if d.is_empty() {
+                        entry.name
+                    } else {
+                        format!("{d}/{}", entry.name)
+                    });
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Removes link `rel`.
     pub(crate) fn remove_link(&self, rel: &str) -> Result<()> {
         self.backend.remove_file(&link_rel(rel)?)
@@ -343,6 +363,8 @@ mod tests {
         assert!(store.rename_link("n", "d/m", true).is_err(), "noreplace");
         store.rename_link("n", "d/m", false).unwrap();
         assert_eq!(store.read_link("d/m").unwrap().target, b"n");
+        assert_eq!(store.links_under("").unwrap(), ["d/m"]);
+        assert_eq!(store.links_under("d").unwrap(), ["d/m"]);
         store.remove_link("d/m").unwrap();
         assert_eq!(store.mount_kind("d/m").unwrap(), None);
         assert!(store.read_link("d/m").unwrap_err().is_not_found());
