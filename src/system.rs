@@ -38,6 +38,28 @@ pub(crate) fn free_space(dir: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// The supplementary groups of process `pid` (`Groups:` in `/proc/PID/status`); empty for
+/// pid 0 or a process that is gone. Read when a permission check needs them, so that a
+/// `newgrp` or `setpriv --groups` takes effect at once.
+pub(crate) fn process_groups(pid: u32) -> Vec<u32> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,26 +84,4 @@ mod tests {
         assert!(free_space(Path::new("/")).is_some());
         assert_eq!(free_space(Path::new("/nonexistent/dir")), None);
     }
-}
-
-/// The supplementary groups of process `pid` (`Groups:` in `/proc/PID/status`); empty for
-/// pid 0 or a process that is gone. Read when a permission check needs them, so that a
-/// `newgrp` or `setpriv --groups` takes effect at once.
-pub(crate) fn process_groups(pid: u32) -> Vec<u32> {
-    if pid == 0 {
-        return Vec::new();
-    }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
-        .map(|groups| {
-            groups
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -1733,6 +1733,17 @@ fn rewrite_v2_vectors() {
     write_v2_vectors(&vectors_dir());
 }
 
+/// (name, description, plaintext length, plaintext seed), the recipients and the
+/// ownership record of one positive version 2 vector.
+type V2Positive<'a> = (
+    &'a str,
+    &'a str,
+    usize,
+    u64,
+    Vec<&'a Identity>,
+    &'a Ownership,
+);
+
 /// The version 2 vectors: two positive ones (`owned`, `root-owned`) and `negative-v2.json`,
 /// alterations of `owned`'s slot section. Some of those open: the record is outside the
 /// header MAC, which docs/FORMAT.md (and SECURITY.md) say a store writer can change.
@@ -1741,7 +1752,7 @@ fn write_v2_vectors(dir: &Path) {
     let bob = Identity::new("bob");
     let alice_owns = Ownership::new(Some("alice".into()), 1001, 0o640);
     let root_owns = Ownership::new(None, 0, 0o600);
-    let positives: [(&str, &str, usize, u64, Vec<&Identity>, &Ownership); 2] = [
+    let positives: [V2Positive; 2] = [
         (
             "owned",
             "version 2: owned by alice, group 1001, mode 0640; key slots for alice and bob \

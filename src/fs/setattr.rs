@@ -42,6 +42,7 @@ impl Core {
         }
         if changes.atime.is_some() || changes.mtime.is_some() {
             self.set_times(caller, &rel, (changes.atime, changes.mtime))?;
+            self.keep_times(ino, changes.atime, changes.mtime);
         }
         self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))
     }

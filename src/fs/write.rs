@@ -21,7 +21,7 @@ use crate::access::UserSession;
 use crate::audit::EventKind;
 use crate::container::Ownership;
 use crate::crypto::PublicKey;
-use crate::store::MountKind;
+use crate::store::{MountKind, SetTime};
 use crate::sync::lock;
 
 /// The write session of one inode, shared by its writable handles.
@@ -41,6 +41,9 @@ pub(super) struct OpenSession {
     size: AtomicU64,
     /// The file was unlinked while open: nothing is committed (POSIX: the data goes with it).
     unlinked: AtomicBool,
+    /// Times set (futimens, as `cp -a` does before closing) while the session was open:
+    /// put back on each version it commits, which would otherwise get the commit's time.
+    times: Mutex<(Option<SetTime>, Option<SetTime>)>,
 }
 
 impl OpenSession {
@@ -53,6 +56,7 @@ impl OpenSession {
             state: Mutex::new(ws),
             writers: AtomicUsize::new(0),
             unlinked: AtomicBool::new(false),
+            times: Mutex::new((None, None)),
         }
     }
 
@@ -510,11 +514,25 @@ impl Core {
                     self.store.set_ownership(rel, &now)?;
                 }
             }
+            // Last: rewriting the ownership record gives the file a new mtime.
+            let (atime, mtime) = *lock(&session.times);
+            if atime.is_some() || mtime.is_some() {
+                self.store.set_times(rel, MountKind::File, atime, mtime)?;
+            }
         }
         Ok(())
     }
 
     /// (name, public key) of every recipient of a committed version, for its next version.
+    /// Remembers times just set on `ino` for its open write session, if it has one.
+    pub(super) fn keep_times(&self, ino: u64, atime: Option<SetTime>, mtime: Option<SetTime>) {
+        if let Some(session) = lock(&self.sessions).get(&ino) {
+            let mut times = lock(&session.times);
+            times.0 = atime.or(times.0);
+            times.1 = mtime.or(times.1);
+        }
+    }
+
     /// Who a new version of `rel` written by `user` is encrypted to: what a new file there
     /// would get (the writer and the directory's `.tvault-recipients`) and, only when the
     /// writer owns the file, also the readers of the version it replaces. So a file planted

@@ -202,7 +202,7 @@ impl Store {
 
     /// Gives link `rel` another owner or group (lchown), atomically; its target stays.
     pub(crate) fn set_link_ownership(&self, rel: &str, own: &Ownership) -> Result<()> {
-        let mut link = self.read_link(rel)?;
+        let (mut link, times) = self.read_link_file(rel)?;
         link.own = Ownership::new(own.owner.clone(), own.gid, LINK_MODE);
         let file = link_rel(rel)?;
         let path = self.backend.display_path(&file);
@@ -212,7 +212,8 @@ impl Store {
         })?;
         self.write_atomic(&file, |f| {
             std::io::Write::write_all(f, &bytes).map_err(super::io_err(&path))
-        })
+        })?;
+        self.restore_times(&file, Some(times))
     }
 
     /// Every link in directory `dir` (`""`: the root) and below it, sorted by path.

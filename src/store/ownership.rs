@@ -11,9 +11,10 @@
 
 use std::io::{BufWriter, Write};
 
-use super::{container_err, container_rel, io_err, validate_rel, Kind, Result, Store, StoreError};
+use super::{container_err, container_rel, io_err, validate_rel, Kind, Meta, Result, SetTime};
+use super::{Store, StoreError};
 use super::{FILE_MODE, IO_BUF};
-use crate::container::{ContainerError, Ownership};
+use crate::container::{Container, ContainerError, Ownership};
 
 /// The file holding a directory's ownership record, at every level (hidden by the mount).
 pub(crate) const DIR_META_FILE: &str = ".tvault-dir";
@@ -123,25 +124,44 @@ impl Store {
     /// data, chunk table and MAC copied unchanged; a directory's `.tvault-dir` is replaced. A
     /// directory wins over a container of the same name, as in listings.
     pub(crate) fn set_ownership(&self, rel: &str, ownership: &Ownership) -> Result<()> {
+        // chmod and chown change no times (only the ctime, which follows the store's
+        // file): the times of what is rewritten are put back.
         if rel.is_empty() || self.is_dir(rel) {
             if !rel.is_empty() {
                 validate_rel(rel)?;
             }
-            return self.write_dir_meta(rel, ownership);
+            let times = self.backend.stat(rel)?.map(|st| st.meta);
+            self.write_dir_meta(rel, ownership)?;
+            return self.restore_times(rel, times);
         }
         if self.mount_kind(rel)? == Some(super::MountKind::Link) {
             return self.set_link_ownership(rel, ownership);
         }
         let target = container_rel(rel)?;
         let path = self.backend.display_path(&target);
-        let container = self.open_container(rel)?;
+        let blob = self.open_container_file(rel)?;
+        let times = Some(blob.meta());
+        let container = Container::parse(blob).map_err(container_err(&path))?;
         self.write_atomic(&target, |file| {
             let mut out = BufWriter::with_capacity(IO_BUF, file);
             container
                 .write_with_ownership(ownership, &mut out)
                 .map_err(container_err(&path))?;
             out.flush().map_err(io_err(&path))
-        })
+        })?;
+        self.restore_times(&target, times)
+    }
+
+    /// Sets the access and modification times of store path `target` back to `times`.
+    pub(super) fn restore_times(&self, target: &str, times: Option<Meta>) -> Result<()> {
+        match times {
+            Some(t) => self.backend.set_times(
+                target,
+                Some(SetTime::At(t.atime)),
+                Some(SetTime::At(t.mtime)),
+            ),
+            None => Ok(()),
+        }
     }
 }
 
