@@ -805,7 +805,7 @@ mod audit_reference {
     pub const REQUIRED: [&str; 5] = ["time", "seq", "event", "prev", "mac"];
     const U32: [&str; 2] = ["uid", "pid"];
     const U64: [&str; 2] = ["seq", "count"];
-    pub const EVENTS: [&str; 20] = [
+    pub const EVENTS: [&str; 22] = [
         "open",
         "unlock",
         "unlock-failed",
@@ -823,6 +823,8 @@ mod audit_reference {
         "rmdir",
         "truncate",
         "set-times",
+        "chmod",
+        "chown",
         "xattr",
         "rotate",
         "suppressed",
