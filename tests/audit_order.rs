@@ -35,8 +35,23 @@ fn long(tag: &str) -> String {
 
 /// Stores `data` at `rel` for `to` with the CLI (before mounting).
 fn put(fx: &MountFixture, rel: &str, data: &[u8], to: &str) {
+    put_mode(fx, rel, data, to, 0o644);
+}
+
+/// `put` of a source with permission bits `mode`, which the stored file keeps.
+fn put_mode(fx: &MountFixture, rel: &str, data: &[u8], to: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
     let src = fx.plain_file(&format!("src-{}", rel.replace('/', "_")), data);
+    fs::set_permissions(&src, fs::Permissions::from_mode(mode)).unwrap();
     ok(&["put", s(&fx.store), s(&src), "--to", to, "--as", rel], "");
+}
+
+/// Makes directory `rel` in the store (before mounting), owned by alice: the legacy default
+/// of a directory without metadata is root's, which alice could not remove from the sticky
+/// root or touch.
+fn make_dir(fx: &MountFixture, rel: &str) {
+    fs::create_dir(fx.store.join(rel)).unwrap();
+    ok(&["chown", s(&fx.store), rel, "alice"], "");
 }
 
 /// One entry of the store or of the mount as `snapshot` sees it.
@@ -499,7 +514,7 @@ mod every_change_is_refused_when_it_cannot_be_recorded {
     fn rmdir() {
         let name = long("dir");
         refused_until_recorded(
-            |fx| fs::create_dir(fx.store.join(&name)).unwrap(),
+            |fx| make_dir(fx, &name),
             |fx| fx.as_uid(ALICE, "rmdir", &[s(&fx.mnt.join(&name))], ""),
             |fx| {
                 assert!(!fx.store.join(&name).exists());
@@ -544,7 +559,7 @@ mod every_change_is_refused_when_it_cannot_be_recorded {
     fn set_times_of_a_directory() {
         let name = long("touchdir");
         refused_until_recorded(
-            |fx| fs::create_dir(fx.store.join(&name)).unwrap(),
+            |fx| make_dir(fx, &name),
             |fx| touch(fx, &name),
             |fx| {
                 let mtime = |p: PathBuf| fs::metadata(p).unwrap().modified().unwrap();
@@ -604,7 +619,9 @@ const TRUNCATE_COMMAND: &str = "truncate -s 0";
 /// truncate(2) by path: no open.
 const TRUNCATE_BY_PATH: &str = "truncate(2)";
 /// `touch` opens the file for writing, then (that refused) sets the times by path.
-const TOUCH: &str = "touch -m";
+/// `touch -m` to the current time, which anyone with write permission may ask for (an
+/// explicit time only the owner).
+const TOUCH_NOW: &str = "touch -m";
 
 fn events_of(change: &str) -> &'static [&'static str] {
     match change {
@@ -612,7 +629,7 @@ fn events_of(change: &str) -> &'static [&'static str] {
         MV => &["rename"],
         TRUNCATE_COMMAND => &["write-open"],
         TRUNCATE_BY_PATH => &["truncate"],
-        TOUCH => &["write-open", "set-times"],
+        TOUCH_NOW => &["write-open", "set-times"],
         _ => unreachable!("{change}"),
     }
 }
@@ -628,12 +645,14 @@ fn attempt(fx: &MountFixture, uid: u32, change: &str, rel: &str, to: &str) -> Ou
         TRUNCATE_BY_PATH => {
             fx.python_as(uid, "import os, sys; os.truncate(sys.argv[1], 0)", &[path])
         }
-        TOUCH => fx.as_uid(uid, "touch", &["-m", "-d", "2001-01-01", path], ""),
+        TOUCH_NOW => fx.as_uid(uid, "touch", &["-m", path], ""),
         _ => unreachable!("{change}"),
     }
 }
 
-const ALL_CHANGES: &[&str] = &[RM, MV, TRUNCATE_COMMAND, TRUNCATE_BY_PATH, TOUCH];
+/// What users without a key slot, a keyring or an unlocked one try: each is allowed by the
+/// files' modes (0666 in a 0777 root), so the reason is the missing key.
+const ALL_CHANGES: &[&str] = &[RM, MV, TRUNCATE_COMMAND, TRUNCATE_BY_PATH, TOUCH_NOW];
 
 /// Changes that `uid` tries on `file` and that must fail with `error`, each recorded as
 /// denied with `reason`.
@@ -695,9 +714,11 @@ impl Refusal {
 #[test]
 fn each_denial_is_recorded_with_its_true_reason() {
     let mut fx = MountFixture::new();
-    put(&fx, "a.bin", CONTENT, "alice");
-    put(&fx, "t.bin", CONTENT, "alice");
-    put(&fx, "gone.bin", CONTENT, "alice");
+    // Modes that let everyone change these, so that key slots decide who may.
+    for f in ["a.bin", "t.bin", "gone.bin"] {
+        put_mode(&fx, f, CONTENT, "alice", 0o666);
+    }
+    ok(&["chmod", s(&fx.store), "", "777"], "");
     // A store writer flips one byte of t.bin's chunk table: alice's slot still opens, the
     // header MAC does not verify.
     let tampered = container(&fx, "t.bin");

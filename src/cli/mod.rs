@@ -205,6 +205,8 @@ enum Command {
     },
     /// Give a file or directory (with -R, and everything in it) another owner, without keys
     Chown(own_cmds::ChownArgs),
+    /// Set the mode of a file or directory (with -R, and of everything in it), without keys
+    Chmod(own_cmds::ChmodArgs),
     /// Mount a store with FUSE (as a daemon unless --foreground)
     Mount {
         store: PathBuf,
@@ -448,6 +450,7 @@ pub fn run(cli: Cli) -> CliResult {
             pass,
         } => s::revoke(&store, &rel, &revokee, rekey, user.as_deref(), &pass),
         Command::Chown(args) => own_cmds::chown(&args),
+        Command::Chmod(args) => own_cmds::chmod(&args),
         Command::Mount {
             store,
             mountpoint,

@@ -1,5 +1,5 @@
-//! `chown`: the administrator gives files and directories another owner, without keys; and
-//! how owners, groups and modes are shown (`inspect`).
+//! `chown` and `chmod`: the administrator gives files and directories another owner or
+//! mode, without keys; and how owners, groups and modes are shown (`inspect`).
 
 use std::path::PathBuf;
 
@@ -29,6 +29,26 @@ pub struct ChownArgs {
     /// Also every file and directory under REL
     #[arg(short = 'R', long)]
     recursive: bool,
+}
+
+#[derive(Args)]
+pub struct ChmodArgs {
+    store: PathBuf,
+    /// Store path of a file or directory ("" for the store's root directory)
+    rel: String,
+    /// The new permission bits, in octal (e.g. 755, 2775, 1777)
+    #[arg(value_parser = parse_mode)]
+    mode: u16,
+    /// Also every file and directory under REL (links keep 0777)
+    #[arg(short = 'R', long)]
+    recursive: bool,
+}
+
+fn parse_mode(text: &str) -> Result<u16, String> {
+    u16::from_str_radix(text, 8)
+        .ok()
+        .filter(|m| m & !crate::container::MODE_BITS == 0)
+        .ok_or_else(|| format!("{text:?} is not an octal mode from 0 to 7777"))
 }
 
 /// The owner `name` means: a user of the store (who need not hold a key slot), or `None` for
@@ -127,48 +147,110 @@ fn chown_targets(
     Ok(out)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File,
+    Link,
+}
+
+/// Applies `change` to the ownership of every target (it returns false to leave one as it
+/// is), recording each change in the audit log as `event` with `detail`; returns how many
+/// changed.
+fn change_all(
+    store: &Store,
+    targets: &[String],
+    event: EventKind,
+    target_name: &str,
+    mut change: impl FnMut(Entry, &mut Ownership) -> Option<String>,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let bar = count_bar(targets.len() as u64);
+    let mut changed = 0usize;
+    for target in targets {
+        bar.set_message(target.clone());
+        let (entry, mut ownership) = match store.node(target)? {
+            Some(Node::Dir { ownership, .. }) => (Entry::Dir, ownership),
+            Some(Node::File { ownership, .. }) => (Entry::File, ownership),
+            Some(Node::Link { own, .. }) => (Entry::Link, own),
+            None => return Err(StoreError::NoSuchFile(target.clone()).into()),
+        };
+        bar.inc(1);
+        let Some(detail) = change(entry, &mut ownership) else {
+            continue;
+        };
+        store.set_ownership(target, &ownership)?;
+        audit_store_change(store, event, target, target_name, None, Some(&detail));
+        changed += 1;
+    }
+    bar.finish_and_clear();
+    Ok(changed)
+}
+
+fn shown(rel: &str, recursive: bool) -> String {
+    let what = if rel.is_empty() {
+        "the store's root"
+    } else {
+        rel
+    };
+    if recursive {
+        format!("{what} and everything in it")
+    } else {
+        what.to_string()
+    }
+}
+
 pub fn chown(args: &ChownArgs) -> CliResult {
     let store = Store::open(&args.store)?;
     let owner = parse_owner(&store, &args.user)?;
     let name = owner.as_deref().unwrap_or(ROOT);
     let rel = args.rel.trim_end_matches('/');
     let targets = chown_targets(&store, rel, args.recursive)?;
-    let bar = count_bar(targets.len() as u64);
-    let mut changed = 0usize;
-    for target in &targets {
-        bar.set_message(target.clone());
-        let (dir, mut ownership) = match store.node(target)? {
-            Some(Node::Dir { ownership, .. }) => (true, ownership),
-            Some(Node::File { ownership, .. }) => (false, ownership),
-            Some(Node::Link { own, .. }) => (false, own),
-            None => return Err(StoreError::NoSuchFile(target.clone()).into()),
-        };
-        bar.inc(1);
-        if ownership.owner == owner {
-            continue;
-        }
-        let previous = std::mem::replace(&mut ownership.owner, owner.clone());
-        if !dir {
-            ownership.mode &= !SET_ID_BITS;
-        }
-        store.set_ownership(target, &ownership)?;
-        let detail = format!("from {}", previous.as_deref().unwrap_or(ROOT));
-        audit_store_change(&store, EventKind::Chown, target, name, None, Some(&detail));
-        changed += 1;
-    }
-    bar.finish_and_clear();
-    let shown = if rel.is_empty() {
-        "the store's root"
-    } else {
-        rel
-    };
-    println!(
-        "{name} now owns {shown}{}: {changed} of {} entries changed",
-        if args.recursive {
-            " and everything in it"
-        } else {
-            ""
+    let changed = change_all(
+        &store,
+        &targets,
+        EventKind::Chown,
+        name,
+        |entry, ownership| {
+            if ownership.owner == owner {
+                return None;
+            }
+            let previous = std::mem::replace(&mut ownership.owner, owner.clone());
+            if entry != Entry::Dir {
+                ownership.mode &= !SET_ID_BITS;
+            }
+            Some(format!("from {}", previous.as_deref().unwrap_or(ROOT)))
         },
+    )?;
+    println!(
+        "{name} now owns {}: {changed} of {} entries changed",
+        shown(rel, args.recursive),
+        targets.len()
+    );
+    Ok(())
+}
+
+pub fn chmod(args: &ChmodArgs) -> CliResult {
+    let store = Store::open(&args.store)?;
+    let rel = args.rel.trim_end_matches('/');
+    let targets = chown_targets(&store, rel, args.recursive)?;
+    let mode = format!("{:04o}", args.mode);
+    let changed = change_all(
+        &store,
+        &targets,
+        EventKind::Chmod,
+        &mode,
+        |entry, ownership| {
+            // A link's mode is always 0777, as on Linux.
+            if entry == Entry::Link || ownership.mode == args.mode {
+                return None;
+            }
+            let previous = std::mem::replace(&mut ownership.mode, args.mode);
+            Some(format!("from {previous:04o}"))
+        },
+    )?;
+    println!(
+        "{} is now mode {mode}: {changed} of {} entries changed",
+        shown(rel, args.recursive),
         targets.len()
     );
     Ok(())

@@ -261,6 +261,7 @@ impl Handler for DaemonControl {
                     "grant" => EventKind::Grant,
                     "revoke" => EventKind::Revoke,
                     "chown" => EventKind::Chown,
+                    "chmod" => EventKind::Chmod,
                     other => return Err(Refusal::UnknownAuditEvent(other.to_string())),
                 };
                 let mut e = Event::from_pid(kind, peer.pid as u32)
