@@ -103,6 +103,7 @@ fn save_file_through_the_mount_lands_encrypted_and_survives_remount() {
     let names: Vec<_> = fs::read_dir(fx.store.join("ckpt"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".tvault-dir")
         .collect();
     assert_eq!(names, vec!["model.safetensors.tvlt"]);
 
@@ -249,11 +250,18 @@ fn writes_need_an_unlocked_writer_and_a_key_slot() {
 
     // A policy file adds recipients to new files in its directory tree.
     fs::create_dir_all(fx.store.join("shared/deep")).unwrap();
-    fs::write(fx.store.join("shared/.tvault-recipients"), "# team\nbob\n").unwrap();
+    fs::write(
+        fx.store.join("shared/.tvault-recipients"),
+        "# team\nalice bob\n",
+    )
+    .unwrap();
     let shared_file = fx.mnt.join("shared/deep/s.txt");
     assert!(try_write(&fx, ALICE, &shared_file).status.success());
     assert_eq!(stdout(&fx.as_uid(BOB, "cat", &[s(&shared_file)], "")), "x");
-    // bob holds a slot now, so he may rewrite it; the new version keeps both recipients.
+    // bob holds a slot now and the mode lets him write, so he may rewrite it; the new
+    // version is encrypted to him and to the policy, which names alice too.
+    let chmod = fx.as_uid(ALICE, "chmod", &["666", s(&shared_file)], "");
+    assert!(chmod.status.success(), "{}", stderr(&chmod));
     assert!(try_write(&fx, BOB, &shared_file).status.success());
     assert_eq!(
         stdout(&fx.as_uid(ALICE, "cat", &[s(&shared_file)], "")),
