@@ -165,8 +165,9 @@ fn planted_symlinks_never_lead_the_daemon_outside_the_store() {
 #[test]
 fn a_container_rewritten_in_place_never_serves_the_old_plaintext() {
     let mut fx = MountFixture::new();
-    // Two bytes shorter: alice's key slot label is two bytes longer than bob's.
-    let a_plain = pseudo_random(299_998, 1);
+    // Four bytes shorter: alice's name, her key slot's label and the file's owner, is two
+    // bytes longer than bob's.
+    let a_plain = pseudo_random(299_996, 1);
     let b_plain = pseudo_random(300_000, 2);
     put(&fx, "a.bin", &a_plain, "alice");
     put(&fx, "b.bin", &b_plain, "bob");
@@ -638,7 +639,7 @@ sys.stdout.buffer.write(os.pread(fd, 1 << 21, 0)); sys.stdout.flush()
 #[test]
 fn no_two_versions_share_a_page_cache_not_even_through_a_private_mapping() {
     let mut fx = MountFixture::new();
-    let a_plain = pseudo_random(299_998, 11);
+    let a_plain = pseudo_random(299_996, 11);
     let b_plain = pseudo_random(300_000, 12);
     put(&fx, "a.bin", &a_plain, "alice");
     put(&fx, "b.bin", &b_plain, "bob");
@@ -685,6 +686,8 @@ fn a_revoked_reader_never_sees_what_is_written_after_the_revoke() {
     let old = pseudo_random(200_000, 21);
     let new = pseudo_random(200_000, 22);
     put(&fx, "f.bin", &old, "alice,bob");
+    // Bob may write it (alice owns it).
+    ok(&["chmod", s(&fx.store), "f.bin", "666"], "");
     fx.mount(&[]);
     fx.unlock(ALICE, "pw-alice");
     fx.unlock(BOB, "pw-bob");
@@ -800,6 +803,8 @@ fn a_writer_whose_file_was_renamed_over_never_overwrites_the_replacement() {
     let mut fx = MountFixture::new();
     put(&fx, "a", b"shared by alice and bob", "alice,bob");
     put(&fx, "p", b"bob's private file", "bob");
+    // A root without the sticky bit: bob may replace alice's file there.
+    ok(&["chmod", s(&fx.store), "", "777"], "");
     fx.mount(&[]);
     fx.unlock(ALICE, "pw-alice");
     fx.unlock(BOB, "pw-bob");
