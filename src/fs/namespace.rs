@@ -45,8 +45,7 @@ impl Core {
     /// Looks `name` up in `parent`, which the caller must be able to search.
     pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let rel = self.child_rel(parent, name, libc::ENOENT)?;
-        let dir = self.parent_attr(&rel)?;
-        perm::need(caller, perm::parent_rel(&rel), &dir, perm::MAY_EXEC)?;
+        self.may_search_to(caller, &rel)?;
         // Only paths that exist get an inode: probing for missing names must not grow the
         // table.
         let mut attr = self.attr_of(0, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
@@ -63,6 +62,7 @@ impl Core {
     /// then serves slices of it.
     pub fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
         let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        self.may_search_to(caller, &rel)?;
         let dir = self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
         perm::need(caller, &rel, &dir, perm::MAY_READ)?;
         let listing = self.store.list_mount_dir(&rel)?;
