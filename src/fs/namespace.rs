@@ -13,6 +13,7 @@ use super::handles::{DirEntry, Listing, LISTING_ENTRY};
 use super::inodes::child_path;
 use super::op::{Allowed, Op, Refusal};
 use super::{perm, Caller, Core};
+use crate::access::ModeNeed;
 use crate::audit::EventKind;
 use crate::container::Ownership;
 use crate::store::{
@@ -234,6 +235,15 @@ impl Core {
                 match moved {
                     MountKind::File => drop(self.open_version(caller.uid, &from)?),
                     MountKind::Dir => {
+                        // Moving a policy is placing one, which only the administrator
+                        // does: else a user could move their team's policy to where
+                        // another user's job is about to write, and read its output.
+                        if caller.uid != 0
+                            && self.store.holds_policy(&from).map_err(FsError::from)?
+                        {
+                            let entry = self.existing(&from)?;
+                            return Err(perm::denial(ModeNeed::Policy, &from, &entry));
+                        }
                         for f in self.store.files_under(&from).map_err(FsError::from)? {
                             self.open_version(caller.uid, &f.rel)?;
                         }

@@ -40,7 +40,7 @@ pub(super) fn permits(caller: Caller, attr: &Attr, mask: u32) -> bool {
     u32::from(bits & 7) & mask == mask
 }
 
-fn denial(need: ModeNeed, rel: &str, attr: &Attr) -> Refusal {
+pub(super) fn denial(need: ModeNeed, rel: &str, attr: &Attr) -> Refusal {
     Refusal::Denied(Denial::Mode(ModeDenial {
         need,
         path: rel.to_string(),

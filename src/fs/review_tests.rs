@@ -79,3 +79,35 @@ fn why_tells_nothing_about_names_in_a_directory_the_caller_cannot_search() {
     assert_eq!(verdict("priv/sub"), verdict("priv/nothing"));
     assert_eq!(verdict("priv/sub/f"), "denied mode mode");
 }
+
+/// A policy says who else reads what is made below it, and only the administrator places
+/// one (the mount refuses the name). Moving a directory that holds one is placing one: bob
+/// moved his team directory (policy: alice, bob) to the name alice's job was about to
+/// `makedirs(exist_ok=True)` and write into (the root is 1777), and read her output.
+#[test]
+fn a_directory_holding_a_policy_is_moved_only_by_root() {
+    let f = fixture();
+    let bob = caller(BOB);
+    let team = f
+        .core
+        .mkdir(bob, (ROOT, name("team")), (0o755, 0o022))
+        .unwrap();
+    f.core
+        .mkdir(bob, (team.ino, name("deep")), (0o755, 0o022))
+        .unwrap();
+    std::fs::write(f.root.join("team/deep/.tvault-recipients"), "alice bob\n").unwrap();
+    let moved = f
+        .core
+        .rename(bob, (ROOT, name("team")), (ROOT, name("run1")), false);
+    assert_eq!(errno(moved), libc::EPERM);
+    let denials = f.core.denials_of(BOB);
+    assert_eq!(denials[0].reason, "mode", "recorded as a decision");
+    // bob may still move directories without a policy (the administrator moves this one in
+    // the store).
+    f.core
+        .mkdir(bob, (ROOT, name("plain")), (0o755, 0o022))
+        .unwrap();
+    f.core
+        .rename(bob, (ROOT, name("plain")), (ROOT, name("plain2")), false)
+        .unwrap();
+}
