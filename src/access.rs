@@ -53,6 +53,8 @@ pub enum ModeNeed {
     Chown,
     /// The directory is sticky: only the entry's or the directory's owner may remove it.
     Sticky,
+    /// The directory holds a `.tvault-recipients` policy (in it or below): only root moves it.
+    Policy,
 }
 
 /// A refusal by mode bits: which entry (its mount path), what was needed, and the entry's
@@ -88,6 +90,10 @@ impl ModeDenial {
             }
             ModeNeed::Owner => format!("only the owner ({owner}) may change {path}"),
             ModeNeed::Chown => format!("only root may give {path} to another owner or group"),
+            ModeNeed::Policy => format!(
+                "only root may move {path}: a .tvault-recipients policy in it says who else \
+                 reads what is made there, and only the administrator places one"
+            ),
             ModeNeed::Sticky => format!(
                 "{path} is in a sticky directory: only its owner or the directory's may remove or \
                  replace it"

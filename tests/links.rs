@@ -324,6 +324,7 @@ fn a_hugging_face_hub_cache_copied_with_cp_a_loads_through_its_links() {
     // The blob is stored encrypted, once: the snapshot holds only a link.
     let stored = fx.store.join("hub/models--org--tiny/snapshots").join(REV);
     assert!(stored.join("model.safetensors.tvln").is_file());
+    // The directory's `.tvault-dir` beside them is no blob.
     let blobs: Vec<_> = fs::read_dir(fx.store.join("hub/models--org--tiny/blobs"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -151,7 +151,12 @@ impl DaemonControl {
             "store": self.store_path.display().to_string(),
             "uid": peer.uid,
             "user": session.map(|s| s.name.clone()),
-            "kind": if why.kind == crate::fs::Kind::Dir { "directory" } else { "file" },
+            "kind": match why.kind {
+                Some(crate::fs::Kind::Dir) => "directory",
+                Some(crate::fs::Kind::File) => "file",
+                Some(crate::fs::Kind::Symlink) => "symbolic link",
+                None => "entry",
+            },
             "read": verdict(&why.read),
             "write": verdict(&why.write),
         }))

@@ -121,7 +121,9 @@ impl From<Denial> for FsError {
             Denial::StoreError(e) => FsError::caused(libc::EIO, e),
             // Like the kernel: changing what one does not own is EPERM, missing bits EACCES.
             Denial::Mode(m) => FsError::new(match m.need {
-                ModeNeed::Owner | ModeNeed::Chown | ModeNeed::Sticky => libc::EPERM,
+                ModeNeed::Owner | ModeNeed::Chown | ModeNeed::Sticky | ModeNeed::Policy => {
+                    libc::EPERM
+                }
                 ModeNeed::Read | ModeNeed::Write | ModeNeed::Execute => libc::EACCES,
             }),
         }

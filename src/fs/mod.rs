@@ -28,6 +28,8 @@ mod owners;
 mod perm;
 mod prefetch;
 mod read;
+#[cfg(test)]
+mod review_tests;
 mod session;
 mod setattr;
 #[cfg(test)]

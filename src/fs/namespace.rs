@@ -13,6 +13,7 @@ use super::handles::{DirEntry, Listing, LISTING_ENTRY};
 use super::inodes::child_path;
 use super::op::{Allowed, Op, Refusal};
 use super::{perm, Caller, Core};
+use crate::access::ModeNeed;
 use crate::audit::EventKind;
 use crate::container::Ownership;
 use crate::store::{
@@ -45,8 +46,7 @@ impl Core {
     /// Looks `name` up in `parent`, which the caller must be able to search.
     pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let rel = self.child_rel(parent, name, libc::ENOENT)?;
-        let dir = self.parent_attr(&rel)?;
-        perm::need(caller, perm::parent_rel(&rel), &dir, perm::MAY_EXEC)?;
+        self.may_search_to(caller, &rel)?;
         // Only paths that exist get an inode: probing for missing names must not grow the
         // table.
         let mut attr = self.attr_of(0, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
@@ -63,6 +63,7 @@ impl Core {
     /// then serves slices of it.
     pub fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
         let rel = self.path_of(ino).ok_or(FsError::new(libc::ENOENT))?;
+        self.may_search_to(caller, &rel)?;
         let dir = self.attr_of(ino, &rel)?.ok_or(FsError::new(libc::ENOENT))?;
         perm::need(caller, &rel, &dir, perm::MAY_READ)?;
         let listing = self.store.list_mount_dir(&rel)?;
@@ -234,6 +235,15 @@ impl Core {
                 match moved {
                     MountKind::File => drop(self.open_version(caller.uid, &from)?),
                     MountKind::Dir => {
+                        // Moving a policy is placing one, which only the administrator
+                        // does: else a user could move their team's policy to where
+                        // another user's job is about to write, and read its output.
+                        if caller.uid != 0
+                            && self.store.holds_policy(&from).map_err(FsError::from)?
+                        {
+                            let entry = self.existing(&from)?;
+                            return Err(perm::denial(ModeNeed::Policy, &from, &entry));
+                        }
                         for f in self.store.files_under(&from).map_err(FsError::from)? {
                             self.open_version(caller.uid, &f.rel)?;
                         }

@@ -44,7 +44,7 @@ impl Core {
         self.change(
             op,
             || {
-                perm::need(caller, &rel, &self.existing(&rel)?, perm::MAY_READ)?;
+                perm::need(caller, &rel, &self.reachable(caller, &rel)?, perm::MAY_READ)?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, user) = self.open_version(caller.uid, &rel)?;
                 let pages = self.open_pages(ino, Content::Version(version.key))?;

@@ -40,7 +40,7 @@ pub(super) fn permits(caller: Caller, attr: &Attr, mask: u32) -> bool {
     u32::from(bits & 7) & mask == mask
 }
 
-fn denial(need: ModeNeed, rel: &str, attr: &Attr) -> Refusal {
+pub(super) fn denial(need: ModeNeed, rel: &str, attr: &Attr) -> Refusal {
     Refusal::Denied(Denial::Mode(ModeDenial {
         need,
         path: rel.to_string(),
@@ -129,8 +129,42 @@ impl Core {
         Ok(attr)
     }
 
-    /// Entries may be added to `rel`'s directory: write and search permission on it.
+    /// Search permission on every directory above `rel`, from the root down, as a path walk
+    /// checks it. The kernel does not check it for us: without `default_permissions` it
+    /// walks through the entries it has cached (for one TTL after any uid looked them up)
+    /// without asking, so an operation reaching the core with an inode or a parent proves
+    /// nothing about the directories above it.
+    pub(super) fn may_search_to(&self, caller: Caller, rel: &str) -> Result<(), Refusal> {
+        if rel.is_empty() {
+            return Ok(());
+        }
+        let parent = parent_rel(rel);
+        let mut dirs = vec![""];
+        if !parent.is_empty() {
+            dirs.extend(parent.match_indices('/').map(|(i, _)| &parent[..i]));
+            dirs.push(parent);
+        }
+        for dir in dirs {
+            let attr = self.existing(dir)?;
+            if attr.kind != Kind::Dir {
+                return Err(FsError::new(libc::ENOTDIR).into());
+            }
+            need(caller, dir, &attr, MAY_EXEC)?;
+        }
+        Ok(())
+    }
+
+    /// The attributes of `rel`, which must exist, once the caller may search every
+    /// directory above it ([`Core::may_search_to`]).
+    pub(super) fn reachable(&self, caller: Caller, rel: &str) -> Result<Attr, Refusal> {
+        self.may_search_to(caller, rel)?;
+        self.existing(rel)
+    }
+
+    /// Entries may be added to `rel`'s directory: search permission on the way to it, and
+    /// write and search permission on it.
     pub(super) fn may_add(&self, caller: Caller, rel: &str) -> Result<Attr, Refusal> {
+        self.may_search_to(caller, rel)?;
         let dir = self.parent_attr(rel)?;
         need(caller, parent_rel(rel), &dir, MAY_WRITE | MAY_EXEC)?;
         Ok(dir)

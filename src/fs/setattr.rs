@@ -54,7 +54,7 @@ impl Core {
             Op::new(EventKind::Chown, caller, rel),
             || {
                 let user = self.writer(caller)?;
-                let attr = self.existing(rel)?;
+                let attr = self.reachable(caller, rel)?;
                 perm::need_chown(caller, rel, &attr, uid, gid)?;
                 Ok(Allowed { user, value: attr })
             },
@@ -75,7 +75,7 @@ impl Core {
             Op::new(EventKind::Chmod, caller, rel),
             || {
                 let user = self.writer(caller)?;
-                let attr = self.existing(rel)?;
+                let attr = self.reachable(caller, rel)?;
                 perm::need_owner(caller, rel, &attr)?;
                 Ok(Allowed { user, value: attr })
             },
@@ -107,7 +107,7 @@ impl Core {
             Op::new(EventKind::SetTimes, caller, rel),
             || {
                 let user = self.writer(caller)?;
-                let attr = self.existing(rel)?;
+                let attr = self.reachable(caller, rel)?;
                 let explicit = [atime, mtime]
                     .iter()
                     .any(|t| matches!(t, Some(SetTime::At(_))));

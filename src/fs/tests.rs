@@ -16,8 +16,8 @@ use crate::crypto::KdfParams;
 use crate::keyring::Keyring;
 use crate::store::SetTime;
 
-const ALICE: u32 = 1001;
-const BOB: u32 = 1002;
+pub(super) const ALICE: u32 = 1001;
+pub(super) const BOB: u32 = 1002;
 /// Has no keyring in the store.
 const EVE: u32 = 1003;
 const FAST: KdfParams = KdfParams {
@@ -83,14 +83,14 @@ impl Journal {
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    core: Arc<Core>,
+    pub(super) root: PathBuf,
+    pub(super) core: Arc<Core>,
     journal: Arc<Journal>,
 }
 
-fn caller(uid: u32) -> Caller {
+pub(super) fn caller(uid: u32) -> Caller {
     Caller {
         uid,
         gid: uid,
@@ -98,11 +98,11 @@ fn caller(uid: u32) -> Caller {
     }
 }
 
-fn name(s: &str) -> &OsStr {
+pub(super) fn name(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let store = Store::init(&root, 12).unwrap();
@@ -167,7 +167,7 @@ impl Fixture {
     }
 }
 
-fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+pub(super) fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
     r.expect_err("should fail").errno()
 }
 

@@ -33,7 +33,8 @@ impl From<Result<(), Refusal>> for Verdict {
 
 /// What `tvault why` reports for one path.
 pub struct Why {
-    pub kind: Kind,
+    /// What is there; `None` when a directory on the way may not be searched.
+    pub kind: Option<Kind>,
     pub read: Verdict,
     pub write: Verdict,
 }
@@ -63,9 +64,19 @@ impl Core {
 
     /// Whether the caller could read and write mount path `rel` now, and if not, why.
     fn why(&self, caller: Caller, rel: &str) -> FsResult<Why> {
+        // A directory on the way that the caller may not search answers alike for a name
+        // there and a name not there, as stat(2) does: `why` is no oracle for names.
+        if let Err(Refusal::Denied(_)) = self.may_search_to(caller, rel) {
+            let denied = || Verdict::from(self.may_search_to(caller, rel));
+            return Ok(Why {
+                kind: None,
+                read: denied(),
+                write: denied(),
+            });
+        }
         let attr = self.attr_of(0, rel)?.ok_or(FsError::new(libc::ENOENT))?;
         Ok(Why {
-            kind: attr.kind,
+            kind: Some(attr.kind),
             read: self.decide(caller, rel, perm::MAY_READ).map(drop).into(),
             write: self.decide(caller, rel, perm::MAY_WRITE).map(drop).into(),
         })
@@ -74,16 +85,7 @@ impl Core {
     /// The checks an open of `rel` for `mask` meets, in order; the entry's attributes if all
     /// pass.
     fn decide(&self, caller: Caller, rel: &str, mask: u32) -> Result<Attr, Refusal> {
-        let mut dir = String::new();
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
-            let attr = self.existing(&dir)?;
-            perm::need(caller, &dir, &attr, perm::MAY_EXEC)?;
-            if !dir.is_empty() {
-                dir.push('/');
-            }
-            dir.push_str(part);
-        }
-        let attr = self.existing(rel)?;
+        let attr = self.reachable(caller, rel)?;
         if mask == 0 {
             return Ok(attr);
         }

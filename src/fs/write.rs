@@ -122,7 +122,12 @@ impl Core {
             op,
             || {
                 let user = self.writer(caller)?;
-                perm::need(caller, rel, &self.existing(rel)?, write_mask(flags))?;
+                perm::need(
+                    caller,
+                    rel,
+                    &self.reachable(caller, rel)?,
+                    write_mask(flags),
+                )?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, _) = self.open_version(caller.uid, rel)?;
                 Ok(Allowed {
@@ -168,7 +173,12 @@ impl Core {
                         return Err(FsError::new(libc::EEXIST).into())
                     }
                     Ok(true) => {
-                        perm::need(caller, &rel, &self.existing(&rel)?, write_mask(flags))?;
+                        perm::need(
+                            caller,
+                            &rel,
+                            &self.reachable(caller, &rel)?,
+                            write_mask(flags),
+                        )?;
                         Ok(self.open_version(caller.uid, &rel)?.0)
                     }
                     Ok(false) => {
@@ -263,7 +273,7 @@ impl Core {
                     // ftruncate: the descriptor was opened for writing, which decided.
                     Some(_) => None,
                     None => Some((
-                        perm::need(caller, rel, &self.existing(rel)?, perm::MAY_WRITE)
+                        perm::need(caller, rel, &self.reachable(caller, rel)?, perm::MAY_WRITE)
                             .map(|()| self.handle_slot(caller.uid))??,
                         self.open_version(caller.uid, rel)?.0,
                     )),

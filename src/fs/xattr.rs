@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 
 use super::error::{FsError, FsResult};
 use super::op::{Allowed, Op};
-use super::{Caller, Core};
+use super::{perm, Caller, Core};
 use crate::audit::EventKind;
 
 const RECIPIENTS: &str = "user.tvault.recipients";
@@ -76,6 +76,8 @@ impl Core {
         self.change(
             Op::new(EventKind::Xattr, caller, rel),
             || {
+                // Derived from the plaintext: read permission, as for an open.
+                perm::need(caller, rel, &self.reachable(caller, rel)?, perm::MAY_READ)?;
                 let (version, user) = self.open_version(caller.uid, rel)?;
                 Ok(Allowed {
                     user,

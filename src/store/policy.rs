@@ -63,6 +63,24 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Whether directory `dir` or one below it holds a `.tvault-recipients`, whatever it is
+    /// (a broken one is still the administrator's).
+    pub(crate) fn holds_policy(&self, dir: &str) -> Result<bool> {
+        for d in std::iter::once(dir.to_string()).chain(self.dirs_under(dir)?) {
+            let policy = if d.is_empty() {
+                RECIPIENTS_FILE.to_string()
+            } else {
+                format!("{d}/{RECIPIENTS_FILE}")
+            };
+            if self.backend.kind(&policy)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
