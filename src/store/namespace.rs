@@ -199,9 +199,16 @@ impl Store {
 
     /// Renames directory `from` to `to` (an empty directory `to` is replaced, as rename(2)
     /// does, unless `noreplace`).
+    /// A directory replaces only an empty one, as rename(2) says; an empty directory still
+    /// holds its `.tvault-dir`, so it is removed first (`ENOTEMPTY` if it holds more) and
+    /// the move then replaces nothing.
     fn rename_dir(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
         validate_rel(from)?;
         validate_rel(to)?;
+        if !noreplace && self.is_dir(to) {
+            self.rmdir(to)?;
+            return self.backend.rename(from, to, true);
+        }
         self.backend.rename(from, to, noreplace)
     }
 
