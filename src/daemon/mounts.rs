@@ -64,11 +64,13 @@ pub fn is_mount_point(path: &Path) -> bool {
 }
 
 /// Detaches the mount at `mountpoint` lazily (`MNT_DETACH`, so open files do not keep it),
-/// with `fusermount3 -uz` when not root.
+/// with `fusermount3 -uz` when not root. `UMOUNT_NOFOLLOW`: a link swapped in at the path
+/// (which comes from the mount table, which users can add FUSE mounts to) cannot aim root's
+/// unmount at another mount.
 pub fn detach(mountpoint: &Path) -> std::io::Result<()> {
     let path = CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
     // SAFETY: `path` is NUL-terminated and outlives the call, which only reads it.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
         return Ok(());
     }
     let umount_error = std::io::Error::last_os_error();
