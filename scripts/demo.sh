@@ -38,7 +38,7 @@ step "Encrypt the whole model directory for alice and bob"
 find "$W/store" -name '*.tvlt' -printf '%p  %s bytes\n'
 
 step "Inspect the encrypted model (decrypts only the header chunks)"
-"$TV" inspect "$W/store" demo-model/model.safetensors --user bob --passphrase-file "$W/bob.pass" | head -8
+"$TV" inspect "$W/store" demo-model/model.safetensors --user bob --passphrase-file "$W/bob.pass" | sed -n 1,12p
 
 step "Get it back and compare"
 "$TV" get "$W/store" demo-model/model.safetensors -o "$W/roundtrip.safetensors" --user alice --passphrase-file "$W/alice.pass"
@@ -72,6 +72,8 @@ PYEOF
 
 step "A user without a keyring (uid 1003) is refused"
 as_uid 1003 head -c 16 "$MNT/demo-model/model.safetensors" || echo "(refused, as expected)"
+echo "tvault why, as uid 1003:"
+as_uid 1003 "$TV" why "$MNT/demo-model/model.safetensors" || true
 
 step "Mount status"
 "$TV" status "$MNT"

@@ -14,6 +14,45 @@ use crate::control::{self, Request};
 
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Adds `words` and `fix` to a refused verdict of the daemon's reply.
+fn word(
+    verdict: &mut Value,
+    mountpoint: &Path,
+    store: &str,
+    rel: &str,
+    uid: u32,
+    user: Option<&str>,
+) {
+    if verdict["allowed"].as_bool() == Some(true) {
+        return;
+    }
+    let reason = verdict["reason"].as_str().unwrap_or("error").to_string();
+    let detail = verdict["detail"].as_str().map(str::to_string);
+    let owner = verdict["owner"].as_str().map(str::to_string);
+    let cx = Context {
+        mountpoint,
+        store,
+        rel,
+        uid,
+        user,
+        detail: detail.as_deref(),
+        owner: owner.as_deref(),
+    };
+    let explained = match reason.as_str() {
+        "read-only" => super::explain::Explained {
+            words: "the mount is read-only".to_string(),
+            fix: "remount without --read-only to write".to_string(),
+        },
+        "not-found" => super::explain::Explained {
+            words: "nothing is there".to_string(),
+            fix: "check the path".to_string(),
+        },
+        _ => explain(&reason, &cx),
+    };
+    verdict["words"] = Value::from(explained.words);
+    verdict["fix"] = Value::from(explained.fix);
+}
+
 pub fn why(path: &Path, as_json: bool) -> CliResult {
     let on = resolve(path)?;
     let mut reply = control::call(
@@ -28,34 +67,18 @@ pub fn why(path: &Path, as_json: bool) -> CliResult {
     let store = reply["store"].as_str().unwrap_or("STORE").to_string();
     for access in ["read", "write"] {
         let verdict = &mut reply[access];
-        if verdict["allowed"].as_bool() == Some(true) {
-            continue;
-        }
-        let reason = verdict["reason"].as_str().unwrap_or("error").to_string();
-        let detail = verdict["detail"].as_str().map(str::to_string);
-        let owner = verdict["owner"].as_str().map(str::to_string);
-        let cx = Context {
-            mountpoint: &on.mountpoint,
-            store: &store,
-            rel: &on.rel,
+        word(
+            verdict,
+            &on.mountpoint,
+            &store,
+            &on.rel,
             uid,
-            user: user.as_deref(),
-            detail: detail.as_deref(),
-            owner: owner.as_deref(),
-        };
-        let explained = match reason.as_str() {
-            "read-only" => super::explain::Explained {
-                words: "the mount is read-only".to_string(),
-                fix: "remount without --read-only to write".to_string(),
-            },
-            "not-found" => super::explain::Explained {
-                words: "nothing is there".to_string(),
-                fix: "check the path".to_string(),
-            },
-            _ => explain(&reason, &cx),
-        };
-        verdict["words"] = Value::from(explained.words);
-        verdict["fix"] = Value::from(explained.fix);
+            user.as_deref(),
+        );
+        if verdict.get("also").is_some() {
+            let also = &mut verdict["also"];
+            word(also, &on.mountpoint, &store, &on.rel, uid, user.as_deref());
+        }
     }
     let can_read = reply["read"]["allowed"].as_bool() == Some(true);
     if as_json {
@@ -77,11 +100,18 @@ pub fn why(path: &Path, as_json: bool) -> CliResult {
             let v = &reply[access];
             if v["allowed"].as_bool() == Some(true) {
                 println!("  can {verb}");
-            } else {
+                continue;
+            }
+            println!(
+                "  cannot {verb}: {}\n    fix: {}",
+                v["words"].as_str().unwrap_or("refused"),
+                v["fix"].as_str().unwrap_or("")
+            );
+            if let Some(also) = v.get("also") {
                 println!(
-                    "  cannot {verb}: {}\n    fix: {}",
-                    v["words"].as_str().unwrap_or("refused"),
-                    v["fix"].as_str().unwrap_or("")
+                    "    and also: {}\n    fix: {}",
+                    also["words"].as_str().unwrap_or("refused"),
+                    also["fix"].as_str().unwrap_or("")
                 );
             }
         }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::access::{Access, Denial, UnlockError};
 use crate::audit::{self, AuditLog, Event, EventKind};
 use crate::control::{self, Handler, Peer, Request};
-use crate::fs::{Caller, Core, Verdict};
+use crate::fs::{Answer, Caller, Core, Verdict};
 use crate::fuse::FuseAdapter;
 use crate::store::Store;
 

@@ -145,6 +145,13 @@ impl DaemonControl {
                 "detail": e.to_string(),
             }),
         };
+        let answer = |a: &Answer| {
+            let mut out = verdict(&a.verdict);
+            if let Some(also) = &a.also {
+                out["also"] = verdict(also);
+            }
+            out
+        };
         let session = self.shared.access.session(peer.uid);
         Ok(json!({
             "path": path,
@@ -157,8 +164,8 @@ impl DaemonControl {
                 Some(crate::fs::Kind::Symlink) => "symbolic link",
                 None => "entry",
             },
-            "read": verdict(&why.read),
-            "write": verdict(&why.write),
+            "read": answer(&why.read),
+            "write": answer(&why.write),
         }))
     }
 }

@@ -60,7 +60,7 @@ pub use op::Recorder;
 pub use open::Opened;
 pub use setattr::Changes;
 use versions::Versions;
-pub use why::Verdict;
+pub use why::{Answer, Verdict};
 use write::OpenSession;
 
 /// Who asks: the uid decides, the pid names the process in the audit log.

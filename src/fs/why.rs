@@ -31,12 +31,19 @@ impl From<Result<(), Refusal>> for Verdict {
     }
 }
 
+/// The verdict for one kind of access and, when the mode bits refused it, what the keys
+/// say besides (`None`: they would allow it), so that a user is told every fix needed.
+pub struct Answer {
+    pub verdict: Verdict,
+    pub also: Option<Verdict>,
+}
+
 /// What `tvault why` reports for one path.
 pub struct Why {
     /// What is there; `None` when a directory on the way may not be searched.
     pub kind: Option<Kind>,
-    pub read: Verdict,
-    pub write: Verdict,
+    pub read: Answer,
+    pub write: Answer,
 }
 
 impl Core {
@@ -67,7 +74,10 @@ impl Core {
         // A directory on the way that the caller may not search answers alike for a name
         // there and a name not there, as stat(2) does: `why` is no oracle for names.
         if let Err(Refusal::Denied(_)) = self.may_search_to(caller, rel) {
-            let denied = || Verdict::from(self.may_search_to(caller, rel));
+            let denied = || Answer {
+                verdict: Verdict::from(self.may_search_to(caller, rel)),
+                also: None,
+            };
             return Ok(Why {
                 kind: None,
                 read: denied(),
@@ -75,10 +85,23 @@ impl Core {
             });
         }
         let attr = self.attr_of(0, rel)?.ok_or(FsError::new(libc::ENOENT))?;
+        let answer = |mask| {
+            let verdict = Verdict::from(self.decide(caller, rel, mask).map(drop));
+            let also = match &verdict {
+                Verdict::Denied(Denial::Mode(_)) => {
+                    match Verdict::from(self.decide_keys(caller, rel, &attr, mask)) {
+                        Verdict::Allowed => None,
+                        other => Some(other),
+                    }
+                }
+                _ => None,
+            };
+            Answer { verdict, also }
+        };
         Ok(Why {
             kind: Some(attr.kind),
-            read: self.decide(caller, rel, perm::MAY_READ).map(drop).into(),
-            write: self.decide(caller, rel, perm::MAY_WRITE).map(drop).into(),
+            read: answer(perm::MAY_READ),
+            write: answer(perm::MAY_WRITE),
         })
     }
 
@@ -90,6 +113,19 @@ impl Core {
             return Ok(attr);
         }
         perm::need(caller, rel, &attr, mask)?;
+        self.decide_keys(caller, rel, &attr, mask)?;
+        Ok(attr)
+    }
+
+    /// The checks after the mode bits: an unlocked keyring (a writer for writing) and, for a
+    /// file, a key slot that opens it.
+    fn decide_keys(
+        &self,
+        caller: Caller,
+        rel: &str,
+        attr: &Attr,
+        mask: u32,
+    ) -> Result<(), Refusal> {
         if mask & perm::MAY_WRITE != 0 {
             self.writer(caller)?;
         }
@@ -97,6 +133,6 @@ impl Core {
             self.unlocked(caller)?;
             self.open_version(caller.uid, rel)?;
         }
-        Ok(attr)
+        Ok(())
     }
 }
