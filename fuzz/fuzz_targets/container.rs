@@ -1,13 +1,14 @@
 //! `.tvlt` containers: anyone who can write the store (or a backup) controls these bytes.
 //!
 //! Input: 4 bytes choosing a read range, then the container. Every input is parsed
-//! structurally; a parsed one must re-encode to exactly its bytes; slots for the test-vector
+//! structurally; a parsed one must re-encode to exactly its bytes (version 1: to version 2
+//! with the same slots, ownership and data); slots for the test-vector
 //! users are opened with their private keys, and a container whose header authenticates is
 //! read at the chosen range and verified chunk by chunk. Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tensorvault::container::{Container, ContainerError};
+use tensorvault::container::{self, Container, ContainerError};
 use tensorvault::crypto::PrivateKey;
 
 /// Private keys of the test-vector users (tests/vectors/two-recipients.json).
@@ -38,10 +39,24 @@ fuzz_target!(|data: &[u8]| {
     let h = *c.header();
     let layout = h.layout().expect("parse checked the layout");
     assert_eq!(layout.total, bytes.len() as u64);
-    // Parsing is canonical: writing the same slots back reproduces the input.
+    // Parsing is canonical: writing the same slots back reproduces the input (a version 1
+    // input comes back as version 2, its default ownership as a record, the rest unchanged).
     let mut out = Vec::new();
     c.write_with_slots(c.slots(), &mut out).expect("re-encode");
-    assert_eq!(out, bytes, "parse/encode round trip changed the container");
+    let mut same_record = Vec::new();
+    c.write_with_ownership(c.ownership(), &mut same_record)
+        .expect("re-encode");
+    assert_eq!(out, same_record, "slots and record rewrite differently");
+    if h.version == container::VERSION {
+        assert_eq!(out, bytes, "parse/encode round trip changed the container");
+    } else {
+        let v2 = Container::parse(&out[..]).expect("a version 1 file rewritten parses");
+        assert_eq!(v2.header().version, container::VERSION);
+        assert_eq!(v2.slots(), c.slots());
+        assert_eq!(v2.ownership(), c.ownership());
+        let data = v2.header().layout().expect("parsed").data as usize;
+        assert_eq!(out[data..], bytes[layout.data as usize..], "data, table or MAC changed");
+    }
 
     for (label, hex_key) in USERS {
         if c.slot(label).is_none() {

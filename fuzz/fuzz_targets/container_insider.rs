@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tensorvault::container::{Container, MACED_HEADER_LEN, TABLE_ENTRY_LEN};
+use tensorvault::container::{Container, TABLE_ENTRY_LEN};
 use tensorvault::crypto::{FileKeys, SecretKey, NONCE_LEN};
 
 fuzz_target!(|data: &[u8]| {
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
             bytes[e + NONCE_LEN..e + TABLE_ENTRY_LEN].copy_from_slice(&tag);
         }
     }
-    let mac = keys.header_mac(&[&bytes[..MACED_HEADER_LEN], &bytes[table_at..mac_at]]);
+    let mac = keys.header_mac(&[&h.maced(), &bytes[table_at..mac_at]]);
     bytes[mac_at..].copy_from_slice(&mac);
 
     let c = Container::parse(&bytes[..]).expect("only the MAC and chunks changed");

@@ -2,9 +2,9 @@
 //!
 //! Without a key, [`check`] looks at everything a reader of the store directory can: the
 //! store configuration, every keyring file, every `.tvlt` container (fixed header, key
-//! slots, and the total-length rule that ties the chunk table to the file size), every
-//! `.tvault-recipients` policy, every `.tvln` link file, and temporary files left behind by
-//! an interrupted writer.
+//! slots and ownership record, and the total-length rule that ties the chunk table to the
+//! file size), every `.tvault-recipients` policy, `.tvault-dir` directory metadata and `.tvln`
+//! link file, and temporary files and directories left behind by an interrupted writer.
 //! With a user's private key it also authenticates, for every file that user holds a key
 //! slot for, the slot, the header MAC and every chunk.
 //!
@@ -20,8 +20,9 @@ use crate::crypto::PrivateKey;
 use crate::fsutil;
 use crate::keyring::{self, Keyring};
 use crate::store::{
-    self, Backend, Entry, Kind as PathKind, Link, Store, StoreError, CONTAINER_EXT, LINK_EXT,
-    MAX_KEYRING_LEN, MAX_LINK_LEN, MAX_POLICY_LEN, META_DIR, RECIPIENTS_FILE,
+    self, Backend, Entry, Kind as PathKind, Link, Store, StoreError, CONTAINER_EXT, DIR_META_FILE,
+    LINK_EXT, MAX_DIR_META_LEN, MAX_KEYRING_LEN, MAX_LINK_LEN, MAX_POLICY_LEN, META_DIR,
+    RECIPIENTS_FILE,
 };
 
 /// A temporary file modified more recently than this may belong to a writer that is still
@@ -62,6 +63,8 @@ pub enum Kind {
     Recipients,
     /// A symbolic link of the mount (`.tvln`).
     Link,
+    /// Who owns a file or directory: a `.tvault-dir`, or an owner who is not a user.
+    Ownership,
     /// A temporary file left by an interrupted writer.
     TempFile,
     /// Something in the store that tvault ignores (e.g. a name that is not UTF-8).
@@ -79,6 +82,7 @@ impl Kind {
             Kind::Authentication => "authentication",
             Kind::Recipients => "recipients",
             Kind::Link => "link",
+            Kind::Ownership => "ownership",
             Kind::TempFile => "temp-file",
             Kind::Ignored => "ignored",
             Kind::Io => "io",
@@ -379,6 +383,17 @@ impl Fsck<'_> {
             let rel = Self::join(dir, &name);
             let path = self.backend.display_path(&rel);
             match entry.kind {
+                PathKind::File if name == DIR_META_FILE => self.dir_meta(&rel),
+                kind if name == DIR_META_FILE => self.report.error(
+                    Kind::Ownership,
+                    &path,
+                    format!(
+                        "{}, not directory metadata: the directory cannot be shown (remove it, \
+                         then set the owner with `tvault chown`)",
+                        kind.describe()
+                    ),
+                ),
+                PathKind::Dir if fsutil::is_temp_name(&name) => self.temp_dir(&rel),
                 PathKind::Dir => self.tree(&rel)?,
                 PathKind::Symlink | PathKind::Other => self.special(&rel, entry.kind),
                 PathKind::File if fsutil::is_temp_name(&name) => self.temp_file(&rel),
@@ -484,6 +499,86 @@ impl Fsck<'_> {
         }
     }
 
+    /// A directory of an interrupted mkdir or rmdir: it held only its `.tvault-dir`, and is
+    /// removed (with it) under the same rules as a temporary file.
+    fn temp_dir(&mut self, rel: &str) {
+        let path = &self.backend.display_path(rel);
+        const WHAT: &str = "leftover temporary directory from an interrupted mkdir or rmdir";
+        let meta = Self::join(rel, DIR_META_FILE);
+        let only_meta = self.backend.list(rel).map(|entries| {
+            entries
+                .iter()
+                .all(|e| e.name == DIR_META_FILE && e.kind == PathKind::File)
+        });
+        let old = self.backend.stat(rel).is_ok_and(|st| {
+            let modified = st.map_or(SystemTime::UNIX_EPOCH, |st| st.meta.mtime);
+            SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default()
+                >= TEMP_MIN_AGE
+        });
+        let message = match only_meta {
+            Err(e) => format!("{WHAT}: {e}"),
+            Ok(false) => format!("{WHAT}, but not empty: not removed (look inside)"),
+            Ok(true) if !self.options.remove_temp => {
+                format!("{WHAT} (remove it with --remove-temp)")
+            }
+            Ok(true) if !old => format!("{WHAT}, maybe of one still running: not removed"),
+            Ok(true) => {
+                let removed = match self.backend.remove_file(&meta) {
+                    Err(e) if !e.is_not_found() => Err(e),
+                    _ => self.backend.remove_dir(rel),
+                };
+                match removed {
+                    Ok(()) => {
+                        self.report.removed.push(path.to_path_buf());
+                        format!("{WHAT}: removed")
+                    }
+                    Err(e) => format!("{WHAT}: cannot remove it: {e}"),
+                }
+            }
+        };
+        self.report.warning(Kind::TempFile, path, message);
+    }
+
+    /// A directory's `.tvault-dir`: it must parse (a mount shows the directory only then),
+    /// and name a user of the store.
+    fn dir_meta(&mut self, rel: &str) {
+        let path = &self.backend.display_path(rel);
+        let ownership = match self.backend.read_capped(rel, MAX_DIR_META_LEN) {
+            Ok(bytes) => store::decode_dir_meta(&bytes),
+            Err(e) => {
+                self.store_error(path, e);
+                return;
+            }
+        };
+        match ownership {
+            Ok(o) => self.owner_is_a_user(path, o.owner.as_deref()),
+            Err(e) => self.report.error(
+                Kind::Ownership,
+                path,
+                format!(
+                    "directory metadata {e}: the directory cannot be shown (remove it, then set \
+                     the owner with `tvault chown`)"
+                ),
+            ),
+        }
+    }
+
+    /// An owner who is not a user of the store shows as uid 65534 on a mount.
+    fn owner_is_a_user(&mut self, path: &Path, owner: Option<&str>) {
+        if let Some(owner) = owner.filter(|o| !self.users.contains_key(*o)) {
+            self.report.warning(
+                Kind::Ownership,
+                path,
+                format!(
+                    "owner {owner:?} is not a user of this store: a mount shows uid 65534 \
+                     (change it with `tvault chown`)"
+                ),
+            );
+        }
+    }
+
     fn policy(&mut self, rel: &str) {
         let path = &self.backend.display_path(rel);
         let text = match self.backend.read_capped(rel, MAX_POLICY_LEN) {
@@ -525,6 +620,7 @@ impl Fsck<'_> {
                 return;
             }
         };
+        self.owner_is_a_user(path, container.ownership().owner.as_deref());
         if container.slots().is_empty() {
             self.report.warning(
                 Kind::Recipients,

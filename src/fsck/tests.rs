@@ -191,3 +191,58 @@ fn link_files_are_checked_not_reported_as_junk() {
     );
     assert!(report.problems[2].message.contains("w.bin.tvlt"));
 }
+
+#[test]
+fn ownership_problems() {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("s");
+    fs::create_dir(&dir).unwrap();
+    let (store, _private, _path) = store_with_file(&dir);
+    assert!(check(&dir, &Options::default()).unwrap().is_clean());
+    // An owner who is not a user, a directory metadata file that does not parse, one that
+    // is a link, and the directory an interrupted mkdir left.
+    let ghost = crate::container::Ownership::new(Some("ghost".into()), 0, 0o644);
+    store.set_ownership("m/w.bin", &ghost).unwrap();
+    fs::write(dir.join("m/.tvault-dir"), b"TVDR\x01garbage").unwrap();
+    fs::create_dir(dir.join("n")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("n/.tvault-dir")).unwrap();
+    let temp = dir.join(".tvault-tmp-0123456789abcdef01234567");
+    fs::create_dir(&temp).unwrap();
+    fs::write(temp.join(".tvault-dir"), b"").unwrap();
+    let report = check(&dir, &Options::default()).unwrap();
+    let found: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| {
+            let rel = p.path.strip_prefix(&dir).unwrap().to_owned();
+            (p.severity, p.kind, rel.to_string_lossy().into_owned())
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                Severity::Warning,
+                Kind::TempFile,
+                ".tvault-tmp-0123456789abcdef01234567".to_string()
+            ),
+            (Severity::Error, Kind::Ownership, "m/.tvault-dir".into()),
+            (Severity::Warning, Kind::Ownership, "m/w.bin.tvlt".into()),
+            (Severity::Error, Kind::Ownership, "n/.tvault-dir".into()),
+        ],
+        "{:?}",
+        report.problems
+    );
+    // Removed like a temporary file: only once old enough.
+    let remove = Options {
+        verify_as: None,
+        remove_temp: true,
+    };
+    let report = check(&dir, &remove).unwrap();
+    assert!(report.removed.is_empty());
+    let old = SystemTime::now() - TEMP_MIN_AGE - Duration::from_secs(10);
+    File::open(&temp).unwrap().set_modified(old).unwrap();
+    let report = check(&dir, &remove).unwrap();
+    assert_eq!(report.removed, std::slice::from_ref(&temp));
+    assert!(!temp.exists());
+}

@@ -46,7 +46,7 @@ pub use links::{Link, LinkError, MAX_TARGET_LEN};
 pub(crate) use links::{MountKind, LINK_EXT, LINK_MODE, MAX_LINK_LEN};
 pub(crate) use node::Node;
 pub use ownership::DirMetaError;
-pub(crate) use ownership::{legacy_dir, DIR_META_FILE};
+pub(crate) use ownership::{decode_dir_meta, legacy_dir, DIR_META_FILE, MAX_DIR_META_LEN};
 pub use policy::parse_policy;
 pub(crate) use users::read_keyring;
 
