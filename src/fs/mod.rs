@@ -26,10 +26,10 @@ mod op;
 mod open;
 mod owners;
 mod perm;
+#[cfg(test)]
+mod perm_tests;
 mod prefetch;
 mod read;
-#[cfg(test)]
-mod review_tests;
 mod session;
 mod setattr;
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Adversarial review of owners and modes (issue 12): what another local user reaches
+//! Permission checks against another local user: what they reach
 //! through the kernel's caches, and what `tvault why` tells them.
 
 use super::inodes::ROOT;
@@ -67,7 +67,7 @@ fn why_tells_nothing_about_names_in_a_directory_the_caller_cannot_search() {
     private_tree(&f);
     let bob = caller(BOB);
     let verdict = |path: &str| match f.core.why_path(bob, path) {
-        Ok(why) => match (why.read, why.write) {
+        Ok(why) => match (why.read.verdict, why.write.verdict) {
             (why::Verdict::Denied(r), why::Verdict::Denied(w)) => {
                 format!("denied {} {}", r.code(), w.code())
             }
