@@ -345,7 +345,10 @@ fn a_hugging_face_hub_cache_copied_with_cp_a_loads_through_its_links() {
         .args(["-c", "import transformers"])
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(has_transformers, "{py} has no transformers: run scripts/setup.sh");
+    assert!(
+        has_transformers,
+        "{py} has no transformers: run scripts/setup.sh"
+    );
     // A home of alice's own: the hub library looks for a token there.
     let home = fx.path("home");
     fs::create_dir(&home).unwrap();
@@ -354,14 +357,7 @@ fn a_hugging_face_hub_cache_copied_with_cp_a_loads_through_its_links() {
     let out = fx.as_uid(
         ALICE,
         "env",
-        &[
-            &env[0],
-            &env[1],
-            &py,
-            "-c",
-            LOAD_TRANSFORMERS,
-            s(&hub),
-        ],
+        &[&env[0], &env[1], &py, "-c", LOAD_TRANSFORMERS, s(&hub)],
         "",
     );
     assert!(out.status.success(), "{}", stderr(&out));
