@@ -23,6 +23,14 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let cli = tensorvault::cli::Cli::parse();
+    if !cli.runs_a_daemon() {
+        // Like any Unix tool, `tvault inspect ... | head` ends quietly when the reader
+        // stops reading, instead of panicking on the closed pipe.
+        // SAFETY: signal() with SIG_DFL installs no handler; nothing else runs yet.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match tensorvault::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

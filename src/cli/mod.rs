@@ -82,6 +82,14 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether this command runs a mount's daemon, which must outlive clients that hang up
+    /// (a closed socket is an error to handle, never a signal that ends it).
+    pub fn runs_a_daemon(&self) -> bool {
+        matches!(self.command, Command::Mount { .. })
+    }
+}
+
 #[derive(Args, Clone, Default)]
 pub struct PassphraseArgs {
     /// Read the passphrase from the first line of this file instead of the terminal or stdin

@@ -17,7 +17,7 @@
 //! directory wins over a file and a file over a link, in lookups and listings alike.
 
 use super::backend::SetTime;
-use super::{validate_rel, Kind, Meta, Node, Result, Store, StoreError, MAX_NAME_LEN};
+use super::{Kind, Meta, Node, Result, Store, StoreError};
 use crate::container::{ContainerError, Ownership, Source};
 
 pub(crate) const LINK_EXT: &str = "tvln";
@@ -106,15 +106,7 @@ fn ownership(e: ContainerError) -> LinkError {
 
 /// The link file of mount path `rel` (validated), relative to the store root.
 fn link_rel(rel: &str) -> Result<String> {
-    validate_rel(rel)?;
-    let name = rel.rsplit('/').next().unwrap_or(rel);
-    if name.len() > MAX_NAME_LEN {
-        return Err(StoreError::InvalidPath {
-            rel: rel.to_string(),
-            why: "file name longer than 250 bytes",
-        });
-    }
-    Ok(format!("{rel}.{LINK_EXT}"))
+    super::stored_rel(rel, LINK_EXT)
 }
 
 impl Store {

@@ -200,6 +200,11 @@ pub(crate) const MAX_NAME_LEN: usize = 255 - 1 - CONTAINER_EXT.len();
 
 /// The container of plaintext path `rel` (validated), relative to the store root.
 pub(crate) fn container_rel(rel: &str) -> Result<String> {
+    stored_rel(rel, CONTAINER_EXT)
+}
+
+/// `rel` (validated, its name short enough for `NAME.ext` to fit `NAME_MAX`) with `ext`.
+pub(crate) fn stored_rel(rel: &str, ext: &str) -> Result<String> {
     validate_rel(rel)?;
     let name = rel.rsplit('/').next().unwrap_or(rel);
     if name.len() > MAX_NAME_LEN {
@@ -208,7 +213,7 @@ pub(crate) fn container_rel(rel: &str) -> Result<String> {
             why: "file name longer than 250 bytes",
         });
     }
-    Ok(format!("{rel}.{CONTAINER_EXT}"))
+    Ok(format!("{rel}.{ext}"))
 }
 
 /// The backend of the store at `location`, created first with `create`. Local directories
