@@ -10,12 +10,10 @@ use super::store_cmds::{audit_store_change, count_bar};
 use super::CliResult;
 use crate::audit::EventKind;
 use crate::container::Ownership;
-use crate::store::{Node, Store, StoreError};
+use crate::store::{Node, Store, StoreError, NOBODY_UID};
 
 /// The owner name that means root (uid 0), unless a store user has that name.
 const ROOT: &str = "root";
-/// The uid shown for an owner who is no longer a user of the store.
-pub(crate) const NOBODY_UID: u32 = 65534;
 /// Changing a file's owner clears these, as chown(2) does on Linux (even for root).
 const SET_ID_BITS: u16 = 0o6000;
 

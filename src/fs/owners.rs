@@ -6,14 +6,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::store::Store;
+use crate::store::{Store, NOBODY_UID};
 use crate::sync::lock;
 
 const REMEMBER: Duration = Duration::from_secs(5);
 /// Bounds the map: names come from the store, which a store writer fills.
 const MAX_NAMES: usize = 4096;
-/// The uid shown for an owner who is not (or no longer) a user of the store.
-pub(super) const NOBODY: u32 = 65534;
 
 #[derive(Default)]
 pub(super) struct Owners(Mutex<HashMap<String, (u32, Instant)>>);
@@ -29,7 +27,7 @@ impl Owners {
             }
         }
         // Read without the lock held: it is a file read.
-        let uid = store.user(name).map_or(NOBODY, |k| k.uid);
+        let uid = store.user(name).map_or(NOBODY_UID, |k| k.uid);
         let mut map = lock(&self.0);
         if map.len() >= MAX_NAMES {
             map.retain(|_, &mut (_, at)| now.duration_since(at) < REMEMBER);

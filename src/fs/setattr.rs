@@ -111,17 +111,11 @@ impl Core {
                 let explicit = [atime, mtime]
                     .iter()
                     .any(|t| matches!(t, Some(SetTime::At(_))));
-                if explicit || !perm::permits(caller, &attr, perm::MAY_WRITE) {
-                    perm::need_owner(caller, rel, &attr).map_err(|denied| {
-                        // Asking for "now" without write permission is EACCES, as on Linux.
-                        if explicit {
-                            denied
-                        } else {
-                            perm::need(caller, rel, &attr, perm::MAY_WRITE)
-                                .err()
-                                .unwrap_or(denied)
-                        }
-                    })?;
+                if explicit {
+                    perm::need_owner(caller, rel, &attr)?;
+                } else if perm::need_owner(caller, rel, &attr).is_err() {
+                    // "Now" without ownership needs write permission (EACCES, as on Linux).
+                    perm::need(caller, rel, &attr, perm::MAY_WRITE)?;
                 }
                 let kind = self.entry_kind(rel)?.ok_or(FsError::new(libc::ENOENT))?;
                 if kind == MountKind::File {

@@ -315,12 +315,8 @@ impl Core {
     ) -> FsResult<Arc<OpenSession>> {
         let key = version.key;
         // Read before any lock: it reads keyrings and the directory's policy.
-        let mut recipients = Some(self.rewrite_recipients(rel, user, &version)?);
-        let allowed: Vec<String> = recipients
-            .iter()
-            .flatten()
-            .map(|(name, _)| name.clone())
-            .collect();
+        let recipients = self.rewrite_recipients(rel, user, &version)?;
+        let allowed: Vec<String> = recipients.iter().map(|(name, _)| name.clone()).collect();
         let mut fresh: Option<Arc<OpenSession>> = None;
         loop {
             let existing = lock(&self.sessions).get(&ino).cloned();
@@ -330,20 +326,16 @@ impl Core {
                     None => continue,
                 }
             }
-            // Built without holding `sessions`: it reserves memory.
-            let session = match (fresh.take(), recipients.take()) {
-                (Some(session), _) => session,
-                (None, Some(recipients)) => {
-                    // A new version keeps the file's owner, group and mode.
-                    let ownership = version.reader.ownership().clone();
-                    Arc::new(self.new_session(
-                        user.uid,
-                        recipients,
-                        ownership,
-                        Some(version.clone()),
-                    )?)
-                }
-                (None, None) => return Err(FsError::new(libc::EIO)),
+            // Built without holding `sessions`: it reserves memory. A new version keeps the
+            // file's owner, group and mode.
+            let session = match fresh.take() {
+                Some(session) => session,
+                None => Arc::new(self.new_session(
+                    user.uid,
+                    recipients.clone(),
+                    version.reader.ownership().clone(),
+                    Some(version.clone()),
+                )?),
             };
             let mut sessions = lock(&self.sessions);
             if sessions.contains_key(&ino) {
@@ -557,6 +549,8 @@ impl Core {
     ) -> FsResult<Vec<(String, PublicKey)>> {
         let keyring = self.store.user(&user.name)?;
         let mut recipients = self.store.recipients_for_new(rel, &keyring)?;
+        // Read now, not from `version`: a cached version keeps the record it was opened
+        // with, and `tvault chown` changes the record without changing the version.
         let owned = self
             .attr_of(0, rel)?
             .is_some_and(|a| a.owner.as_deref() == Some(user.name.as_str()));

@@ -195,6 +195,9 @@ pub(crate) fn validate_rel(rel: &str) -> Result<()> {
     Ok(())
 }
 
+/// The uid shown for an owner who is not (or no longer) a user of the store.
+pub(crate) const NOBODY_UID: u32 = 65534;
+
 /// The longest file name the mount accepts: `NAME.tvlt` must fit in `NAME_MAX`.
 pub(crate) const MAX_NAME_LEN: usize = 255 - 1 - CONTAINER_EXT.len();
 
