@@ -18,7 +18,12 @@
 //! groups and modes: `.tvault-dir`, chown).
 
 mod backend;
+// Until the remote backend that reads through them lands.
+#[allow(dead_code)]
+mod blocks;
 mod dir;
+#[allow(dead_code)]
+mod disk_cache;
 mod draft;
 mod files;
 mod links;
@@ -128,6 +133,8 @@ pub enum StoreError {
     BadLink { path: PathBuf, why: LinkError },
     #[error("{0}: not a local directory; give the audit log a local path (--audit-log)")]
     NotLocal(PathBuf),
+    #[error("{path}: cannot use it as the disk cache: {why}")]
+    BadDiskCache { path: PathBuf, why: String },
 }
 
 impl StoreError {
