@@ -274,6 +274,10 @@ pub trait Source: Send + Sync {
     /// The length in bytes.
     fn size(&self) -> io::Result<u64>;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// Says that `[offset, offset + len)` will be read soon, so that a remote source can
+    /// start fetching it (a local file needs no warning).
+    fn will_need(&self, _offset: u64, _len: u64) {}
 }
 
 impl Source for std::fs::File {

@@ -15,7 +15,7 @@ use super::versions::{Conflict, Content, FileVersion, PageCache, PageRef, Versio
 use super::{perm, Caller, Core};
 use crate::access::{Denial, UserSession};
 use crate::audit::EventKind;
-use crate::container::{Container, ContainerError};
+use crate::container::{Container, ContainerError, Source};
 use crate::safetensors;
 use crate::store::StoreError;
 use crate::sync::lock;
@@ -95,6 +95,12 @@ impl Core {
             StoreError::Symlink(_) | StoreError::NotRegular { .. } => FsError::new(libc::ENOENT),
             e => FsError::from(e),
         })?;
+        // The fixed header and slots lead the container, the chunk table and MAC end it: a
+        // remote store fetches both ends at once.
+        if let Ok(size) = file.size() {
+            file.will_need(0, 1);
+            file.will_need(size.saturating_sub(1), 1);
+        }
         let container = Container::parse(file).map_err(integrity)?;
         let (session, data_key) = self.access.authorize(&self.store, uid, &container)?;
         // The chunk table is held in memory while the file is open: charged to the opener

@@ -127,6 +127,10 @@ impl Source for Blob {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.source.read_exact_at(buf, offset)
     }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        self.source.will_need(offset, len)
+    }
 }
 
 /// A new file being written beside its target (see [`Backend::stage`]). Dropping it

@@ -11,8 +11,9 @@
 //! container layer authenticates what it reads, so a unit damaged anywhere on the way gives
 //! an integrity error, never wrong plaintext.
 //!
-//! Lock order: a source's `streams`, then the pool's `state`; a `Pending`'s lock is a leaf.
-//! No lock is held while fetching or touching the disk cache.
+//! Lock order: a source's `streams`, then the pool's `state`, then the disk cache's; a
+//! `Pending`'s lock is a leaf.
+//! No lock is held while fetching or while reading or writing cache files.
 
 use std::collections::HashMap;
 use std::io;
@@ -120,6 +121,8 @@ struct Job {
     source: Arc<Object>,
     first: u64,
     count: u64,
+    /// A unit the disk cache holds: read from there, fetched only if it is damaged.
+    on_disk: bool,
 }
 
 /// The units of every remote object a backend reads, bounded in memory, and the workers
@@ -307,29 +310,36 @@ impl BlockPool {
                 let key: UnitKey = (object.identity.clone(), index);
                 let missing =
                     budget > 0 && !state.units.contains(&key) && !state.pending.contains_key(&key);
+                let on_disk = missing && self.disk.as_ref().is_some_and(|d| d.holds(&key.0, index));
                 if missing {
                     budget -= 1;
                     state.pending.insert(key, Arc::new(Pending::default()));
+                }
+                if on_disk {
+                    runs.extend(run.take().map(|(start, n)| (start, n, false)));
+                    runs.push((index, 1, true));
+                } else if missing {
                     run = match run {
                         Some((start, n)) if n < RUN_UNITS => Some((start, n + 1)),
-                        Some(done) => {
-                            runs.push(done);
+                        Some((start, n)) => {
+                            runs.push((start, n, false));
                             Some((index, 1))
                         }
                         None => Some((index, 1)),
                     };
-                } else if let Some(done) = run.take() {
-                    runs.push(done);
+                } else if let Some((start, n)) = run.take() {
+                    runs.push((start, n, false));
                 }
             }
-            runs.extend(run);
+            runs.extend(run.map(|(start, n)| (start, n, false)));
         }
         let jobs = lock(&self.jobs);
-        for (first, count) in runs {
+        for (first, count, on_disk) in runs {
             let job = Job {
                 source: object.clone(),
                 first,
                 count,
+                on_disk,
             };
             if let Err(mpsc::SendError(job)) = jobs.send(job) {
                 self.fail(&job, "no fetch worker".into());
@@ -340,6 +350,15 @@ impl BlockPool {
     /// Fetches a run with one GET and files its units.
     fn run(&self, job: &Job) {
         let object = &job.source;
+        if job.on_disk {
+            if let Some(bytes) = self
+                .disk
+                .as_ref()
+                .and_then(|d| d.get(&object.identity, job.first))
+            {
+                return self.complete(&object.identity, job.first, Ok(Unit::whole(bytes)));
+            }
+        }
         let (offset, len) = object.range(job.first, job.count);
         let bytes = match object.fetch.fetch(offset, len) {
             Ok(b) if b.len() == len => Arc::new(b),
@@ -481,6 +500,11 @@ impl Source for RemoteSource {
         if let Some((from, to)) = self.follow(offset, end) {
             self.pool.read_ahead(&self.object, from, to);
         }
+        // A read of several units (a chunk table) fetches them at once, not one after another.
+        if (end - 1) / UNIT > offset / UNIT {
+            self.pool
+                .read_ahead(&self.object, offset / UNIT + 1, (end - 1) / UNIT + 1);
+        }
         let mut at = offset;
         while at < end {
             let index = at / UNIT;
@@ -496,6 +520,14 @@ impl Source for RemoteSource {
             at += part.len() as u64;
         }
         Ok(())
+    }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len.max(1)).min(self.object.size);
+        if offset < end {
+            self.pool
+                .read_ahead(&self.object, offset / UNIT, (end - 1) / UNIT + 1);
+        }
     }
 }
 

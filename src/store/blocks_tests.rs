@@ -285,3 +285,77 @@ fn the_disk_cache_keeps_its_bound_and_its_permissions() {
     std::os::unix::fs::symlink(&path, &link).unwrap();
     assert!(DiskCache::open(&link, 0).is_err());
 }
+
+/// Records, for each GET, whether another was in flight with it (each waits up to 2 s for
+/// company).
+struct Meet {
+    object: Arc<Counted>,
+    in_flight: AtomicUsize,
+    met: Mutex<Vec<(u64, bool)>>,
+}
+
+impl Meet {
+    fn new(object: Arc<Counted>) -> Arc<Meet> {
+        Arc::new(Meet {
+            object,
+            in_flight: AtomicUsize::new(0),
+            met: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Fetch for Meet {
+    fn fetch(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut met = false;
+        while std::time::Instant::now() < deadline {
+            if self.in_flight.load(Ordering::SeqCst) >= 2 {
+                met = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.met).push((offset, met));
+        self.object.fetch(offset, len)
+    }
+}
+
+#[test]
+fn both_ends_are_fetched_at_once_when_announced() {
+    let object = Counted::new(50 * UNIT as usize + 5);
+    let size = object.data.len() as u64;
+    let pool = pool(0, None);
+    let fetch = Meet::new(object.clone());
+    let source = remote_source(&pool, fetch.clone(), size, "k#1".into());
+    source.will_need(0, 1);
+    source.will_need(size - 1, 1);
+    let mut head = vec![0u8; 100];
+    source.read_exact_at(&mut head, 0).unwrap();
+    let mut tail = vec![0u8; 5];
+    source.read_exact_at(&mut tail, size - 5).unwrap();
+    assert_eq!(tail, object.data[(size - 5) as usize..]);
+    let mut met = lock(&fetch.met).clone();
+    met.sort();
+    assert_eq!(met, vec![(0, true), (50 * UNIT, true)]);
+}
+
+#[test]
+fn a_read_of_several_units_fetches_them_in_parallel() {
+    let object = Counted::new(10 * UNIT as usize);
+    let pool = pool(0, None);
+    let fetch = Meet::new(object.clone());
+    let source = remote_source(&pool, fetch.clone(), 10 * UNIT, "k#1".into());
+    // Units 4 to 6: the reader fetches the first while another GET brings the others.
+    let mut buf = vec![0u8; (2 * UNIT) as usize];
+    source.read_exact_at(&mut buf, 4 * UNIT + UNIT / 2).unwrap();
+    assert_eq!(
+        buf,
+        object.data[(4 * UNIT + UNIT / 2) as usize..(6 * UNIT + UNIT / 2) as usize]
+    );
+    let met = lock(&fetch.met).clone();
+    assert!(met.iter().any(|&(at, m)| at == 4 * UNIT && m), "{met:?}");
+    assert!(met.iter().any(|&(at, m)| at == 5 * UNIT && m), "{met:?}");
+}

@@ -127,6 +127,12 @@ impl DiskCache {
         Ok(())
     }
 
+    /// Whether the cache has a file for unit `index` of `identity` (not yet checked).
+    pub(crate) fn holds(&self, identity: &str, index: u64) -> bool {
+        let name = hex::encode(&unit_digest(identity, index)[..NAME_HEX / 2]);
+        lock(&self.state).entries.contains(&name)
+    }
+
     /// The data of unit `index` of `identity` if the cache holds it intact; a damaged file
     /// is removed.
     pub(crate) fn get(&self, identity: &str, index: u64) -> Option<Vec<u8>> {
