@@ -22,6 +22,7 @@ mod dir;
 mod draft;
 mod files;
 mod links;
+mod meta;
 mod namespace;
 mod node;
 mod ownership;
@@ -30,7 +31,6 @@ mod users;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -314,12 +314,6 @@ impl Store {
 
     pub(crate) fn remove_meta(&self, name: &str) -> Result<()> {
         self.backend.remove_file(&format!("{META_DIR}/{name}"))
-    }
-
-    /// `.tvault/` as a local directory, for the store's own audit log (refused,
-    /// [`StoreError::NotLocal`], by a store that is not a local directory).
-    pub(crate) fn audit_dir(&self) -> Result<OwnedFd> {
-        self.backend.local_dir(META_DIR)
     }
 
     /// Space on the store's backing storage.
