@@ -2,6 +2,7 @@
 //! over the library layers; all policy lives below.
 
 mod audit_cmds;
+mod audit_store;
 mod container_file;
 mod explain;
 mod fsck_cmds;
