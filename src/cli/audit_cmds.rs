@@ -347,10 +347,9 @@ fn verify_key(
     args: &AuditArgs,
     base: &Path,
 ) -> Result<(PathBuf, Result<audit::Key, String>), Box<dyn std::error::Error>> {
-    let path = args
-        .key
-        .clone()
-        .unwrap_or_else(|| audit::default_key_path(base));
+    let path = args.key.clone().unwrap_or_else(|| {
+        audit_store::host_chain_key(base).unwrap_or_else(|| audit::default_key_path(base))
+    });
     let key = match audit::read_key(&path) {
         Ok(Some(key)) => Ok(key),
         Ok(None) if args.key.is_some() => {

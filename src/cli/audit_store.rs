@@ -34,6 +34,20 @@ pub(super) fn store_arg(args: &AuditArgs) -> Result<Option<Store>, Box<dyn std::
     Ok(Some(Store::open(only)?))
 }
 
+/// The key of a host's chain given as a file (`STORE/.tvault/audit/HOST.jsonl`): this host's
+/// key for that store and host, found through the store's id.
+pub(super) fn host_chain_key(log: &Path) -> Option<PathBuf> {
+    let dir = log.parent()?;
+    let meta = dir.parent()?;
+    if dir.file_name()? != audit::CHAIN_DIR || meta.file_name()? != crate::store::META_DIR {
+        return None;
+    }
+    let host = log.file_name()?.to_str()?.strip_suffix(".jsonl")?;
+    audit::validate_host_id(host).ok()?;
+    let id = Store::open(meta.parent()?).ok()?.id().ok()??;
+    Some(audit::host_key_path(&id, host))
+}
+
 pub(super) fn audit(args: &AuditArgs, store: &Store) -> CliResult {
     let chains = audit::store_chains(store)?;
     if args.verify {
