@@ -87,12 +87,21 @@ impl Host {
         self.daemon = Some(child);
         let start = Instant::now();
         // Up once its daemon file is written, just after the mount.
-        let info = store.join(".tvault/daemons").join(format!("{}.json", self.id));
+        let info = store
+            .join(".tvault/daemons")
+            .join(format!("{}.json", self.id));
         while !is_mounted(&self.mnt) || !info.exists() {
             if let Some(Ok(Some(status))) = self.daemon.as_mut().map(Child::try_wait) {
-                panic!("host {}: daemon exited with {status}: {}", self.id, self.daemon_log());
+                panic!(
+                    "host {}: daemon exited with {status}: {}",
+                    self.id,
+                    self.daemon_log()
+                );
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "mount did not come up");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "mount did not come up"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -103,7 +112,12 @@ impl Host {
 
     fn unlock(&self, uid: u32, passphrase: &str) {
         let out = self.unlock_as(uid, passphrase);
-        assert!(out.status.success(), "unlock {uid} on {}: {}", self.id, stderr(&out));
+        assert!(
+            out.status.success(),
+            "unlock {uid} on {}: {}",
+            self.id,
+            stderr(&out)
+        );
     }
 
     fn unlock_as(&self, uid: u32, passphrase: &str) -> Output {
@@ -123,7 +137,11 @@ impl Host {
         if !out.status.success() {
             return Err(stderr(&out));
         }
-        Ok(stdout(&out).split(' ').next().unwrap_or_default().to_string())
+        Ok(stdout(&out)
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string())
     }
 
     fn as_uid(&self, uid: u32, program: &str, args: &[&str]) -> Output {
@@ -239,7 +257,11 @@ while time.time() < end:
         assert!(known.contains(h), "a read on b saw a mix of versions: {h}");
     }
     let last = &sha(&versions[11 % versions.len()]);
-    assert_eq!(&b.read_hash(BOB, rel).unwrap(), last, "b's next open sees a's last commit");
+    assert_eq!(
+        &b.read_hash(BOB, rel).unwrap(),
+        last,
+        "b's next open sees a's last commit"
+    );
 }
 
 #[test]
@@ -250,7 +272,18 @@ fn two_hosts_see_each_others_changes_whole() {
     let mut b = Host::new(&fx, "host-b");
     let v1 = pseudo_random(3 << 20, 1);
     let src = fx.plain_file("v1", &v1);
-    a.ok(&["put", s(&store), s(&src), "--to", "alice,bob", "--as", "m/w.bin"], "");
+    a.ok(
+        &[
+            "put",
+            s(&store),
+            s(&src),
+            "--to",
+            "alice,bob",
+            "--as",
+            "m/w.bin",
+        ],
+        "",
+    );
     a.mount(&store);
     b.mount(&store);
     // Each daemon has a file of its own, naming its own mountpoint.
@@ -282,7 +315,19 @@ fn two_hosts_see_each_others_changes_whole() {
         let out = h.as_uid(BOB, "stat", &[s(&h.mnt.join("m/w.bin"))]);
         assert!(stdout(&out).contains("Size: 3145728"), "{}", stdout(&out));
     }
-    b.ok(&["put", s(&store), s(&src), "--to", "alice,bob", "--as", "m/w.bin", "--force"], "");
+    b.ok(
+        &[
+            "put",
+            s(&store),
+            s(&src),
+            "--to",
+            "alice,bob",
+            "--as",
+            "m/w.bin",
+            "--force",
+        ],
+        "",
+    );
     assert_eq!(b.read_hash(BOB, "m/w.bin").unwrap(), sha(&v4));
     assert_eq!(a.read_hash(ALICE, "m/w.bin").unwrap(), sha(&v4));
 
@@ -292,7 +337,10 @@ fn two_hosts_see_each_others_changes_whole() {
     let refused = b.read_hash(BOB, "m/w.bin").unwrap_err();
     assert!(refused.contains("Permission denied"), "{refused}");
     // Grant on b (alice's passphrase): bob reads on a again.
-    b.ok(&["grant", s(&store), "m/w.bin", "bob", "--user", "alice"], "pw-alice\n");
+    b.ok(
+        &["grant", s(&store), "m/w.bin", "bob", "--user", "alice"],
+        "pw-alice\n",
+    );
     assert_eq!(a.read_hash(BOB, "m/w.bin").unwrap(), sha(&v4));
 
     // A user added on a unlocks on b; a passphrase changed on a is the one b takes.
@@ -300,14 +348,20 @@ fn two_hosts_see_each_others_changes_whole() {
     add.extend(FAST_KDF);
     a.ok(&add, "pw-carol\n");
     b.unlock(CAROL, "pw-carol");
-    a.ok(&["grant", s(&store), "m/w.bin", "carol", "--user", "alice"], "pw-alice\n");
+    a.ok(
+        &["grant", s(&store), "m/w.bin", "carol", "--user", "alice"],
+        "pw-alice\n",
+    );
     assert_eq!(b.read_hash(CAROL, "m/w.bin").unwrap(), sha(&v4));
     let mut passwd = vec!["user", "passwd", s(&store), "carol"];
     passwd.extend(FAST_KDF);
     let new_pass = fx.plain_file("carol-new", b"pw-carol-2\n");
     passwd.extend(["--new-passphrase-file", s(&new_pass)]);
     a.ok(&passwd, "pw-carol\n");
-    assert!(!b.unlock_as(CAROL, "pw-carol").status.success(), "the old passphrase");
+    assert!(
+        !b.unlock_as(CAROL, "pw-carol").status.success(),
+        "the old passphrase"
+    );
     b.unlock(CAROL, "pw-carol-2");
 
     // Two hosts writing one file at once: the last commit wins, whole, and both hosts agree.
@@ -332,7 +386,9 @@ fn two_hosts_see_each_others_changes_whole() {
         }
         let on_a = a.read_hash(ALICE, "m/w.bin").unwrap();
         assert!(on_a == sha(&x) || on_a == sha(&y), "a mix: {on_a}");
-        eventually("b reads what a reads", || b.read_hash(ALICE, "m/w.bin").ok() == Some(on_a.clone()));
+        eventually("b reads what a reads", || {
+            b.read_hash(ALICE, "m/w.bin").ok() == Some(on_a.clone())
+        });
     }
 
     // Deletes: rm through a's mount, then a container removed from the store directly (what
@@ -344,18 +400,25 @@ fn two_hosts_see_each_others_changes_whole() {
             .is_err_and(|e| e.contains("No such file"))
     });
     let src = fx.plain_file("v5", b"five");
-    a.ok(&["put", s(&store), s(&src), "--to", "alice", "--as", "m/five"], "");
+    a.ok(
+        &["put", s(&store), s(&src), "--to", "alice", "--as", "m/five"],
+        "",
+    );
     assert_eq!(b.read_hash(ALICE, "m/five").unwrap(), sha(b"five"));
     fs::remove_file(store.join("m/five.tvlt")).unwrap();
     eventually("neither host finds the removed container", || {
-        [&a, &b]
-            .iter()
-            .all(|h| h.read_hash(ALICE, "m/five").is_err_and(|e| e.contains("No such file")))
+        [&a, &b].iter().all(|h| {
+            h.read_hash(ALICE, "m/five")
+                .is_err_and(|e| e.contains("No such file"))
+        })
     });
 
     // The grants and revokes above went to the daemon of the host that made them.
     b.unmount();
-    assert!(!daemons.join("host-b.json").exists(), "b removed its own file");
+    assert!(
+        !daemons.join("host-b.json").exists(),
+        "b removed its own file"
+    );
     assert!(daemons.join("host-a.json").exists(), "and not a's");
     a.unmount();
     assert!(!daemons.join("host-a.json").exists());
@@ -369,17 +432,27 @@ fn two_hosts_see_each_others_changes_whole() {
     let events = |h: &Host, kind: &str| chain(h).iter().filter(|e| e["event"] == kind).count();
     assert_eq!((events(&a, "revoke"), events(&b, "revoke")), (1, 0));
     assert_eq!((events(&a, "grant"), events(&b, "grant")), (1, 1));
-    assert!(chain(&b)[0]["detail"].as_str().unwrap().contains("host=host-b"));
+    assert!(chain(&b)[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("host=host-b"));
 
     // Both chains verify together with both hosts' keys...
     let keys = collect_keys(&fx, &store, &[&a, &b]);
     let out = a.ok(&["audit", s(&store), "--verify", "--keys", s(&keys)], "");
-    assert!(out.contains("host-a: ok:") && out.contains("host-b: ok:"), "{out}");
+    assert!(
+        out.contains("host-a: ok:") && out.contains("host-b: ok:"),
+        "{out}"
+    );
     // ...while host a alone holds only its own: b's chain cannot be authenticated (exit 2).
     let out = a.tvault(&["audit", s(&store), "--verify"], "");
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     assert!(stdout(&out).contains("host-a: ok:"), "{}", stdout(&out));
-    assert!(stdout(&out).contains("host-b: NOT VERIFIED"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("host-b: NOT VERIFIED"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains("copy host-b.key"), "{}", stdout(&out));
     // The merged listing tags each entry with its host, in time order.
     let merged: Vec<serde_json::Value> = a
@@ -407,9 +480,15 @@ fn forged_replayed_and_deleted_chains_are_caught() {
     let a = Host::new(&fx, "a");
     let b = Host::new(&fx, "b");
     let src = fx.plain_file("f", b"data");
-    a.ok(&["put", s(&store), s(&src), "--to", "alice", "--as", "f"], "");
+    a.ok(
+        &["put", s(&store), s(&src), "--to", "alice", "--as", "f"],
+        "",
+    );
     for h in [&a, &b] {
-        h.ok(&["grant", s(&store), "f", "bob", "--user", "alice"], "pw-alice\n");
+        h.ok(
+            &["grant", s(&store), "f", "bob", "--user", "alice"],
+            "pw-alice\n",
+        );
         h.ok(&["revoke", s(&store), "f", "bob"], "");
     }
     let chain_a = store.join(".tvault/audit/a.jsonl");
@@ -428,25 +507,40 @@ fn forged_replayed_and_deleted_chains_are_caught() {
     let out = verify();
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("a: ok:"), "{}", stdout(&out));
-    assert!(stdout(&out).contains("b: FAILED:") && stdout(&out).contains("MAC mismatch"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("b: FAILED:") && stdout(&out).contains("MAC mismatch"),
+        "{}",
+        stdout(&out)
+    );
 
     // Replay: b's chain put back as an older copy after b wrote more. The head record
     // collected with b's key says how far b's chain reached.
     fs::write(&chain_b, &genuine_b).unwrap();
-    b.ok(&["grant", s(&store), "f", "bob", "--user", "alice"], "pw-alice\n");
+    b.ok(
+        &["grant", s(&store), "f", "bob", "--user", "alice"],
+        "pw-alice\n",
+    );
     collect_keys(&fx, &store, &[&a, &b]);
     let out = verify();
     assert!(out.status.success(), "{}", stdout(&out));
     fs::write(&chain_b, &genuine_b).unwrap();
     let out = verify();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("b: FAILED:") && stdout(&out).contains("head record"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("b: FAILED:") && stdout(&out).contains("head record"),
+        "{}",
+        stdout(&out)
+    );
 
     // Deleting b's chain: its key in the collection names the missing chain.
     fs::remove_file(&chain_b).unwrap();
     let out = verify();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("the store holds no chain for host b"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("the store holds no chain for host b"),
+        "{}",
+        stdout(&out)
+    );
 
     // One edited line in a's chain is caught too.
     let text = fs::read_to_string(&chain_a).unwrap();
@@ -460,7 +554,14 @@ fn host_ids_are_checked() {
     let fx = MountFixture::new();
     for bad in ["../x", ".hidden", "a b", ""] {
         let out = fx.mount_refused(&["--host-id", bad]);
-        assert!(stderr(&out).contains("invalid host id"), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("invalid host id"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
     }
-    assert!(!fx.store.join(".tvault/audit").exists(), "nothing was written");
+    assert!(
+        !fx.store.join(".tvault/audit").exists(),
+        "nothing was written"
+    );
 }

@@ -68,7 +68,11 @@ fn files_of(base: &str, numbers: &[u32]) -> Vec<String> {
     rotated.dedup();
     let mut files: Vec<String> = rotated
         .into_iter()
-        .map(|n| rotated_name(Path::new(base), n).to_string_lossy().into_owned())
+        .map(|n| {
+            rotated_name(Path::new(base), n)
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     files.push(base.to_string());
     files
@@ -91,11 +95,7 @@ pub fn open_chain_file(store: &Store, chain: &Chain, shown: &Path) -> io::Result
         other => io::Error::other(other.to_string()),
     })?;
     let size = blob.size()?;
-    Ok(Box::new(BlobRead {
-        blob,
-        at: 0,
-        size,
-    }))
+    Ok(Box::new(BlobRead { blob, at: 0, size }))
 }
 
 /// A store file read front to back, by position, up to the size it had when opened.
@@ -178,7 +178,10 @@ mod tests {
         let c = &chains[3];
         let missing = display_files(&store, c);
         assert_eq!(
-            open_chain_file(&store, c, &missing[1]).err().unwrap().kind(),
+            open_chain_file(&store, c, &missing[1])
+                .err()
+                .unwrap()
+                .kind(),
             io::ErrorKind::NotFound
         );
         // A planted link is refused, not followed.

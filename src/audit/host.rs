@@ -150,7 +150,16 @@ mod tests {
         for good in ["gpu01", "node-17.cluster", "a", "A_b", &"x".repeat(64)] {
             assert_eq!(host_id_problem(good), None, "{good}");
         }
-        for bad in ["", ".hidden", "a/b", "..", "a b", "é", &"x".repeat(65), "a\n"] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "a\n",
+        ] {
             assert!(host_id_problem(bad).is_some(), "{bad:?}");
         }
         assert_eq!(chain_host("gpu01.jsonl"), Some(("gpu01", 0)));
@@ -167,7 +176,11 @@ mod tests {
             assert_eq!(chain_host(other), None, "{other}");
         }
         let key = host_key_path("ab", "gpu01");
-        assert!(key.ends_with("audit-keys/ab/gpu01.key"), "{}", key.display());
+        assert!(
+            key.ends_with("audit-keys/ab/gpu01.key"),
+            "{}",
+            key.display()
+        );
     }
 
     #[test]
@@ -179,7 +192,10 @@ mod tests {
         assert!(opened.mirror.is_none());
         opened
             .log
-            .record(&crate::audit::Event::from_pid(crate::audit::EventKind::Mount, 1))
+            .record(&crate::audit::Event::from_pid(
+                crate::audit::EventKind::Mount,
+                1,
+            ))
             .unwrap();
         opened.log.close().unwrap();
         let log = dir.path().join("s/.tvault/audit/h1.jsonl");

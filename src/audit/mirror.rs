@@ -107,7 +107,12 @@ impl Mirror {
 }
 
 /// Writes the complete lines of `file` to `.tvault/REMOTE`, atomically; returns their length.
-fn copy_lines(store: &Store, remote: &str, mut file: File, local: &Path) -> Result<u64, AuditError> {
+fn copy_lines(
+    store: &Store,
+    remote: &str,
+    mut file: File,
+    local: &Path,
+) -> Result<u64, AuditError> {
     let mut last_newline = 0u64;
     let mut local_error = None;
     let written = store.write_meta_with(remote, 0o600, |out| {
@@ -172,8 +177,15 @@ mod tests {
         let mirror = Mirror::new(local.clone(), "audit/h.jsonl".into());
         log.record(&open_event(1)).unwrap();
         assert_eq!(mirror.sync(&store).unwrap(), 1);
-        assert_eq!(store_file(&root, "h.jsonl"), fs::read_to_string(&local).ok());
-        assert_eq!(mirror.sync(&store).unwrap(), 0, "nothing changed, nothing sent");
+        assert_eq!(
+            store_file(&root, "h.jsonl"),
+            fs::read_to_string(&local).ok()
+        );
+        assert_eq!(
+            mirror.sync(&store).unwrap(),
+            0,
+            "nothing changed, nothing sent"
+        );
 
         // A partial line at the end (an append in progress) is not copied.
         let mut raw = fs::OpenOptions::new().append(true).open(&local).unwrap();
@@ -202,8 +214,13 @@ mod tests {
         mirror.sync(&store).unwrap();
         let copies = crate::audit::with_rotated(&root.join(".tvault/audit/h.jsonl"));
         let k = crate::audit::testutil::key_of(&key);
-        crate::audit::verify(&copies, Some(&k), None, Some(&crate::audit::testutil::head_of(&key)))
-            .unwrap();
+        crate::audit::verify(
+            &copies,
+            Some(&k),
+            None,
+            Some(&crate::audit::testutil::head_of(&key)),
+        )
+        .unwrap();
 
         // A rotated file gone locally goes from the store too.
         fs::remove_file(rotated_name(&local, KEEP_ROTATED)).unwrap();

@@ -48,17 +48,17 @@ use crate::crypto::CryptoError;
 
 // What tests, fuzz targets and the vectors need is `pub`; the rest is for the crate only,
 // so that the compiler reports what nobody uses.
-pub use event::{Decision, Event, EventKind};
 pub use chains::{display_files, open_chain_file, store_chains, Chain};
+pub use event::{Decision, Event, EventKind};
 pub use files::with_rotated;
+pub use head::HeadRecord;
 pub use host::{
     chain_file, default_host_id, host_key_dir, host_key_path, open_host_log, validate_host_id,
     HostLog, CHAIN_DIR, HOST_ID_ENV,
 };
-pub use mirror::{Mirror, MIRROR_INTERVAL};
-pub use head::HeadRecord;
 pub use key::{default_paths, legacy_key_paths, log_id, KEY_DIR, STATE_DIR_ENV};
 pub use line::{line_hash, parse_entry, verify_line, Entry, LineError};
+pub use mirror::{Mirror, MIRROR_INTERVAL};
 pub use verify::{verify, verify_with, ChainError, HeadCheck, Start, VerifyError, VerifyReport};
 pub use writer::AuditLog;
 

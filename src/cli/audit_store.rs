@@ -158,10 +158,16 @@ enum Outcome {
 }
 
 /// Where the keys are looked up: `--keys DIR`, else this host's directory for the store.
-fn keys_dir(args: &AuditArgs, store: &Store) -> Result<Option<PathBuf>, Box<dyn std::error::Error>> {
+fn keys_dir(
+    args: &AuditArgs,
+    store: &Store,
+) -> Result<Option<PathBuf>, Box<dyn std::error::Error>> {
     if let Some(dir) = &args.keys {
         if !dir.is_dir() {
-            return Err(error(format!("{}: not a directory (--keys)", dir.display())));
+            return Err(error(format!(
+                "{}: not a directory (--keys)",
+                dir.display()
+            )));
         }
         return Ok(Some(dir.clone()));
     }
@@ -189,14 +195,21 @@ fn check(args: &AuditArgs, store: &Store, dir: Option<&Path>, chain: &Chain) -> 
         Some(host) => format!(
             "copy {host}.key and {host}.key.head from host {host}'s \
              $TVAULT_STATE_DIR/audit-keys/{}/ into one directory and pass --keys DIR",
-            store.id().ok().flatten().unwrap_or_else(|| "STORE_ID".into())
+            store
+                .id()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "STORE_ID".into())
         ),
         None => "pass --keys DIR holding the key of the store's single log, named as in the \
                  writer's audit-keys/"
             .to_string(),
     };
     let key = match &key_file {
-        None => Err(format!("the store has no id, so no key names it; {}", fix())),
+        None => Err(format!(
+            "the store has no id, so no key names it; {}",
+            fix()
+        )),
         Some(path) => match audit::read_key(path) {
             Ok(Some(key)) => Ok(key),
             Ok(None) => Err(format!("no key at {}; {}", path.display(), fix())),
@@ -280,7 +293,10 @@ fn verify(args: &AuditArgs, store: &Store, chains: &[Chain]) -> CliResult {
         .filter(|(_, o)| matches!(o, Outcome::Unverified(..)))
         .count();
     if args.json {
-        let list: Vec<Value> = results.iter().map(|(host, o)| outcome_json(host, o)).collect();
+        let list: Vec<Value> = results
+            .iter()
+            .map(|(host, o)| outcome_json(host, o))
+            .collect();
         println!(
             "{}",
             json!({"intact": failed == 0 && unverified == 0 && !results.is_empty(),

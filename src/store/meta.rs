@@ -57,10 +57,11 @@ impl Store {
         })?;
         let text = format!("{}\n", hex::encode(random));
         let (stage, mut file) = self.backend.stage(&rel, 0o644)?;
-        file.write_all(text.as_bytes()).map_err(|source| StoreError::Io {
-            path: self.backend.display_path(&rel),
-            source,
-        })?;
+        file.write_all(text.as_bytes())
+            .map_err(|source| StoreError::Io {
+                path: self.backend.display_path(&rel),
+                source,
+            })?;
         match stage.commit(file, &rel, true) {
             Ok(_) => {}
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
