@@ -125,10 +125,7 @@ pub fn open_host_log(
                 .recursive(true)
                 .mode(0o700)
                 .create(&dir)
-                .map_err(|source| AuditError::KeyDirCreate {
-                    path: dir.clone(),
-                    source,
-                })?;
+                .map_err(super::io_err(&dir))?;
             let path = dir.join(&name);
             let log = AuditLog::open(&path, &key_path, max_size)?;
             let mirror = Mirror::new(path, format!("{CHAIN_DIR}/{name}"));
