@@ -120,6 +120,7 @@ pub fn open_host_log(
             Ok(HostLog { log, mirror: None })
         }
         Err(StoreError::NotLocal(_)) => {
+            store.create_meta_dir(CHAIN_DIR)?;
             let dir = state_dir().join(LOCAL_LOG_DIR).join(&store_id);
             fs::DirBuilder::new()
                 .recursive(true)
