@@ -27,6 +27,7 @@ mod disk_cache;
 mod draft;
 mod files;
 mod links;
+mod meta;
 mod namespace;
 mod node;
 mod ownership;
@@ -35,7 +36,6 @@ mod users;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,8 @@ pub(crate) use draft::StoreDraft;
 pub(crate) use files::PutOptions;
 pub use links::{Link, LinkError, MAX_TARGET_LEN};
 pub(crate) use links::{MountKind, LINK_EXT, LINK_MODE, MAX_LINK_LEN};
+#[cfg(test)]
+pub(crate) use meta::not_local;
 pub(crate) use node::Node;
 pub use ownership::DirMetaError;
 pub(crate) use ownership::{decode_dir_meta, legacy_dir, DIR_META_FILE, MAX_DIR_META_LEN};
@@ -321,12 +323,6 @@ impl Store {
 
     pub(crate) fn remove_meta(&self, name: &str) -> Result<()> {
         self.backend.remove_file(&format!("{META_DIR}/{name}"))
-    }
-
-    /// `.tvault/` as a local directory, for the store's own audit log (refused,
-    /// [`StoreError::NotLocal`], by a store that is not a local directory).
-    pub(crate) fn audit_dir(&self) -> Result<OwnedFd> {
-        self.backend.local_dir(META_DIR)
     }
 
     /// Space on the store's backing storage.
