@@ -24,6 +24,7 @@ use super::location::check_segment;
 use super::read::ObjectVersion;
 use super::upload::{S3Stage, StageDir};
 use super::DIR_MARKER;
+use crate::store::blocks::BlockPool;
 use crate::store::{
     Backend, Blob, Entry, Kind, Meta, Result, SetTime, Stage, Status, StoreError, Usage,
 };
@@ -36,6 +37,8 @@ const REPORTED_BLOCK: u64 = 4096;
 
 pub struct S3Backend {
     pub(super) client: Arc<Client>,
+    /// Ciphertext units of every object read, bounded (and the disk cache, if any).
+    pub(super) pool: Arc<BlockPool>,
     pub(super) stage_dir: StageDir,
     /// The times shown for a directory without a marker (only its keys say it exists).
     pub(super) opened: SystemTime,
@@ -313,16 +316,14 @@ impl Backend for S3Backend {
             return Err(self.errno(rel, libc::ENOENT));
         };
         let meta = meta_of(&object);
-        Ok(Blob::new(
-            ObjectVersion {
-                client: self.client.clone(),
-                key,
-                rel: rel.to_string(),
-                etag: object.e_tag,
-                size: object.size,
-            },
-            meta,
-        ))
+        let version = ObjectVersion {
+            client: self.client.clone(),
+            key,
+            rel: rel.to_string(),
+            etag: object.e_tag,
+            size: object.size,
+        };
+        Ok(version.blob(&self.pool, meta))
     }
 
     /// One GET: the size is checked before the body is read.
@@ -354,6 +355,7 @@ impl Backend for S3Backend {
         })?;
         let stage = S3Stage {
             client: self.client.clone(),
+            pool: self.pool.clone(),
         };
         Ok((Box::new(stage), file))
     }
