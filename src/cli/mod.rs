@@ -247,6 +247,17 @@ enum Command {
         /// (default 64M, or a 16th of the free space if that is less); SIGHUP rotates too
         #[arg(long, value_name = "SIZE", value_parser = parse_audit_size)]
         audit_max_size: Option<u64>,
+        /// For an s3:// store: a local directory caching its ciphertext (never plaintext),
+        /// shared by every user of the mount and verified as it is read back
+        #[arg(long, value_name = "DIR")]
+        disk_cache: Option<PathBuf>,
+        /// Bound of the disk cache (e.g. 10G)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "disk_cache")]
+        disk_cache_size: Option<u64>,
+        /// For an s3:// store: the longest one request may take, retries included, before
+        /// the read or write fails (EIO); default TVAULT_S3_TIMEOUT, else 30
+        #[arg(long, value_name = "SECS", value_parser = crate::store::s3::parse_timeout)]
+        s3_timeout: Option<std::time::Duration>,
         #[arg(long, hide = true)]
         daemon_child: bool,
     },
@@ -470,6 +481,9 @@ pub fn run(cli: Cli) -> CliResult {
             audit_log,
             audit_key,
             audit_max_size,
+            disk_cache,
+            disk_cache_size,
+            s3_timeout,
             daemon_child,
         } => mount_cmds::mount(&mount_cmds::MountArgs {
             store,
@@ -482,6 +496,11 @@ pub fn run(cli: Cli) -> CliResult {
             audit_log,
             audit_key,
             audit_max_size,
+            store_options: crate::store::StoreOptions {
+                s3_timeout,
+                disk_cache,
+                disk_cache_bytes: disk_cache_size.unwrap_or(0),
+            },
             daemon_child,
         }),
         Command::Unlock { path, pass } => mount_cmds::unlock(&path, &pass),

@@ -14,6 +14,7 @@ use super::resolve::resolve;
 use super::{passphrase, CliResult, PassphraseArgs};
 use crate::control::{self, ClientError, Request};
 use crate::daemon::{self, MountOptions};
+use crate::store::StoreOptions;
 
 const UNLOCK_TIMEOUT: Duration = Duration::from_secs(120);
 // Any passphrase a keyring accepts fits an unlock request, even escaped at six bytes per byte.
@@ -34,6 +35,7 @@ pub struct MountArgs {
     pub audit_log: Option<PathBuf>,
     pub audit_key: Option<PathBuf>,
     pub audit_max_size: Option<u64>,
+    pub store_options: StoreOptions,
     pub daemon_child: bool,
 }
 
@@ -65,6 +67,7 @@ pub fn mount(args: &MountArgs) -> CliResult {
         audit_log: args.audit_log.clone(),
         audit_key: args.audit_key.clone(),
         audit_max_size: args.audit_max_size,
+        store_options: args.store_options.clone(),
     };
     if args.foreground {
         let ready = || {
@@ -113,6 +116,17 @@ fn spawn_daemon(args: &MountArgs) -> CliResult {
     }
     if let Some(max) = args.audit_max_size {
         cmd.arg("--audit-max-size").arg(max.to_string());
+    }
+    let remote = &args.store_options;
+    if let Some(dir) = &remote.disk_cache {
+        cmd.arg("--disk-cache").arg(dir);
+        if remote.disk_cache_bytes > 0 {
+            cmd.arg("--disk-cache-size")
+                .arg(remote.disk_cache_bytes.to_string());
+        }
+    }
+    if let Some(t) = remote.s3_timeout {
+        cmd.arg("--s3-timeout").arg(t.as_secs().to_string());
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -13,7 +13,7 @@ use crate::audit::{self, AuditLog, Event, EventKind};
 use crate::control::{self, Handler, Peer, Request};
 use crate::fs::{Answer, Caller, Core, Verdict};
 use crate::fuse::FuseAdapter;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 
 mod mounts;
 mod requests;
@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub audit_log: Option<PathBuf>,
     pub audit_key: Option<PathBuf>,
     pub audit_max_size: Option<u64>,
+    /// How the backend reaches a remote store (timeout, disk cache).
+    pub store_options: StoreOptions,
 }
 
 /// Written to `STORE/.tvault/daemon.json` while mounted, so that store commands (grant,
@@ -239,9 +241,12 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
     if is_mount_point(&mountpoint) {
         return Err(DaemonError::InUse(display));
     }
-    let store = Store::open(&opts.store)?;
-    let store_path =
-        std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+    let store = Store::open_with(&opts.store, &opts.store_options)?;
+    // An object store (s3://) has no local path to canonicalize, and cannot overlap.
+    let store_path = match store.is_local() {
+        true => std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf()),
+        false => store.root().to_path_buf(),
+    };
     // Serving the store's own directory through itself deadlocks the first lookup (and then
     // SIGTERM too), whichever contains the other.
     let names = || {
@@ -250,11 +255,11 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
             mountpoint.display().to_string(),
         )
     };
-    if mountpoint.starts_with(&store_path) {
+    if store.is_local() && mountpoint.starts_with(&store_path) {
         let (store, mountpoint) = names();
         return Err(DaemonError::MountpointInStore { store, mountpoint });
     }
-    if store_path.starts_with(&mountpoint) {
+    if store.is_local() && store_path.starts_with(&mountpoint) {
         let (store, mountpoint) = names();
         return Err(DaemonError::StoreInMountpoint { store, mountpoint });
     }

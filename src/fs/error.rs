@@ -72,6 +72,7 @@ impl From<StoreError> for FsError {
             // Links and special files in the store are never shown: to the mount they do
             // not exist.
             StoreError::Symlink(_) | StoreError::NotRegular { .. } => libc::ENOENT,
+            StoreError::TimesUnsupported(_) => libc::EOPNOTSUPP,
             _ => libc::EIO,
         };
         FsError::caused(errno, e)

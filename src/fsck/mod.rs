@@ -185,7 +185,7 @@ pub fn check(root: &Path, options: &Options) -> Result<Report, StoreError> {
 
 /// The store root, which must hold a `.tvault` directory (not a link to one).
 fn open_backend(root: &Path) -> Result<Box<dyn Backend>, StoreError> {
-    let backend = match store::backend_at(root, false) {
+    let backend = match store::backend_at(root, false, &store::StoreOptions::default()) {
         Err(e) if e.is_not_found() => return Err(StoreError::NotAStore(root.to_path_buf())),
         other => other?,
     };

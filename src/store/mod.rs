@@ -22,16 +22,19 @@ mod dir;
 mod draft;
 mod files;
 mod links;
+mod location;
 mod namespace;
 mod node;
 mod ownership;
 mod policy;
+pub(crate) mod s3;
 mod users;
 
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +47,7 @@ pub(crate) use draft::StoreDraft;
 pub(crate) use files::PutOptions;
 pub use links::{Link, LinkError, MAX_TARGET_LEN};
 pub(crate) use links::{MountKind, LINK_EXT, LINK_MODE, MAX_LINK_LEN};
+pub use location::{is_remote, StoreLocation};
 pub(crate) use node::Node;
 pub use ownership::DirMetaError;
 pub(crate) use ownership::{decode_dir_meta, legacy_dir, DIR_META_FILE, MAX_DIR_META_LEN};
@@ -128,6 +132,14 @@ pub enum StoreError {
     BadLink { path: PathBuf, why: LinkError },
     #[error("{0}: not a local directory; give the audit log a local path (--audit-log)")]
     NotLocal(PathBuf),
+    #[error(transparent)]
+    S3(#[from] s3::S3Error),
+    #[error("{url}: not a store URL: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("{0}: unsupported store URL (a store is a local directory or s3://BUCKET/PREFIX)")]
+    UnsupportedUrl(String),
+    #[error("{0}: the object store keeps no settable times (an object's times are those of its last upload); not changed")]
+    TimesUnsupported(PathBuf),
 }
 
 impl StoreError {
@@ -219,15 +231,47 @@ pub(crate) fn stored_rel(rel: &str, ext: &str) -> Result<String> {
     Ok(format!("{rel}.{ext}"))
 }
 
-/// The backend of the store at `location`, created first with `create`. Local directories
-/// are the only kind of location so far: this is where another kind would be recognized.
-pub(crate) fn backend_at(location: &Path, create: bool) -> Result<Box<dyn Backend>> {
-    let gate = if create {
-        Gate::create(location)?
-    } else {
-        Gate::open(location)?
-    };
-    Ok(Box::new(gate))
+/// How to reach a store beyond where it is: settings of remote backends (a local directory
+/// has none).
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// The longest one request to an object store may take, retries included (default:
+    /// `TVAULT_S3_TIMEOUT`, else 30 s).
+    pub s3_timeout: Option<Duration>,
+    /// A local directory for the ciphertext cache of a remote store.
+    pub disk_cache: Option<PathBuf>,
+    /// The disk cache's bound in bytes (0: the default).
+    pub disk_cache_bytes: u64,
+}
+
+/// The backend of the store at `location` (a directory, or an `s3://` URL), created first
+/// with `create`.
+pub(crate) fn backend_at(
+    location: &Path,
+    create: bool,
+    options: &StoreOptions,
+) -> Result<Box<dyn Backend>> {
+    match StoreLocation::parse(location)? {
+        StoreLocation::S3(s3) => Ok(Box::new(s3::S3Backend::connect(
+            &s3,
+            options.s3_timeout,
+            create,
+        )?)),
+        StoreLocation::Dir(path) => {
+            if options.disk_cache.is_some() {
+                log::warn!(
+                    "{}: a local store is read directly; the disk cache is for remote stores",
+                    path.display()
+                );
+            }
+            let gate = if create {
+                Gate::create(&path)?
+            } else {
+                Gate::open(&path)?
+            };
+            Ok(Box::new(gate))
+        }
+    }
 }
 
 pub struct Store {
@@ -240,7 +284,7 @@ pub struct Store {
 impl Store {
     pub fn init(root: &Path, chunk_log2: u8) -> Result<Store> {
         container::chunk_log2_from_size(1u64 << chunk_log2).map_err(container_err(root))?;
-        let backend = backend_at(root, true)?;
+        let backend = backend_at(root, true, &StoreOptions::default())?;
         if backend.kind(META_DIR)?.is_some() {
             return Err(StoreError::AlreadyAStore(root.to_path_buf()));
         }
@@ -253,8 +297,8 @@ impl Store {
         let json = serde_json::to_string_pretty(&config).unwrap_or_default() + "\n";
         backend.write_small(CONFIG_REL, json.as_bytes(), 0o644)?;
         let store = Store {
+            root: backend.display_path(""),
             backend,
-            root: root.to_path_buf(),
             chunk_log2,
         };
         // Explicit, though it is the default: the root's mode is a decision, not an accident.
@@ -263,7 +307,12 @@ impl Store {
     }
 
     pub fn open(root: &Path) -> Result<Store> {
-        let backend = match backend_at(root, false) {
+        Store::open_with(root, &StoreOptions::default())
+    }
+
+    /// Opens the store at `root` with `options` for its backend (the mount's).
+    pub fn open_with(root: &Path, options: &StoreOptions) -> Result<Store> {
+        let backend = match backend_at(root, false, options) {
             Err(e) if e.is_not_found() => return Err(StoreError::NotAStore(root.to_path_buf())),
             other => other?,
         };
@@ -286,15 +335,20 @@ impl Store {
         let chunk_log2 =
             container::chunk_log2_from_size(config.chunk_size).map_err(|e| bad(e.to_string()))?;
         Ok(Store {
+            root: backend.display_path(""),
             backend,
-            root: root.to_path_buf(),
             chunk_log2,
         })
     }
 
-    /// The store's path, for messages and for finding what lives beside it.
+    /// The store's path (or URL), for messages and for finding what lives beside it.
     pub(crate) fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the store is a directory of this host (not an object store).
+    pub(crate) fn is_local(&self) -> bool {
+        !is_remote(&self.root)
     }
 
     pub(crate) fn default_chunk_log2(&self) -> u8 {

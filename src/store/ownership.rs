@@ -153,13 +153,17 @@ impl Store {
     }
 
     /// Sets the access and modification times of store path `target` back to `times`.
+    /// An object store keeps the rewrite's time: a chown there is a new upload.
     pub(super) fn restore_times(&self, target: &str, times: Option<Meta>) -> Result<()> {
         match times {
-            Some(t) => self.backend.set_times(
+            Some(t) => match self.backend.set_times(
                 target,
                 Some(SetTime::At(t.atime)),
                 Some(SetTime::At(t.mtime)),
-            ),
+            ) {
+                Err(StoreError::TimesUnsupported(_)) => Ok(()),
+                other => other,
+            },
             None => Ok(()),
         }
     }

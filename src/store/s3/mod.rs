@@ -1,0 +1,69 @@
+//! The S3 backend: a store kept in an S3-compatible object store (`s3://BUCKET/PREFIX`),
+//! behind the same [`Backend`](crate::store::Backend) trait as a local directory. By job:
+//! `location.rs` (the URL and the key of each store path), `settings.rs` and `profile.rs`
+//! (the AWS environment and shared files), `client.rs` (the `object_store` client on a
+//! runtime of its own, timeouts), `errors.rs` (named failures), `objects.rs` (the backend),
+//! `read.rs` (ranged reads pinned to one version), `upload.rs` (staging and uploads).
+
+mod client;
+mod errors;
+mod location;
+mod objects;
+mod profile;
+mod read;
+mod settings;
+mod upload;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+pub use errors::S3Error;
+pub use location::S3Location;
+pub use objects::S3Backend;
+pub use settings::parse_timeout;
+
+use crate::store::{Result, StoreError};
+use client::Client;
+use settings::S3Settings;
+use upload::StageDir;
+
+/// The marker object that makes an empty directory exist: `DIR/.tvault-s3-dir`, empty.
+pub const DIR_MARKER: &str = ".tvault-s3-dir";
+
+impl S3Backend {
+    /// Connects to the bucket of `location` and checks that it exists (and that the
+    /// credentials work) with one small listing. `create`: also marks the prefix as a
+    /// directory, so that the store's root exists before anything is in it.
+    pub fn connect(
+        location: &S3Location,
+        timeout: Option<Duration>,
+        create: bool,
+    ) -> Result<S3Backend> {
+        let settings =
+            S3Settings::from_env(timeout).map_err(|e| StoreError::S3(S3Error::Settings(e)))?;
+        let client = Arc::new(Client::new(location, &settings)?);
+        let stage_dir = StageDir::new().map_err(|source| StoreError::Io {
+            path: client.url("").into(),
+            source,
+        })?;
+        let backend = S3Backend {
+            client,
+            stage_dir,
+            opened: SystemTime::now(),
+        };
+        backend.some_keys("", true, 1)?;
+        if create {
+            let marker = backend.client.marker("")?;
+            if objects::head(&backend.client, "", &marker)?.is_none() {
+                let store = backend.client.store.clone();
+                backend.client.call("", async move {
+                    let opts = PutOptions::from(PutMode::Overwrite);
+                    store.put_opts(&marker, PutPayload::new(), opts).await
+                })?;
+            }
+        }
+        Ok(backend)
+    }
+}
