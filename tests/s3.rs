@@ -226,7 +226,7 @@ fn timed(store: &S3Store, args: &[&str], secs: u64) -> (std::process::Output, Du
 #[test]
 fn commands_fail_within_the_timeout_while_the_server_is_down_or_hangs() {
     let mut server = S3Server::start();
-    let store = server.store("b", "p");
+    let store = server.store("outage", "p");
     store.init_with_users();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("f.bin");
