@@ -18,7 +18,9 @@
 //! groups and modes: `.tvault-dir`, chown).
 
 mod backend;
+mod blocks;
 mod dir;
+mod disk_cache;
 mod draft;
 mod files;
 mod links;
@@ -140,6 +142,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("{0}: the object store keeps no settable times (an object's times are those of its last upload); not changed")]
     TimesUnsupported(PathBuf),
+    #[error("{path}: cannot use it as the disk cache: {why}")]
+    BadDiskCache { path: PathBuf, why: String },
 }
 
 impl StoreError {
@@ -252,11 +256,7 @@ pub(crate) fn backend_at(
     options: &StoreOptions,
 ) -> Result<Box<dyn Backend>> {
     match StoreLocation::parse(location)? {
-        StoreLocation::S3(s3) => Ok(Box::new(s3::S3Backend::connect(
-            &s3,
-            options.s3_timeout,
-            create,
-        )?)),
+        StoreLocation::S3(s3) => Ok(Box::new(s3::S3Backend::connect(&s3, options, create)?)),
         StoreLocation::Dir(path) => {
             if options.disk_cache.is_some() {
                 log::warn!(

@@ -78,7 +78,8 @@ pub struct Context<'a> {
 }
 
 /// Server error codes that mean the credentials are wrong (not merely too weak).
-const CREDENTIAL_CODES: [&str; 7] = [
+const CREDENTIAL_CODES: [&str; 8] = [
+    "NotSignedUp",
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
     "ExpiredToken",
@@ -234,6 +235,24 @@ mod tests {
         ));
         let other = service(classify(&generic("odd"), &cx()));
         assert_eq!(other.to_string(), "s3://b/p/x: Generic S3 error: odd");
+    }
+
+    #[test]
+    fn requests_without_an_answer() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let wrap = |kind| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(kind, std::io::Error::from(refused.kind()))),
+        };
+        match service(classify(&wrap(HttpErrorKind::Connect), &cx())) {
+            S3Error::Unreachable { endpoint, why, .. } => {
+                assert_eq!(endpoint, "http://127.0.0.1:9");
+                assert_eq!(why, refused.to_string());
+            }
+            other => panic!("{other}"),
+        }
+        let e = service(classify(&wrap(HttpErrorKind::Timeout), &cx()));
+        assert!(e.to_string().contains("no answer within 5 s"), "{e}");
     }
 
     #[test]

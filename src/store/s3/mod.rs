@@ -15,7 +15,7 @@ mod settings;
 mod upload;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
@@ -24,7 +24,8 @@ pub use location::S3Location;
 pub use objects::S3Backend;
 pub use settings::parse_timeout;
 
-use crate::store::{Result, StoreError};
+use crate::store::blocks::{BlockPool, RemoteReadOptions};
+use crate::store::{Result, StoreError, StoreOptions};
 use client::Client;
 use settings::S3Settings;
 use upload::StageDir;
@@ -38,18 +39,24 @@ impl S3Backend {
     /// directory, so that the store's root exists before anything is in it.
     pub fn connect(
         location: &S3Location,
-        timeout: Option<Duration>,
+        options: &StoreOptions,
         create: bool,
     ) -> Result<S3Backend> {
-        let settings =
-            S3Settings::from_env(timeout).map_err(|e| StoreError::S3(S3Error::Settings(e)))?;
+        let settings = S3Settings::from_env(options.s3_timeout)
+            .map_err(|e| StoreError::S3(S3Error::Settings(e)))?;
         let client = Arc::new(Client::new(location, &settings)?);
         let stage_dir = StageDir::new().map_err(|source| StoreError::Io {
             path: client.url("").into(),
             source,
         })?;
+        let pool = BlockPool::new(&RemoteReadOptions {
+            disk_cache: options.disk_cache.clone(),
+            disk_cache_bytes: options.disk_cache_bytes,
+            memory_bytes: 0,
+        })?;
         let backend = S3Backend {
             client,
+            pool,
             stage_dir,
             opened: SystemTime::now(),
         };

@@ -24,6 +24,7 @@ use super::location::check_segment;
 use super::read::ObjectVersion;
 use super::upload::{S3Stage, StageDir};
 use super::DIR_MARKER;
+use crate::store::blocks::BlockPool;
 use crate::store::{
     Backend, Blob, Entry, Kind, Meta, Result, SetTime, Stage, Status, StoreError, Usage,
 };
@@ -36,6 +37,8 @@ const REPORTED_BLOCK: u64 = 4096;
 
 pub struct S3Backend {
     pub(super) client: Arc<Client>,
+    /// Ciphertext units of every object read, bounded (and the disk cache, if any).
+    pub(super) pool: Arc<BlockPool>,
     pub(super) stage_dir: StageDir,
     /// The times shown for a directory without a marker (only its keys say it exists).
     pub(super) opened: SystemTime,
@@ -65,27 +68,6 @@ fn found<T>(client: &Client, rel: &str, r: std::result::Result<T, Fault>) -> Res
         Ok(v) => Ok(Some(v)),
         Err(Fault::NotFound) => Ok(None),
         Err(f) => Err(client.error(rel, f)),
-    }
-}
-
-/// Both HEADs at once; once the marker is found the object's answer is not awaited (`None`):
-/// some servers (s3s-fs) fail a HEAD of a key that is also a directory, and retry it.
-async fn marker_first<M, O>(
-    marker: M,
-    object: O,
-) -> (
-    Option<object_store::Result<ObjectMeta>>,
-    object_store::Result<ObjectMeta>,
-)
-where
-    M: std::future::Future<Output = object_store::Result<ObjectMeta>>,
-    O: std::future::Future<Output = object_store::Result<ObjectMeta>>,
-{
-    let (marker, object) = (std::pin::pin!(marker), std::pin::pin!(object));
-    match futures::future::select(marker, object).await {
-        futures::future::Either::Left((m, _)) if m.is_ok() => (None, m),
-        futures::future::Either::Left((m, object)) => (Some(object.await), m),
-        futures::future::Either::Right((o, marker)) => (Some(o), marker.await),
     }
 }
 
@@ -228,65 +210,59 @@ impl Backend for S3Backend {
         PathBuf::from(self.client.url(rel))
     }
 
-    /// Two HEADs at once (the object, and the directory marker), and a one-key listing when
-    /// neither is there: a directory wins over an object of the same name.
+    /// Two one-key listings at once: the first key from `KEY` on (sorted, so `KEY` itself
+    /// if it exists) and the first below `KEY/`; a directory wins over an object of the same
+    /// name. Listings rather than HEADs: some servers (s3s-fs) fail, and retry, a HEAD of a
+    /// key that is a directory on their disk.
     fn stat(&self, rel: &str) -> Result<Option<Status>> {
-        let marker = self.client.marker(rel)?;
+        let opened = Meta {
+            atime: self.opened,
+            mtime: self.opened,
+            ctime: self.opened,
+        };
         if rel.is_empty() {
+            let marker = self.client.marker(rel)?;
             let meta = head(&self.client, rel, &marker)?;
             return Ok(Some(Status {
                 kind: Kind::Dir,
-                meta: meta.as_ref().map_or(
-                    Meta {
-                        atime: self.opened,
-                        mtime: self.opened,
-                        ctime: self.opened,
-                    },
-                    meta_of,
-                ),
+                meta: meta.as_ref().map_or(opened, meta_of),
             }));
         }
         let key = self.client.key(rel)?;
+        let marker = self.client.marker(rel)?;
+        let below = format!("{}/", key.as_ref());
         let store = self.client.store.clone();
-        let (object, mark) = self
-            .client
-            .run(rel, async {
-                Ok(marker_first(store.head(&marker), store.head(&key)).await)
-            })
-            .map_err(|f| self.client.error(rel, f))?;
-        let sort = |r: object_store::Result<ObjectMeta>| {
-            found(
-                &self.client,
-                rel,
-                r.map_err(|e| self.client.classify(rel, &e)),
+        let one = |delimiter: bool| PaginatedListOptions {
+            delimiter: delimiter.then_some("/".into()),
+            max_keys: Some(1),
+            ..PaginatedListOptions::default()
+        };
+        let (exact, under) = self.client.call(rel, async {
+            futures::try_join!(
+                store.list_paginated(Some(key.as_ref()), one(false)),
+                store.list_paginated(Some(&below), one(true)),
             )
-        };
-        let mark = sort(mark)?;
-        let object = match (&mark, object) {
-            (Some(_), _) | (None, None) => None,
-            (None, Some(object)) => sort(object)?,
-        };
-        if let Some(m) = mark {
+        })?;
+        let under = under.result;
+        if !under.objects.is_empty() || !under.common_prefixes.is_empty() {
+            let meta = match under.objects.first() {
+                Some(m) if m.location == marker => meta_of(m),
+                _ => opened,
+            };
             return Ok(Some(Status {
                 kind: Kind::Dir,
-                meta: meta_of(&m),
+                meta,
             }));
         }
-        if !self.some_keys(rel, true, 1)?.is_empty() {
-            let t = self.opened;
-            return Ok(Some(Status {
-                kind: Kind::Dir,
-                meta: Meta {
-                    atime: t,
-                    mtime: t,
-                    ctime: t,
-                },
-            }));
-        }
-        Ok(object.map(|o| Status {
-            kind: Kind::File,
-            meta: meta_of(&o),
-        }))
+        Ok(exact
+            .result
+            .objects
+            .first()
+            .filter(|o| o.location == key)
+            .map(|o| Status {
+                kind: Kind::File,
+                meta: meta_of(o),
+            }))
     }
 
     /// Keys whose name is not a store path component (too long, `.`, control characters)
@@ -301,8 +277,7 @@ impl Backend for S3Backend {
             store.list_with_delimiter(list_key.as_ref()).await
         })?;
         if !rel.is_empty() && listing.objects.is_empty() && listing.common_prefixes.is_empty() {
-            let key = self.client.key(rel)?;
-            let errno = match head(&self.client, rel, &key)? {
+            let errno = match self.stat(rel)? {
                 Some(_) => libc::ENOTDIR,
                 None => libc::ENOENT,
             };
@@ -341,16 +316,14 @@ impl Backend for S3Backend {
             return Err(self.errno(rel, libc::ENOENT));
         };
         let meta = meta_of(&object);
-        Ok(Blob::new(
-            ObjectVersion {
-                client: self.client.clone(),
-                key,
-                rel: rel.to_string(),
-                etag: object.e_tag,
-                size: object.size,
-            },
-            meta,
-        ))
+        let version = ObjectVersion {
+            client: self.client.clone(),
+            key,
+            rel: rel.to_string(),
+            etag: object.e_tag,
+            size: object.size,
+        };
+        Ok(version.blob(&self.pool, meta))
     }
 
     /// One GET: the size is checked before the body is read.
@@ -382,6 +355,7 @@ impl Backend for S3Backend {
         })?;
         let stage = S3Stage {
             client: self.client.clone(),
+            pool: self.pool.clone(),
         };
         Ok((Box::new(stage), file))
     }
@@ -420,8 +394,10 @@ impl Backend for S3Backend {
 
     fn remove_file(&self, rel: &str) -> Result<()> {
         let key = self.client.key(rel)?;
-        if head(&self.client, rel, &key)?.is_none() {
-            return Err(self.errno(rel, libc::ENOENT));
+        match self.stat(rel)?.map(|st| st.kind) {
+            Some(Kind::File) => {}
+            Some(_) => return Err(self.errno(rel, libc::EISDIR)),
+            None => return Err(self.errno(rel, libc::ENOENT)),
         }
         let store = self.client.store.clone();
         self.client

@@ -59,10 +59,13 @@ pub struct Profile {
     pub endpoint_url: Option<String>,
 }
 
-/// One `[section]` of an INI file and its top-level `key = value` pairs.
+/// `key = value` pairs, keys in lower case.
+type Pairs = Vec<(String, Zeroizing<String>)>;
+
+/// One `[section]` of an INI file and its top-level pairs.
 struct Section {
     name: String,
-    pairs: Vec<(String, Zeroizing<String>)>,
+    pairs: Pairs,
 }
 
 /// Parses the AWS dialect: `#` and `;` start comments (at the start of a line, or after
@@ -205,7 +208,7 @@ fn find(
     text: &str,
     path: &Path,
     matches: impl Fn(&str) -> bool,
-) -> Result<Option<Vec<(String, Zeroizing<String>)>>, ProfileError> {
+) -> Result<Option<Pairs>, ProfileError> {
     let sections = parse(&path.display().to_string(), text)?;
     Ok(sections
         .into_iter()

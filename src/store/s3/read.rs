@@ -8,7 +8,8 @@ use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStore};
 
 use super::client::{io_error, Client};
-use crate::container::Source;
+use crate::store::blocks::{remote_source, BlockPool, Fetch};
+use crate::store::{Blob, Meta};
 
 /// One version of one object, read by range.
 pub struct ObjectVersion {
@@ -21,8 +22,22 @@ pub struct ObjectVersion {
 }
 
 impl ObjectVersion {
+    /// This version as a blob read through the backend's block pool, its units named by the
+    /// key and ETag (or, from a server that gives no ETag, the size and time).
+    pub fn blob(self, pool: &Arc<BlockPool>, meta: Meta) -> Blob {
+        let version = match &self.etag {
+            Some(etag) => etag.clone(),
+            None => format!("{}@{:?}", self.size, meta.mtime),
+        };
+        let identity = format!("{}\n{version}", self.key.as_ref());
+        let size = self.size;
+        Blob::new(remote_source(pool, Arc::new(self), size, identity), meta)
+    }
+}
+
+impl Fetch for ObjectVersion {
     /// Bytes `[offset, offset + len)` of this version.
-    pub fn fetch(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    fn fetch(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let url = || self.client.url(&self.rel);
         let end = offset
             .checked_add(len as u64)
@@ -55,18 +70,5 @@ impl ObjectVersion {
             ));
         }
         Ok(bytes.to_vec())
-    }
-}
-
-/// Each read is one GET (until the block reader of `blocks.rs` takes this place).
-impl Source for ObjectVersion {
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.size)
-    }
-
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let bytes = self.fetch(offset, buf.len())?;
-        buf.copy_from_slice(&bytes);
-        Ok(())
     }
 }

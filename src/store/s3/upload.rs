@@ -22,6 +22,7 @@ use super::client::Client;
 use super::errors::{Fault, S3Error};
 use super::read::ObjectVersion;
 use crate::fsutil;
+use crate::store::blocks::BlockPool;
 use crate::store::{Blob, Meta, Result, Stage, StoreError};
 
 /// Files up to this size go up in one PUT; larger ones as multipart uploads.
@@ -89,6 +90,7 @@ impl Drop for StageDir {
 /// A staged object: what it commits to is decided at commit.
 pub struct S3Stage {
     pub client: Arc<Client>,
+    pub pool: Arc<BlockPool>,
 }
 
 fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
@@ -136,14 +138,12 @@ impl Stage for S3Stage {
             size,
         };
         let now = SystemTime::now();
-        Ok(Blob::new(
-            version,
-            Meta {
-                atime: now,
-                mtime: now,
-                ctime: now,
-            },
-        ))
+        let meta = Meta {
+            atime: now,
+            mtime: now,
+            ctime: now,
+        };
+        Ok(version.blob(&self.pool, meta))
     }
 }
 
