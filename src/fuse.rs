@@ -33,9 +33,16 @@ impl FuseAdapter {
     }
 }
 
-/// Lets the core drop the kernel's cached pages of an inode.
+/// Lets the core drop the kernel's cached pages or attributes of an inode (a negative
+/// offset invalidates the attributes only).
 pub fn invalidator(notifier: Notifier) -> crate::fs::Invalidator {
-    Box::new(move |ino| notifier.inval_inode(INodeNo(ino), 0, 0))
+    Box::new(move |ino, forget| {
+        let offset = match forget {
+            crate::fs::Forget::Pages => 0,
+            crate::fs::Forget::Attributes => -1,
+        };
+        notifier.inval_inode(INodeNo(ino), offset, 0)
+    })
 }
 
 fn caller(req: &Request) -> Caller {

@@ -60,6 +60,18 @@ pub(crate) fn process_groups(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The machine's host name (`gethostname`); `None` if it cannot be read or is not UTF-8.
+pub(crate) fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length, which is what we pass.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..len]).ok()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +88,8 @@ mod tests {
             "exe is the running binary"
         );
         assert_eq!((process_comm(0), process_exe(0)), (None, None));
+        let host = hostname().unwrap();
+        assert_eq!(host.trim(), host, "no NUL or newline in {host:?}");
         // Pids are below 2^22 on Linux, so this one never exists.
         assert_eq!(process_comm(u32::MAX), None);
         let made = tempfile::NamedTempFile::new().unwrap();

@@ -581,7 +581,7 @@ fn grant_and_revoke_without_a_mount_use_the_key_outside_the_store() {
         "pw-alice\n",
     );
     ok(&["revoke", s(&store), "w.bin", "bob"], "");
-    let (log, _) = audit::default_paths(&store, None);
+    let log = host_log(&store);
     let events: Vec<String> = lines(&log)
         .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
@@ -589,9 +589,7 @@ fn grant_and_revoke_without_a_mount_use_the_key_outside_the_store() {
     assert_eq!(events, ["\"grant\"", "\"revoke\""]);
     // No key in the store; the key is in the state directory, root-only.
     assert!(!store.join(".tvault/audit.key").exists());
-    let key = state_dir()
-        .join(audit::KEY_DIR)
-        .join(format!("{}.key", audit::log_id(&log)));
+    let key = host_key(&store, &host_id());
     let mode = fs::metadata(&key).unwrap().permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,

@@ -69,7 +69,7 @@ fn every_decision_is_one_audit_line_with_its_fields() {
     );
     fx.unmount();
 
-    let log = fx.store.join(".tvault/audit.jsonl");
+    let log = host_log(&fx.store);
     let all = entries(&log);
     let opens = of_event(&all, "open");
     assert_eq!(opens.len(), 4, "exactly one line per open: {opens:#?}");
@@ -161,8 +161,8 @@ fn concurrent_opens_keep_the_chain_intact_and_rotation_links_files() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     batch(12);
     fx.unmount();
-    let log = fx.store.join(".tvault/audit.jsonl");
-    let rotated = fx.store.join(".tvault/audit.jsonl.1");
+    let log = host_log(&fx.store);
+    let rotated = host_log(&fx.store).with_extension("jsonl.1");
     assert!(rotated.exists(), "rotation happened");
     let all = all_entries(&log);
     let opens = of_event(&all, "open");
@@ -278,7 +278,7 @@ fn xattrs_inspect_and_store_changes_while_mounted() {
         "pw-alice\n",
     );
     fx.unmount();
-    let all = entries(&fx.store.join(".tvault/audit.jsonl"));
+    let all = entries(&host_log(&fx.store));
     let grant = of_event(&all, "grant");
     assert_eq!(grant.len(), 1);
     assert_eq!(grant[0]["path"], "m.safetensors");
@@ -295,7 +295,7 @@ fn writes_are_audited() {
     let out = fx.python_as(ALICE, code, &[s(&fx.mnt)]);
     assert!(out.status.success(), "{}", stderr(&out));
     fx.unmount();
-    let all = entries(&fx.store.join(".tvault/audit.jsonl"));
+    let all = entries(&host_log(&fx.store));
     for event in ["create", "write-open", "rename", "unlink"] {
         let found = of_event(&all, event);
         assert_eq!(found.len(), 1, "{event}: {all:#?}");
@@ -440,7 +440,7 @@ print(denied)
     assert_eq!(after, denied, "unmount adds no count twice");
 }
 
-/// Finding 6 of issue 11: a store writer replaced `audit.jsonl` and the key beside it with a
+/// Finding 6 of issue 11: a store writer replaced the log and the key beside it with a
 /// forged chain and key of their own; `--verify` said intact, and the next mount adopted the
 /// planted key and appended to the forged chain.
 #[test]
@@ -464,8 +464,8 @@ fn a_planted_log_and_key_in_the_store_are_not_adopted() {
         .status
         .success());
     fx.unmount();
-    let meta = fx.store.join(".tvault");
-    let log = meta.join("audit.jsonl");
+    let meta = fx.store.join(".tvault/audit");
+    let log = host_log(&fx.store);
     assert!(!meta.join("audit.key").exists());
     ok(&["audit", s(&log), "--verify"], "");
 
@@ -473,7 +473,7 @@ fn a_planted_log_and_key_in_the_store_are_not_adopted() {
     std::os::unix::fs::chown(&meta, Some(WRITER), Some(WRITER)).unwrap();
     let forge = r#"
 import hashlib, hmac, json, os, sys
-meta = sys.argv[1]
+log, key_path = sys.argv[1], sys.argv[2]
 key = os.urandom(32)
 prev = os.urandom(32).hex()
 lines = []
@@ -484,20 +484,20 @@ for seq, event in enumerate([{"event": "mount"},
     line = json.dumps(entry, separators=(",", ":"))
     lines.append(line)
     prev = hashlib.sha256(line.encode()).hexdigest()
-log = os.path.join(meta, "audit.jsonl")
 os.rename(log, log + ".genuine")
 with open(log, "w") as f:
     f.write("\n".join(lines) + "\n")
-fd = os.open(os.path.join(meta, "audit.key"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 os.write(fd, (key.hex() + "\n").encode())
 os.close(fd)
 print(prev)
 "#;
-    let out = fx.python_as(WRITER, forge, &[s(&meta)]);
+    // Beside the log, where older versions kept a key.
+    let planted = log.with_extension("jsonl.key");
+    let out = fx.python_as(WRITER, forge, &[s(&log), s(&planted)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let forged_last = stdout(&out).trim().to_string();
     let forged = fs::read(&log).unwrap();
-    let planted = meta.join("audit.key");
     // The forgery is a valid chain under its own key (what the old verifier accepted)...
     let trusted_copy = fx.path("planted-copy.key");
     fs::copy(&planted, &trusted_copy).unwrap();
@@ -528,7 +528,7 @@ print(prev)
         fx.daemon_log()
     );
     assert_eq!(
-        fs::read(meta.join("audit.jsonl.1")).unwrap(),
+        fs::read(log.with_extension("jsonl.1")).unwrap(),
         forged,
         "moved aside as it was"
     );
@@ -558,7 +558,8 @@ print(prev)
     let err = fails(&["audit", s(&log), "--verify"], "");
     assert!(err.contains("the chain restarts at seq"), "{err}");
     let err = fails(&["audit", s(&log), "--rotated", "--verify"], "");
-    assert!(err.contains("audit.jsonl.1, line 1: MAC mismatch"), "{err}");
+    let first_file = format!("{}.1, line 1: MAC mismatch", log.display());
+    assert!(err.contains(&first_file), "{err}");
 }
 
 #[test]
@@ -596,5 +597,5 @@ fn the_daemon_refuses_audit_keys_it_cannot_trust() {
     mode(&open_dir, 0o777);
     refused(&open_dir.join("k.key"), "group or others can write it");
     // Nothing was logged through a refused key.
-    assert!(!fx.store.join(".tvault/audit.jsonl").exists());
+    assert!(!host_log(&fx.store).exists());
 }

@@ -798,7 +798,7 @@ fn each_denial_is_recorded_with_its_true_reason() {
     }
 
     // Denials are counted, not lost: read once the mount wrote its pending counts.
-    let log = fx.store.join(".tvault/audit.jsonl");
+    let log = host_log(&fx.store);
     let all = log_entries(&log);
     for refusal in [&no_slot, &no_keyring, &integrity, &locked] {
         refusal.check(&all, &mut problems);

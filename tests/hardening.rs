@@ -85,7 +85,7 @@ fn no_core_dumps_and_no_secrets_in_logs() {
     );
     assert!(w.status.success());
     fx.unmount();
-    let logs = fx.daemon_log() + &fs::read_to_string(fx.store.join(".tvault/audit.jsonl")).unwrap();
+    let logs = fx.daemon_log() + &fs::read_to_string(host_log(&fx.store)).unwrap();
     for secret in [
         "pw-alice",
         "pw-wrong-secret",

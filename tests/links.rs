@@ -133,7 +133,7 @@ fn ln_s_readlink_lstat_mv_rm_and_who_may_read_through_a_link() {
     assert_eq!(ok_as(&fx, ALICE, "readlink", &[&m("again")]), "d/f\n");
     let after = fx.as_uid(ALICE, "cat", &[&m("plain")], "");
     assert_eq!(after.stdout, data, "{}", stderr(&after));
-    let audit = fs::read_to_string(fx.store.join(".tvault/audit.jsonl")).unwrap();
+    let audit = fs::read_to_string(host_log(&fx.store)).unwrap();
     assert!(
         audit
             .lines()

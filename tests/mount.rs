@@ -102,7 +102,7 @@ fn only_unlocked_users_with_a_key_slot_can_read() {
     assert_eq!(status["unlocked"].as_array().unwrap().len(), 2);
     assert!(status["opens_denied"].as_u64().unwrap() >= 4);
     // Each refusal is in the audit log with its reason.
-    let audit = fs::read_to_string(fx.store.join(".tvault/audit.jsonl")).unwrap();
+    let audit = fs::read_to_string(host_log(&fx.store)).unwrap();
     for reason in ["locked", "no-key-slot", "no-keyring"] {
         assert!(
             audit.contains(&format!("\"reason\":\"{reason}\"")),
@@ -836,7 +836,7 @@ fn a_planted_slot_opens_nothing_even_while_the_file_is_cached() {
         stderr(&out)
     );
     assert!(out.stdout.is_empty());
-    let audit = fs::read_to_string(fx.store.join(".tvault/audit.jsonl")).unwrap();
+    let audit = fs::read_to_string(host_log(&fx.store)).unwrap();
     assert!(
         audit
             .lines()

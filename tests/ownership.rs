@@ -195,7 +195,7 @@ fn chown_changes_owners_without_keys_and_recurses() {
     let err = fails(&["chown", s(&store), "m", "eve"], "");
     assert!(err.contains("no user \"eve\""), "{err}");
     // Each change is audited, like grant and revoke.
-    let (log, _) = tensorvault::audit::default_paths(&store, None);
+    let log = host_log(&store);
     let chowns: Vec<Value> = fs::read_to_string(&log)
         .unwrap()
         .lines()

@@ -35,9 +35,16 @@ pub(super) fn open_for_reading(path: &Path) -> io::Result<File> {
 
 /// Calls `f` on every line of `path`. A line longer than [`MAX_LINE`] is passed cut to that
 /// length (which fails to parse). Stops early when `f` returns `false`.
-pub fn for_each_line(path: &Path, mut f: impl FnMut(RawLine<'_>) -> bool) -> Result<(), io::Error> {
-    let file = open_for_reading(path)?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+pub fn for_each_line(path: &Path, f: impl FnMut(RawLine<'_>) -> bool) -> Result<(), io::Error> {
+    for_each_line_in(open_for_reading(path)?, f)
+}
+
+/// [`for_each_line`] over any reader (a log file in a store that is not a local directory).
+pub fn for_each_line_in(
+    source: impl Read,
+    mut f: impl FnMut(RawLine<'_>) -> bool,
+) -> Result<(), io::Error> {
+    let mut reader = BufReader::with_capacity(1 << 16, source);
     let mut buf = Vec::with_capacity(1024);
     let mut number = 0u64;
     loop {
@@ -110,7 +117,7 @@ pub fn with_rotated(log: &Path) -> Vec<PathBuf> {
 }
 
 /// `N` of a rotated file's `.N` suffix: ASCII digits only (`parse` alone would take `+1`).
-fn rotation_number(suffix: &str) -> Option<u32> {
+pub(super) fn rotation_number(suffix: &str) -> Option<u32> {
     if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -20,14 +20,19 @@
 //! (the head record), `writer` (appending and syncing), `open` (continuing or moving aside the
 //! log found at open), `rotate` (rotation and the size limit), `coalesce` (counted lines and the
 //! per-uid budget for denials), `files` (reading log files and their rotated names), `verify`
-//! (checking a chain).
+//! (checking a chain), `host` (one chain per host of a shared store, and where its key
+//! lives), `mirror` (copying a local log into a store that is not a local directory),
+//! `chains` (finding and reading a store's chains through the store).
 
+mod chains;
 mod coalesce;
 mod event;
 mod files;
 mod head;
+mod host;
 mod key;
 mod line;
+mod mirror;
 mod open;
 mod rotate;
 #[cfg(test)]
@@ -43,15 +48,21 @@ use crate::crypto::CryptoError;
 
 // What tests, fuzz targets and the vectors need is `pub`; the rest is for the crate only,
 // so that the compiler reports what nobody uses.
+pub use chains::{display_files, open_chain_file, store_chains, Chain};
 pub use event::{Decision, Event, EventKind};
 pub use files::with_rotated;
 pub use head::HeadRecord;
+pub use host::{
+    chain_file, default_host_id, host_key_dir, host_key_path, open_host_log, validate_host_id,
+    HostLog, CHAIN_DIR, HOST_ID_ENV,
+};
 pub use key::{default_paths, legacy_key_paths, log_id, KEY_DIR, STATE_DIR_ENV};
 pub use line::{line_hash, parse_entry, verify_line, Entry, LineError};
-pub use verify::{verify, ChainError, HeadCheck, Start, VerifyError, VerifyReport};
+pub use mirror::{Mirror, MIRROR_INTERVAL};
+pub use verify::{verify, verify_with, ChainError, HeadCheck, Start, VerifyError, VerifyReport};
 pub use writer::AuditLog;
 
-pub(crate) use files::{base_log, for_each_line};
+pub(crate) use files::{base_log, for_each_line, for_each_line_in};
 pub(crate) use head::{head_path, read_head};
 pub(crate) use key::{default_key_path, read_trusted as read_key, Key};
 pub(crate) use rotate::MIN_DEFAULT_MAX_SIZE;
@@ -137,6 +148,13 @@ pub enum AuditError {
     },
     #[error("the audit log is closed")]
     Closed,
+    #[error(
+        "invalid host id {id:?}: {why}; pass --host-id NAME (or set TVAULT_HOST_ID) with \
+         letters, digits, '.', '_' and '-', unique among the hosts that mount this store"
+    )]
+    BadHostId { id: String, why: &'static str },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }

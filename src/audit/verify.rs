@@ -1,13 +1,12 @@
 //! Checking a chain across log files: every line, its link to the line before, the file
 //! boundaries and the head record (the rules are in docs/FORMAT.md, "Verifying").
 
-use std::io;
-use std::path::PathBuf;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::files::for_each_line;
-use super::files::RawLine;
+use super::files::{for_each_line_in, open_for_reading, RawLine};
 use super::head::HeadRecord;
 use super::line::{check_line_form, LineError};
 use super::{line_hash, EventKind, MAX_LINE};
@@ -182,6 +181,24 @@ pub fn verify(
     expect: Option<&str>,
     head: Option<&HeadRecord>,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_with(
+        paths,
+        |path| open_for_reading(path).map(|f| Box::new(f) as Box<dyn Read>),
+        key,
+        expect,
+        head,
+    )
+}
+
+/// [`verify`] with each file read through `open` (for logs kept in a store that is not a
+/// local directory); `paths` name the files in order and in messages.
+pub fn verify_with(
+    paths: &[PathBuf],
+    mut open: impl FnMut(&Path) -> io::Result<Box<dyn Read>>,
+    key: Option<&[u8]>,
+    expect: Option<&str>,
+    head: Option<&HeadRecord>,
+) -> Result<VerifyReport, VerifyError> {
     if paths.is_empty() {
         return Err(VerifyError::NoFiles);
     }
@@ -202,7 +219,11 @@ pub fn verify(
     for (index, path) in paths.iter().enumerate() {
         let mut broken: Option<VerifyError> = None;
         let mut first_in_file = true;
-        for_each_line(path, |raw| {
+        let source = open(path).map_err(|source| VerifyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        for_each_line_in(source, |raw| {
             let checked = check_line(key, &raw, index > 0 && first_in_file, &mut report);
             first_in_file = false;
             let (seq, hash) = match checked {

@@ -9,11 +9,11 @@ use std::time::SystemTime;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::CliResult;
+use super::{audit_store, CliResult};
 use crate::audit::{self, AuditError, Decision, Entry, HeadCheck, Start, VerifyReport};
 use crate::store::Store;
 
-fn error(msg: impl Into<String>) -> Box<dyn std::error::Error> {
+pub(super) fn error(msg: impl Into<String>) -> Box<dyn std::error::Error> {
     msg.into().into()
 }
 
@@ -31,25 +31,31 @@ fn parse_since(text: &str) -> Result<SystemTime, String> {
 
 #[derive(Args)]
 pub struct AuditArgs {
-    /// Audit log file(s), oldest first (e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl)
-    #[arg(required = true, value_name = "LOG")]
-    logs: Vec<PathBuf>,
+    /// A store (every host's chain in it, merged by time), or audit log file(s), oldest
+    /// first (e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl)
+    #[arg(required = true, value_name = "STORE|LOG")]
+    pub(super) logs: Vec<PathBuf>,
+    /// For a store: the directory holding each host's key as HOST.key (and its head record,
+    /// HOST.key.head), collected from each host's $TVAULT_STATE_DIR/audit-keys/STORE_ID/
+    /// (default: this host's own, which holds only its key)
+    #[arg(long, value_name = "DIR")]
+    pub(super) keys: Option<PathBuf>,
     /// Also read each LOG's rotated files (LOG.5 … LOG.1) before it
     #[arg(long)]
-    rotated: bool,
+    pub(super) rotated: bool,
     /// Check the hash chain, every line's MAC and the daemon's head record; print the first
     /// broken line and exit 1, or a report (exit 0; exit 2 if no key could be read, so the
     /// entries are not authenticated; exit 1 for a chain that restarts)
     #[arg(long, conflicts_with_all = ["user", "path", "since", "decision"])]
-    verify: bool,
+    pub(super) verify: bool,
     /// The audit key (default: the log's key in $TVAULT_STATE_DIR/audit-keys/, normally
     /// /var/lib/tvault/audit-keys/; a key beside the log is never used)
     #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
     /// With --verify: a last hash printed by an earlier --verify; fails if it is no longer in
     /// the chain (entries were cut off the end)
     #[arg(long, value_name = "HASH", requires = "verify")]
-    expect_last: Option<String>,
+    pub(super) expect_last: Option<String>,
     /// Only entries of this user (name, or numeric uid)
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
@@ -66,7 +72,7 @@ pub struct AuditArgs {
     decision: Option<DecisionArg>,
     /// Print the matching JSON lines as they are in the log (or, with --verify, a JSON report)
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Args)]
@@ -105,7 +111,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-struct Filter<'a> {
+pub(super) struct Filter<'a> {
     user: Option<&'a str>,
     uid: Option<u32>,
     path: Option<&'a str>,
@@ -114,7 +120,7 @@ struct Filter<'a> {
 }
 
 impl Filter<'_> {
-    fn matches(&self, e: &Entry) -> bool {
+    pub(super) fn matches(&self, e: &Entry) -> bool {
         if let Some(user) = self.user {
             let by_name = e.user.as_deref() == Some(user);
             let by_uid = self.uid.is_some() && e.uid == self.uid;
@@ -144,7 +150,7 @@ impl Filter<'_> {
 
 /// Control characters from a log (file names can hold escape sequences) are shown escaped,
 /// never sent to the terminal.
-fn printable(s: &str) -> String {
+pub(super) fn printable(s: &str) -> String {
     if s.chars().any(char::is_control) {
         s.chars()
             .flat_map(|c| {
@@ -160,7 +166,7 @@ fn printable(s: &str) -> String {
     }
 }
 
-fn table_row(e: &Entry) -> [String; 8] {
+pub(super) fn table_row(e: &Entry) -> [String; 8] {
     let opt = |s: &Option<String>| s.as_deref().map(printable).unwrap_or_else(|| "-".into());
     let who = match (&e.user, e.uid) {
         (Some(u), Some(uid)) => format!("{}({uid})", printable(u)),
@@ -190,12 +196,14 @@ fn table_row(e: &Entry) -> [String; 8] {
     ]
 }
 
-fn print_table(rows: &[[String; 8]]) -> std::io::Result<()> {
-    const HEAD: [&str; 8] = [
-        "TIME", "USER", "PROCESS", "PATH", "EVENT", "DECISION", "COUNT", "REASON",
-    ];
+/// The table's columns (a store's merged chains put `HOST` after `TIME`).
+pub(super) const HEAD: [&str; 8] = [
+    "TIME", "USER", "PROCESS", "PATH", "EVENT", "DECISION", "COUNT", "REASON",
+];
+
+pub(super) fn print_table(head: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     const MAX_WIDTH: usize = 48;
-    let mut width: [usize; 8] = HEAD.map(str::len);
+    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in width.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count()).min(MAX_WIDTH.max(*w));
@@ -215,9 +223,9 @@ fn print_table(rows: &[[String; 8]]) -> std::io::Result<()> {
         }
         writeln!(out, "{}", s.trim_end())
     };
-    line(&HEAD)?;
+    line(head)?;
     for row in rows {
-        line(&row.each_ref().map(String::as_str))?;
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
     Ok(())
 }
@@ -233,12 +241,8 @@ fn log_files(args: &AuditArgs) -> Vec<PathBuf> {
     }
 }
 
-pub fn audit(args: &AuditArgs) -> CliResult {
-    let files = log_files(args);
-    if args.verify {
-        return verify(args, &files);
-    }
-    let filter = Filter {
+pub(super) fn filter(args: &AuditArgs) -> Filter<'_> {
+    Filter {
         user: args.user.as_deref(),
         uid: args.user.as_deref().and_then(|u| u.parse().ok()),
         path: args.path.as_deref(),
@@ -247,7 +251,24 @@ pub fn audit(args: &AuditArgs) -> CliResult {
             DecisionArg::Allow => Decision::Allow,
             DecisionArg::Deny => Decision::Deny,
         }),
-    };
+    }
+}
+
+pub fn audit(args: &AuditArgs) -> CliResult {
+    if let Some(store) = audit_store::store_arg(args)? {
+        return audit_store::audit(args, &store);
+    }
+    if args.keys.is_some() {
+        return Err(error(
+            "--keys DIR is for a store's chains (tvault audit STORE --verify --keys DIR); for \
+             a log file, pass --key FILE",
+        ));
+    }
+    let files = log_files(args);
+    if args.verify {
+        return verify(args, &files);
+    }
+    let filter = filter(args);
     let mut rows = Vec::new();
     let mut skipped = 0u64;
     let mut out = std::io::stdout().lock();
@@ -288,7 +309,7 @@ pub fn audit(args: &AuditArgs) -> CliResult {
                     return false;
                 }
             } else {
-                rows.push(table_row(&entry));
+                rows.push(table_row(&entry).to_vec());
             }
             true
         })
@@ -303,7 +324,7 @@ pub fn audit(args: &AuditArgs) -> CliResult {
     }
     drop(out);
     if !args.json {
-        if let Err(e) = print_table(&rows) {
+        if let Err(e) = print_table(&HEAD, &rows) {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 return Err(e.into());
             }
@@ -318,7 +339,7 @@ pub fn audit(args: &AuditArgs) -> CliResult {
 }
 
 /// `--verify` found the chain intact, but could not read a key: nothing is authenticated.
-const EXIT_UNAUTHENTICATED: i32 = 2;
+pub(super) const EXIT_UNAUTHENTICATED: i32 = 2;
 
 /// The key `--verify` uses: `--key FILE`, else the log's default key, never one beside the
 /// log. `Err(why)` when there is none to use, which makes the check unauthenticated.
@@ -326,10 +347,9 @@ fn verify_key(
     args: &AuditArgs,
     base: &Path,
 ) -> Result<(PathBuf, Result<audit::Key, String>), Box<dyn std::error::Error>> {
-    let path = args
-        .key
-        .clone()
-        .unwrap_or_else(|| audit::default_key_path(base));
+    let path = args.key.clone().unwrap_or_else(|| {
+        audit_store::host_chain_key(base).unwrap_or_else(|| audit::default_key_path(base))
+    });
     let key = match audit::read_key(&path) {
         Ok(Some(key)) => Ok(key),
         Ok(None) if args.key.is_some() => {

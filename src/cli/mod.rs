@@ -2,6 +2,7 @@
 //! over the library layers; all policy lives below.
 
 mod audit_cmds;
+mod audit_store;
 mod container_file;
 mod explain;
 mod fsck_cmds;
@@ -235,12 +236,18 @@ enum Command {
         /// Where the daemon's log goes once detached (default: discarded; RUST_LOG sets the level)
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
-        /// Audit log (default STORE/.tvault/audit.jsonl)
+        /// This host's name among the hosts that mount the store: it names the audit chain
+        /// (STORE/.tvault/audit/HOST.jsonl) and the key (default: $TVAULT_HOST_ID, else the
+        /// host name; letters, digits, '.', '_', '-', at most 64)
+        #[arg(long, value_name = "NAME")]
+        host_id: Option<String>,
+        /// Audit log instead of this host's chain in the store
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
         /// Audit HMAC key: owned by the daemon's user, mode 0600, in a directory only it or
-        /// root can write; created if missing (default: $TVAULT_STATE_DIR/audit-keys/ID.key,
-        /// normally /var/lib/tvault/audit-keys/, ID from the log's path; never beside the log)
+        /// root can write; created if missing (default: $TVAULT_STATE_DIR/audit-keys/
+        /// STORE_ID/HOST.key, normally under /var/lib/tvault; with --audit-log,
+        /// audit-keys/ID.key, ID from the log's path; never beside the log)
         #[arg(long, value_name = "FILE")]
         audit_key: Option<PathBuf>,
         /// Rotate the audit log when it would exceed this size; 5 rotated files are kept
@@ -478,6 +485,7 @@ pub fn run(cli: Cli) -> CliResult {
             readahead,
             read_only,
             log_file,
+            host_id,
             audit_log,
             audit_key,
             audit_max_size,
@@ -493,6 +501,7 @@ pub fn run(cli: Cli) -> CliResult {
             readahead,
             read_only,
             log_file,
+            host_id,
             audit_log,
             audit_key,
             audit_max_size,

@@ -32,6 +32,7 @@ pub struct MountArgs {
     pub readahead: u64,
     pub read_only: bool,
     pub log_file: Option<PathBuf>,
+    pub host_id: Option<String>,
     pub audit_log: Option<PathBuf>,
     pub audit_key: Option<PathBuf>,
     pub audit_max_size: Option<u64>,
@@ -58,7 +59,16 @@ fn redirect(target: i32, path: Option<&Path>) -> std::io::Result<()> {
 }
 
 pub fn mount(args: &MountArgs) -> CliResult {
+    // Checked before anything starts, so that a bad id is a plain error.
+    let host_id = match &args.host_id {
+        Some(id) => {
+            crate::audit::validate_host_id(id)?;
+            id.clone()
+        }
+        None => crate::audit::default_host_id()?,
+    };
     let opts = MountOptions {
+        host_id: host_id.clone(),
         store: args.store.clone(),
         mountpoint: args.mountpoint.clone(),
         cache_bytes: args.cache_size,
@@ -87,12 +97,12 @@ pub fn mount(args: &MountArgs) -> CliResult {
         daemon::run(&opts, ready)?;
         return Ok(());
     }
-    spawn_daemon(args)
+    spawn_daemon(args, &host_id)
 }
 
 /// Starts `tvault mount --foreground` detached (new session, no terminal) and waits until
 /// it reports the mount up, or relays its error.
-fn spawn_daemon(args: &MountArgs) -> CliResult {
+fn spawn_daemon(args: &MountArgs, host_id: &str) -> CliResult {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount")
@@ -108,6 +118,7 @@ fn spawn_daemon(args: &MountArgs) -> CliResult {
     if let Some(log) = &args.log_file {
         cmd.arg("--log-file").arg(log);
     }
+    cmd.arg("--host-id").arg(host_id);
     if let Some(log) = &args.audit_log {
         cmd.arg("--audit-log").arg(log);
     }

@@ -3,13 +3,13 @@
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::{own_cmds, passphrase, CliResult, KdfArgs, PassphraseArgs};
-use crate::audit::{self, AuditLog, Event, EventKind};
+use crate::audit::{self, Event, EventKind};
 use crate::container::{self, Container, Reader};
 use crate::control::{self, Request};
 use crate::crypto::{KdfParams, PrivateKey};
@@ -354,9 +354,11 @@ fn print_header(
     Ok(())
 }
 
-/// Records a grant, revoke or chown in the store's audit log: through the running mount's
-/// daemon if one holds the log, else directly. Failing to record is a warning, not an error:
-/// the change is already made.
+/// Records a grant, revoke or chown in this host's audit chain of the store: through this
+/// host's running mount of it if there is one (it holds the chain), else directly (and, for
+/// a store that is not a local directory, mirrored into it at once). The host is
+/// `$TVAULT_HOST_ID`, else the host name, as for `mount`. Failing to record is a warning, not
+/// an error: the change is already made.
 pub(super) fn audit_store_change(
     store: &Store,
     kind: EventKind,
@@ -365,25 +367,40 @@ pub(super) fn audit_store_change(
     user: Option<&str>,
     detail: Option<&str>,
 ) {
-    let mountpoint = store
-        .read_meta(crate::daemon::DAEMON_FILE, 64 << 10)
-        .ok()
-        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["mountpoint"].as_str().map(PathBuf::from));
-    if let Some(mnt) = mountpoint {
-        let note = Request::AuditNote {
-            event: kind.as_str().to_string(),
-            path: rel.to_string(),
-            target: target.to_string(),
-            user: user.map(str::to_string),
-            detail: detail.map(str::to_string),
-        };
-        match control::call(&mnt, &note, std::time::Duration::from_secs(10)) {
-            Ok(_) => return,
-            Err(e) => log::info!("audit through the daemon at {}: {e}", mnt.display()),
-        }
+    let recorded = audit::default_host_id()
+        .map_err(|e| e.to_string())
+        .and_then(|host| {
+            let event = change_event(kind, rel, target, user, detail);
+            if let Some(mnt) = crate::daemon::find_daemon(store, &host) {
+                let note = Request::AuditNote {
+                    event: kind.as_str().to_string(),
+                    path: rel.to_string(),
+                    target: target.to_string(),
+                    user: user.map(str::to_string),
+                    detail: detail.map(str::to_string),
+                };
+                match control::call(&mnt, &note, std::time::Duration::from_secs(10)) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => log::info!("audit through the daemon at {}: {e}", mnt.display()),
+                }
+            }
+            record_directly(store, &host, &event).map_err(|e| e.to_string())
+        });
+    if let Err(e) = recorded {
+        eprintln!(
+            "tvault: warning: {} of {rel} not recorded in the audit log: {e}",
+            kind.as_str()
+        );
     }
-    let (log, key) = audit::default_paths(store.root(), None);
+}
+
+fn change_event(
+    kind: EventKind,
+    rel: &str,
+    target: &str,
+    user: Option<&str>,
+    detail: Option<&str>,
+) -> Event {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let mut event = Event::from_pid(kind, std::process::id())
@@ -397,20 +414,17 @@ pub(super) fn audit_store_change(
     if let Some(detail) = detail {
         event = event.detail(detail);
     }
-    // The store's own log, in `.tvault` opened through the store gate (no planted link is
-    // followed).
-    let recorded = match store.audit_dir() {
-        Ok(dir) => AuditLog::open_in(dir, &log, &key, None)
-            .and_then(|l| l.record(&event).and_then(|()| l.close()))
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = recorded {
-        eprintln!(
-            "tvault: warning: {} of {rel} not recorded in the audit log: {e}",
-            kind.as_str()
-        );
+    event
+}
+
+fn record_directly(store: &Store, host: &str, event: &Event) -> Result<(), audit::AuditError> {
+    let opened = audit::open_host_log(store, host, None, None)?;
+    opened.log.record(event)?;
+    opened.log.close()?;
+    if let Some(mirror) = opened.mirror {
+        mirror.sync(store)?;
     }
+    Ok(())
 }
 
 pub fn grant(

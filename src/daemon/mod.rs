@@ -15,9 +15,11 @@ use crate::fs::{Answer, Caller, Core, Verdict};
 use crate::fuse::FuseAdapter;
 use crate::store::{Store, StoreOptions};
 
+mod host;
 mod mounts;
 mod requests;
 
+pub use host::find_daemon;
 pub use mounts::{detach, is_mount_point, mounts, MountEntry};
 use requests::DaemonControl;
 
@@ -33,11 +35,9 @@ pub struct MountOptions {
     pub audit_max_size: Option<u64>,
     /// How the backend reaches a remote store (timeout, disk cache).
     pub store_options: StoreOptions,
+    /// Names this host's audit chain and daemon file in the store (validated).
+    pub host_id: String,
 }
-
-/// Written to `STORE/.tvault/daemon.json` while mounted, so that store commands (grant,
-/// revoke) can find the daemon that holds the audit log.
-pub const DAEMON_FILE: &str = "daemon.json";
 
 /// The kernel's name for the filesystem type of a tvault mount (`subtype=tvault`).
 pub const FSTYPE: &str = "fuse.tvault";
@@ -271,34 +271,14 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
 
     // The key is kept outside the store (by default under /var/lib/tvault), never beside the
     // log: whoever can write the store could have planted one there.
-    let (audit_path, default_key) = audit::default_paths(store.root(), opts.audit_log.as_deref());
-    let key_path = opts.audit_key.clone().unwrap_or(default_key);
-    log::info!(
-        "audit log {}, key {}",
-        audit_path.display(),
-        key_path.display()
-    );
-    // A log in the store is opened in `.tvault` as the store gate opens it: never through a
-    // link a store writer planted there.
-    let opened = match opts.audit_log {
-        None => store
-            .audit_dir()
-            .map_err(DaemonError::from)
-            .and_then(|dir| {
-                AuditLog::open_in(dir, &audit_path, &key_path, opts.audit_max_size)
-                    .map_err(DaemonError::from)
-            }),
-        Some(_) => {
-            AuditLog::open(&audit_path, &key_path, opts.audit_max_size).map_err(DaemonError::from)
-        }
-    };
-    let audit = match opened {
-        Ok(log) => Arc::new(log),
+    let (audit, mirror) = match host::open_audit(opts, &store) {
+        Ok(opened) => opened,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
             return Err(e);
         }
     };
+    let audit = Arc::new(audit);
     let access = Arc::new(Access::new());
     let shared = Core::new(
         store,
@@ -355,6 +335,16 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         path: socket.display().to_string(),
         source,
     })?;
+    let mirror = match mirror {
+        Some(m) => Some(
+            host::MirrorTask::start(m, shared.clone()).map_err(|source| DaemonError::Mount {
+                path: display.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let signal_nudge = mirror.as_ref().map(host::MirrorTask::nudger);
     let signal_unmount = unmount.clone();
     let signal_audit = audit.clone();
     std::thread::Builder::new()
@@ -367,6 +357,9 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
                 if sig == libc::SIGHUP {
                     if let Err(e) = signal_audit.rotate() {
                         log::error!("audit log rotation: {e}");
+                    }
+                    if let Some(nudge) = &signal_nudge {
+                        let _ = nudge.send(host::Wake::Sync);
                     }
                     continue;
                 }
@@ -383,24 +376,26 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         Event::from_pid(kind, std::process::id())
             .uid(owner_uid)
             .path(mountpoint.display().to_string())
-            .detail(format!("store={}", store_path.display()))
+            .detail(format!(
+                "store={} host={}",
+                store_path.display(),
+                opts.host_id
+            ))
     };
     audit.record(&mount_event(EventKind::Mount))?;
-    let daemon_info =
-        json!({"pid": std::process::id(), "socket": socket, "mountpoint": mountpoint});
-    // Through the store gate: a link planted at daemon.json is replaced, never written through.
-    if let Err(e) = shared
-        .store
-        .write_meta(DAEMON_FILE, daemon_info.to_string().as_bytes(), 0o644)
-    {
-        log::info!("cannot write {DAEMON_FILE}: {e}");
-    }
+    let daemon_info = json!({"pid": std::process::id(), "socket": socket,
+        "mountpoint": mountpoint, "host": opts.host_id});
+    // Through the store gate: a link planted at the daemon file is replaced, never written
+    // through.
+    let daemon_file = host::write_daemon_file(&shared.store, &opts.host_id, &daemon_info);
     on_ready();
     let result = session.run();
     shared.access.lock_all();
     shared.forget_plaintext();
     let _ = std::fs::remove_file(&socket);
-    let _ = shared.store.remove_meta(DAEMON_FILE);
+    if let Some(written) = &daemon_file {
+        host::remove_daemon_file(&shared.store, &opts.host_id, written);
+    }
     // Counted denials first, so that nothing follows the unmount entry.
     if let Err(e) = audit.write_pending() {
         log::error!("audit log at unmount: {e}");
@@ -410,6 +405,9 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         .and_then(|()| audit.close())
     {
         log::error!("audit log at unmount: {e}");
+    }
+    if let Some(mirror) = mirror {
+        mirror.finish(&shared.store);
     }
     result.map_err(|source| DaemonError::Mount {
         path: display,

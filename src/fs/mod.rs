@@ -81,8 +81,18 @@ pub struct Stats {
     pub integrity_failures: AtomicU64,
 }
 
-/// Drops the kernel's cached pages of an inode (FUSE's `inval_inode`), set by the adapter.
-pub type Invalidator = Box<dyn Fn(u64) -> std::io::Result<()> + Send + Sync>;
+/// What the kernel is told to forget about an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forget {
+    /// Its cached pages (and attributes).
+    Pages,
+    /// Only its cached attributes.
+    Attributes,
+}
+
+/// Drops the kernel's cached pages or attributes of an inode (FUSE's `inval_inode`), set by
+/// the adapter.
+pub type Invalidator = Box<dyn Fn(u64, Forget) -> std::io::Result<()> + Send + Sync>;
 
 /// An open file as `tvault status` reports it.
 pub struct OpenFileInfo {
@@ -220,7 +230,7 @@ impl Core {
             .collect();
         if let Some(invalidate) = self.invalidator.get() {
             for &ino in &inos {
-                if let Err(e) = invalidate(ino) {
+                if let Err(e) = invalidate(ino, Forget::Pages) {
                     log::warn!("cannot invalidate inode {ino}: {e}");
                 }
             }

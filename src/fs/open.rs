@@ -155,15 +155,30 @@ impl Core {
     /// content open on the inode) the path moves to a new inode and the caller answers
     /// `ESTALE`: the kernel then looks the path up again (`LOOKUP_REVAL`), gets the new
     /// inode and retries the open there, with a page cache of its own.
+    ///
+    /// Content other than the inode's last (another host rewrote the file, say) may have
+    /// another size than the one the kernel cached with the inode's attributes (for up to the
+    /// attribute TTL): reads would stop at the old size, cutting the new version short. So the
+    /// kernel is told to forget those attributes before the open is answered; its next size
+    /// check then asks again.
     pub(super) fn open_pages(
         &self,
         ino: u64,
         content: Content,
     ) -> Result<(PageCache, PageRef), FsError> {
-        self.versions.open_pages(ino, content).map_err(|Conflict| {
+        let opened = self.versions.open_pages(ino, content).map_err(|Conflict| {
             lock(&self.inodes).detach(ino);
             FsError::new(libc::ESTALE)
-        })
+        })?;
+        if opened.0 == PageCache::Fresh {
+            if let Some(invalidate) = self.invalidator.get() {
+                // ENOENT: the kernel holds no such inode, so no attributes either.
+                if let Err(e) = invalidate(ino, super::Forget::Attributes) {
+                    log::debug!("cannot invalidate the attributes of inode {ino}: {e}");
+                }
+            }
+        }
+        Ok(opened)
     }
 
     /// Enters a new handle in the open-file table (after its open was recorded).

@@ -25,6 +25,7 @@ mod draft;
 mod files;
 mod links;
 mod location;
+mod meta;
 mod namespace;
 mod node;
 mod ownership;
@@ -34,7 +35,6 @@ mod users;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -368,12 +368,6 @@ impl Store {
 
     pub(crate) fn remove_meta(&self, name: &str) -> Result<()> {
         self.backend.remove_file(&format!("{META_DIR}/{name}"))
-    }
-
-    /// `.tvault/` as a local directory, for the store's own audit log (refused,
-    /// [`StoreError::NotLocal`], by a store that is not a local directory).
-    pub(crate) fn audit_dir(&self) -> Result<OwnedFd> {
-        self.backend.local_dir(META_DIR)
     }
 
     /// Space on the store's backing storage.

@@ -15,10 +15,38 @@ pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
 pub const FAST_KDF: [&str; 4] = ["--kdf-memory", "1024", "--kdf-iterations", "1"];
 
 /// The state directory (audit keys) of every tvault process the tests start, instead of
-/// /var/lib/tvault. One for all tests: a key is named after its log's path, which is unique
-/// to each test's temporary directory.
+/// /var/lib/tvault. One for all tests: a key is named after its store's random id (or, for
+/// `--audit-log`, its log's path), which is unique to each test.
 pub fn state_dir() -> PathBuf {
     std::env::temp_dir().join("tvault-test-state")
+}
+
+/// The host id a mount or store command started by the tests uses by default.
+pub fn host_id() -> String {
+    tensorvault::audit::default_host_id().unwrap()
+}
+
+/// This host's audit chain in `store`.
+pub fn host_log(store: &Path) -> PathBuf {
+    store
+        .join(".tvault/audit")
+        .join(tensorvault::audit::chain_file(&host_id()))
+}
+
+/// The id of `store` (made by its first mount or recorded change).
+pub fn store_id(store: &Path) -> String {
+    std::fs::read_to_string(store.join(".tvault/store-id"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The key of `host`'s chain of `store`, in the tests' state directory.
+pub fn host_key(store: &Path, host: &str) -> PathBuf {
+    state_dir()
+        .join(tensorvault::audit::KEY_DIR)
+        .join(store_id(store))
+        .join(format!("{host}.key"))
 }
 
 pub fn tvault(args: &[&str], stdin: &str) -> Output {
