@@ -76,23 +76,41 @@ fn two_hosts_on_one_s3_store_see_each_others_changes_and_both_chains_verify() {
     // A write on one host, then a rewrite on the other: each is seen at the next open.
     let v1 = b"version one, written on host a".to_vec();
     write_as(&a, ALICE, "f.txt", &v1);
-    eventually("b sees a's write", || read(&b, ALICE, "f.txt") == Some(v1.clone()));
+    eventually("b sees a's write", || {
+        read(&b, ALICE, "f.txt") == Some(v1.clone())
+    });
     let v2 = pseudo_random(300_000, 2);
     write_as(&b, ALICE, "f.txt", &v2);
-    eventually("a sees b's rewrite", || read(&a, ALICE, "f.txt") == Some(v2.clone()));
+    eventually("a sees b's rewrite", || {
+        read(&a, ALICE, "f.txt") == Some(v2.clone())
+    });
 
     // put --force and a grant by the command line; both hosts follow, whole.
     let v3 = pseudo_random(2 << 20, 3);
     let src = a.plain_file("v3.bin", &v3);
     cli.ok(
-        &["put", &store.url, s(&src), "--to", "alice", "--as", "f.txt", "--force"],
+        &[
+            "put",
+            &store.url,
+            s(&src),
+            "--to",
+            "alice",
+            "--as",
+            "f.txt",
+            "--force",
+        ],
         "",
     );
     for fx in [&a, &b] {
-        eventually("the put is seen", || read(fx, ALICE, "f.txt") == Some(v3.clone()));
+        eventually("the put is seen", || {
+            read(fx, ALICE, "f.txt") == Some(v3.clone())
+        });
         assert_eq!(read(fx, BOB, "f.txt"), None, "bob has no slot yet");
     }
-    cli.ok(&["grant", &store.url, "f.txt", "bob", "--user", "alice"], "pw-alice\n");
+    cli.ok(
+        &["grant", &store.url, "f.txt", "bob", "--user", "alice"],
+        "pw-alice\n",
+    );
     eventually("bob reads on b after the grant", || {
         read(&b, BOB, "f.txt") == Some(v3.clone())
     });
@@ -107,7 +125,10 @@ fn two_hosts_on_one_s3_store_see_each_others_changes_and_both_chains_verify() {
     b.unmount();
     for id in ["a", "b"] {
         assert!(
-            store.dir.join(format!(".tvault/audit/{id}.jsonl")).is_file(),
+            store
+                .dir
+                .join(format!(".tvault/audit/{id}.jsonl"))
+                .is_file(),
             "host {id}'s chain is mirrored into the store"
         );
     }
@@ -121,7 +142,10 @@ fn two_hosts_on_one_s3_store_see_each_others_changes_and_both_chains_verify() {
         &["audit", &store.url, "--verify", "--keys", s(keys.path())],
         "",
     );
-    assert!(report.contains("a: ok:") && report.contains("b: ok:"), "{report}");
+    assert!(
+        report.contains("a: ok:") && report.contains("b: ok:"),
+        "{report}"
+    );
     let merged: Vec<serde_json::Value> = store
         .ok(&["audit", &store.url, "--json"], "")
         .lines()
@@ -134,7 +158,9 @@ fn two_hosts_on_one_s3_store_see_each_others_changes_and_both_chains_verify() {
         );
     }
     assert!(
-        merged.iter().any(|e| e["event"] == "grant" && e["host"] == "a"),
+        merged
+            .iter()
+            .any(|e| e["event"] == "grant" && e["host"] == "a"),
         "the grant is in a's chain"
     );
 }

@@ -244,7 +244,6 @@ impl S3Store {
             self.ok(&args, &format!("pw-{name}\n"));
         }
     }
-
 }
 
 /// Every file under `dir` (recursively), with its bytes.
