@@ -259,7 +259,8 @@ main_s3() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     rm -rf "$W"
-    mkdir -p "$W/plain" "$W/mnt" "$W/dcache"
+    mkdir -p "$W/plain" "$W/mnt"
+    mkdir -m 700 "$W/dcache"   # the daemon refuses a cache directory others can reach
     for t in $TARGETS; do mkdir -p "$W/mnt/$t"; done
     write_helper
 
