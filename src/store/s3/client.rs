@@ -13,7 +13,7 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use tokio::runtime::Runtime;
 
 use super::errors::{classify, Context, Fault, S3Error};
-use super::location::{check_segment, S3Location, MAX_KEY_LEN};
+use super::location::S3Location;
 use super::settings::S3Settings;
 use super::DIR_MARKER;
 use crate::store::{Result, StoreError};
@@ -123,18 +123,7 @@ impl Client {
             rel: rel.to_string(),
             why,
         };
-        if !rel.is_empty() {
-            for part in rel.split('/') {
-                check_segment(part).map_err(bad)?;
-            }
-            if rel.rsplit('/').next() == Some(DIR_MARKER) {
-                return Err(bad("the name of the S3 backend's directory markers"));
-            }
-        }
-        let key = self.location.key(rel);
-        if key.len() + 1 + DIR_MARKER.len() > MAX_KEY_LEN {
-            return Err(bad("longer than an S3 object key may be"));
-        }
+        let key = self.location.checked_key(rel).map_err(bad)?;
         Key::parse(&key).map_err(|_| bad("not a valid object key"))
     }
 

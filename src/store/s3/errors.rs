@@ -53,6 +53,11 @@ pub enum S3Error {
     NoCredentials { url: String },
     #[error("{url}: replaced by another writer since it was opened; open it again")]
     Changed { url: String },
+    #[error(
+        "{url}: the bucket holds a key that is not a valid path (an empty component, '.', \
+         '..' or a control character), which tvault never uses; remove it: {detail}"
+    )]
+    BadKey { url: String, detail: String },
     #[error("{url}: {detail}")]
     Other { url: String, detail: String },
     #[error("S3 settings: {0}")]
@@ -157,6 +162,12 @@ pub fn classify(e: &object_store::Error, cx: &Context<'_>) -> Fault {
             return Fault::Service(S3Error::Credentials {
                 url,
                 code: code.unwrap_or_else(|| "401 Unauthorized".into()),
+            })
+        }
+        object_store::Error::InvalidPath { source } => {
+            return Fault::Service(S3Error::BadKey {
+                url,
+                detail: source.to_string(),
             })
         }
         object_store::Error::PermissionDenied { .. } => {
@@ -281,6 +292,10 @@ mod tests {
             service(classify(&denied, &cx())),
             S3Error::Denied { .. }
         ));
+        let bad = object_store::Error::from(object_store::path::Path::parse("a//b").unwrap_err());
+        let e = service(classify(&bad, &cx()));
+        assert!(matches!(e, S3Error::BadKey { .. }), "{e}");
+        assert!(e.to_string().contains("remove it"), "{e}");
         let unauth = object_store::Error::Unauthenticated {
             path: "k".into(),
             source: src(),

@@ -6,7 +6,9 @@ use std::fmt;
 use crate::store::{Result, StoreError};
 
 /// The longest object key S3 accepts, in bytes.
-pub(crate) const MAX_KEY_LEN: usize = 1024;
+const MAX_KEY_LEN: usize = 1024;
+/// The marker object that makes an empty directory exist: `DIR/.tvault-s3-dir`, empty.
+pub const DIR_MARKER: &str = ".tvault-s3-dir";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Location {
@@ -50,13 +52,36 @@ impl S3Location {
         }
     }
 
-    /// The store path of object key `key`, if it lies below the prefix.
-    pub fn rel_of<'a>(&self, key: &'a str) -> Option<&'a str> {
-        if self.prefix.is_empty() {
-            return Some(key);
+    /// The key of store path `rel`, checked: every component one a store path may have and
+    /// none the directory marker's name, short enough for a marker below it to fit S3's key
+    /// length.
+    pub fn checked_key(&self, rel: &str) -> std::result::Result<String, &'static str> {
+        if !rel.is_empty() {
+            for part in rel.split('/') {
+                check_segment(part)?;
+                if part == DIR_MARKER {
+                    return Err("the name of the S3 backend's directory markers");
+                }
+            }
         }
-        key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+        let key = self.key(rel);
+        if key.len() + 1 + DIR_MARKER.len() > MAX_KEY_LEN {
+            return Err("longer than an S3 object key may be");
+        }
+        Ok(key)
     }
+}
+
+/// The entry name that `key`, listed with delimiter below `dir_prefix` (`KEY/`, or `None` for
+/// a bucket's root), stands for: `None` for the marker and for names that are not store path
+/// components, which are never shown or used.
+pub(crate) fn entry_name<'a>(dir_prefix: Option<&str>, key: &'a str) -> Option<&'a str> {
+    let below = match dir_prefix {
+        Some(p) => key.strip_prefix(p)?,
+        None => key,
+    };
+    let ok = !below.contains('/') && check_segment(below).is_ok() && below != DIR_MARKER;
+    ok.then_some(below)
 }
 
 impl fmt::Display for S3Location {
@@ -114,14 +139,49 @@ mod tests {
         assert_eq!(l.to_string(), "s3://models/team/a");
         assert_eq!(l.key(""), "team/a");
         assert_eq!(l.key(".tvault/store.json"), "team/a/.tvault/store.json");
-        assert_eq!(l.rel_of("team/a/x/y.tvlt"), Some("x/y.tvlt"));
-        assert_eq!(l.rel_of("team/ab/x"), None);
         let whole = S3Location::parse("models").unwrap();
         assert_eq!(whole.prefix, "");
         assert_eq!(whole.to_string(), "s3://models");
         assert_eq!(whole.key("a/b"), "a/b");
-        assert_eq!(whole.rel_of("a/b"), Some("a/b"));
         assert_eq!(S3Location::parse("models/").unwrap(), whole);
+    }
+
+    #[test]
+    fn keys_are_store_paths_and_nothing_else() {
+        let l = S3Location::parse("models/p").unwrap();
+        assert_eq!(l.checked_key("a/b.tvlt"), Ok("p/a/b.tvlt".into()));
+        assert_eq!(l.checked_key(""), Ok("p".into()));
+        for bad in [
+            "a//b",
+            "a/./b",
+            "../x",
+            "a/\u{1}",
+            ".tvault-s3-dir",
+            "d/.tvault-s3-dir/x",
+        ] {
+            assert!(l.checked_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(l.checked_key(&"n".repeat(256)).is_err());
+        let deep = vec!["n".repeat(250); 5].join("/");
+        assert_eq!(
+            l.checked_key(&deep),
+            Err("longer than an S3 object key may be")
+        );
+        // Listing entries: one name below the directory, never the marker or a bad name.
+        let dir = Some("p/d/");
+        assert_eq!(entry_name(dir, "p/d/x.tvlt"), Some("x.tvlt"));
+        assert_eq!(
+            entry_name(dir, "p/d/sub/"),
+            None,
+            "prefixes come without the slash"
+        );
+        assert_eq!(entry_name(dir, "p/d/sub"), Some("sub"));
+        assert_eq!(entry_name(dir, "p/d/.tvault-s3-dir"), None);
+        assert_eq!(entry_name(dir, "p/d/a/b"), None);
+        assert_eq!(entry_name(dir, "p/e/x"), None);
+        assert_eq!(entry_name(dir, &format!("p/d/{}", "n".repeat(256))), None);
+        assert_eq!(entry_name(dir, "p/d/tab\u{85}"), None);
+        assert_eq!(entry_name(None, "top"), Some("top"));
     }
 
     #[test]

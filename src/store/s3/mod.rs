@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
 pub use errors::S3Error;
-pub use location::S3Location;
+pub use location::{S3Location, DIR_MARKER};
 pub use objects::S3Backend;
 pub use settings::parse_timeout;
 
@@ -29,9 +29,6 @@ use crate::store::{Result, StoreError, StoreOptions};
 use client::Client;
 use settings::S3Settings;
 use upload::StageDir;
-
-/// The marker object that makes an empty directory exist: `DIR/.tvault-s3-dir`, empty.
-pub const DIR_MARKER: &str = ".tvault-s3-dir";
 
 impl S3Backend {
     /// Connects to the bucket of `location` and checks that it exists (and that the

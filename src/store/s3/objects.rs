@@ -20,7 +20,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 
 use super::client::Client;
 use super::errors::Fault;
-use super::location::check_segment;
+use super::location::entry_name;
 use super::read::ObjectVersion;
 use super::upload::{S3Stage, StageDir};
 use super::DIR_MARKER;
@@ -283,14 +283,7 @@ impl Backend for S3Backend {
             };
             return Err(self.errno(rel, errno));
         }
-        let name_of = |key: &Key| -> Option<String> {
-            let below = match &prefix {
-                Some(p) => key.as_ref().strip_prefix(p.as_str())?,
-                None => key.as_ref(),
-            };
-            let ok = !below.contains('/') && check_segment(below).is_ok() && below != DIR_MARKER;
-            ok.then(|| below.to_string())
-        };
+        let name_of = |key: &Key| entry_name(prefix.as_deref(), key.as_ref()).map(str::to_string);
         let dirs: BTreeSet<String> = listing.common_prefixes.iter().filter_map(name_of).collect();
         let mut out: Vec<Entry> = dirs
             .iter()

@@ -4,13 +4,14 @@
 //! object appears whole when the upload completes: until then readers get the old version,
 //! and a failed upload (aborted) leaves it.
 //!
-//! Temporary files live in a private directory (mode 0700, made fresh by this process under
-//! `$TVAULT_STATE_DIR` or the system temporary directory, never in the store or a mount) and
-//! are unlinked as soon as they are created: nothing is left behind, even by a crash.
+//! Temporary files live in a private directory of the user (`tvault-s3-staging-UID`, mode
+//! 0700, under `$TVAULT_STATE_DIR` or the system temporary directory; never in the store or
+//! a mount) and are unlinked as soon as they are created: nothing is left behind, even by a
+//! crash.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -33,32 +34,48 @@ const MAX_PARTS: u64 = 10_000;
 /// Parts in flight at once (each a buffer of one part).
 const PARALLEL_PARTS: usize = 4;
 
-/// The private directory staged files are made in, removed when the backend goes.
+/// The private directory staged files are made in.
 pub struct StageDir {
     path: PathBuf,
 }
 
 impl StageDir {
+    /// Makes the directory, or checks the one there: a real directory (not a link), this
+    /// user's, open to nobody else.
     pub fn new() -> io::Result<StageDir> {
         let base = std::env::var_os("TVAULT_STATE_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        loop {
-            let path = base.join(format!("tvault-s3-{}", fsutil::temp_name()?));
-            // A fresh name, made here (mkdir never follows a planted link): only this
-            // process's user can enter it.
-            match DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(StageDir { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot make a staging directory in {}: {e}", base.display()),
-                    ))
-                }
+        StageDir::under(&base)
+    }
+
+    fn under(base: &Path) -> io::Result<StageDir> {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let path = base.join(format!("tvault-s3-staging-{uid}"));
+        match DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot make the staging directory {}: {e}", path.display()),
+                ))
             }
         }
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: not a private directory of uid {uid} (a directory it owns, mode \
+                     0700); remove it, or set TVAULT_STATE_DIR elsewhere",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(StageDir { path })
     }
 
     pub fn path(&self) -> &Path {
@@ -73,17 +90,10 @@ impl StageDir {
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)?;
         std::fs::remove_file(&path)?;
         Ok(file)
-    }
-}
-
-impl Drop for StageDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir(&self.path) {
-            log::warn!("cannot remove {}: {e}", self.path.display());
-        }
     }
 }
 
@@ -250,21 +260,24 @@ mod tests {
 
     #[test]
     fn staged_files_are_private_and_leave_nothing() {
-        let dir = StageDir::new().unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let dir = StageDir::under(base.path()).unwrap();
         let path = dir.path().to_path_buf();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&path).unwrap().mode();
         assert_eq!(mode & 0o777, 0o700);
         let f = dir.file().unwrap();
         f.write_all_at(b"sealed", 0).unwrap();
-        assert_eq!(
-            std::fs::read_dir(&path).unwrap().count(),
-            0,
-            "unlinked at once"
-        );
+        let names = |p: &Path| std::fs::read_dir(p).unwrap().count();
+        assert_eq!(names(&path), 0, "unlinked at once");
         assert_eq!(read_at(&f, 1, 4).unwrap(), b"eale");
-        drop(f);
-        drop(dir);
-        assert!(!path.exists());
+        // Reused by the next backend of the same user.
+        assert_eq!(StageDir::under(base.path()).unwrap().path(), path);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let open = StageDir::under(base.path()).err().unwrap();
+        assert!(
+            open.to_string().contains("not a private directory"),
+            "{open}"
+        );
     }
 }
