@@ -120,6 +120,7 @@ pub fn open_host_log(
             Ok(HostLog { log, mirror: None })
         }
         Err(StoreError::NotLocal(_)) => {
+            store.create_meta_dir(CHAIN_DIR)?;
             let dir = state_dir().join(LOCAL_LOG_DIR).join(&store_id);
             fs::DirBuilder::new()
                 .recursive(true)
@@ -202,5 +203,50 @@ mod tests {
             open_host_log(&store, "../x", Some(&key), None),
             Err(AuditError::BadHostId { .. })
         ));
+    }
+
+    /// A store that is not a local directory: the chain is kept in the state directory and
+    /// mirrored into the store, where the store's chains are found and verify.
+    #[test]
+    fn a_store_that_is_not_local_gets_a_mirrored_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        Store::init(&root, 16).unwrap();
+        let store = crate::store::not_local(&root);
+        let key = dir.path().join("keys/h.key");
+        let opened = open_host_log(&store, "h2", Some(&key), None).unwrap();
+        let mirror = opened.mirror.expect("mirror mode");
+        assert!(mirror.local().starts_with(state_dir().join(LOCAL_LOG_DIR)));
+        assert!(
+            !root.join(".tvault/audit/h2.jsonl").exists(),
+            "not appended in place"
+        );
+        for i in 0..3 {
+            opened
+                .log
+                .record(&crate::audit::Event::from_pid(
+                    crate::audit::EventKind::Mount,
+                    i,
+                ))
+                .unwrap();
+        }
+        opened.log.close().unwrap();
+        mirror.sync(&store).unwrap();
+        let chains = crate::audit::store_chains(&store).unwrap();
+        assert_eq!(chains.len(), 1);
+        let files = crate::audit::display_files(&store, &chains[0]);
+        let k = super::super::key::read_trusted(&key).unwrap().unwrap();
+        let head = super::super::read_head(&super::super::head_path(&key)).unwrap();
+        let report = crate::audit::verify_with(
+            &files,
+            |shown| crate::audit::open_chain_file(&store, &chains[0], shown),
+            Some(&k),
+            None,
+            head.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(report.entries, 3);
+        assert_eq!(report.head, crate::audit::HeadCheck::Matched { seq: 3 });
+        fs::remove_dir_all(mirror.local().parent().unwrap()).unwrap();
     }
 }

@@ -54,9 +54,8 @@ pub(super) fn audit(args: &AuditArgs, store: &Store) -> CliResult {
         return verify(args, store, &chains);
     }
     let filter = filter(args);
-    // (time, order found, host, raw line): each chain is in time order already, but hosts
-    // interleave.
-    let mut found: Vec<(Option<SystemTime>, usize, Option<&str>, Vec<u8>)> = Vec::new();
+    // Each chain is in time order already, but hosts interleave.
+    let mut found: Vec<Found<'_>> = Vec::new();
     let mut skipped = 0u64;
     for chain in &chains {
         for shown in audit::display_files(store, chain) {
@@ -119,6 +118,7 @@ pub(super) fn audit(args: &AuditArgs, store: &Store) -> CliResult {
     Ok(())
 }
 
+/// An entry to show: its time, the order it was found in, its host, its raw line.
 type Found<'a> = (Option<SystemTime>, usize, Option<&'a str>, Vec<u8>);
 
 /// Each line as it is in its log, with `"host"` put first (`null` for the single log).

@@ -117,6 +117,60 @@ impl Store {
     }
 }
 
+/// A store backed by a local directory that says it is not one, as object storage does:
+/// for testing what takes another path there (the audit mirror) without a server.
+#[cfg(test)]
+pub(crate) fn not_local(root: &std::path::Path) -> Store {
+    use super::backend::{Backend, SetTime, Stage, Status, Usage};
+    use std::path::PathBuf;
+
+    struct NotLocal(super::dir::Gate);
+    impl Backend for NotLocal {
+        fn display_path(&self, rel: &str) -> PathBuf {
+            PathBuf::from(format!("remote://{rel}"))
+        }
+        fn stat(&self, rel: &str) -> Result<Option<Status>> {
+            self.0.stat(rel)
+        }
+        fn list(&self, rel: &str) -> Result<Vec<Entry>> {
+            self.0.list(rel)
+        }
+        fn open(&self, rel: &str) -> Result<Blob> {
+            self.0.open(rel)
+        }
+        fn read_capped(&self, rel: &str, cap: u64) -> Result<Vec<u8>> {
+            self.0.read_capped(rel, cap)
+        }
+        fn stage(&self, rel: &str, mode: u32) -> Result<(Box<dyn Stage>, File)> {
+            self.0.stage(rel, mode)
+        }
+        fn mkdir(&self, rel: &str, mode: u32) -> Result<()> {
+            self.0.mkdir(rel, mode)
+        }
+        fn remove_dir(&self, rel: &str) -> Result<()> {
+            self.0.remove_dir(rel)
+        }
+        fn remove_file(&self, rel: &str) -> Result<()> {
+            self.0.remove_file(rel)
+        }
+        fn rename(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
+            self.0.rename(from, to, noreplace)
+        }
+        fn set_times(&self, rel: &str, a: Option<SetTime>, m: Option<SetTime>) -> Result<()> {
+            self.0.set_times(rel, a, m)
+        }
+        fn usage(&self) -> Result<Usage> {
+            self.0.usage()
+        }
+    }
+    let local = Store::open(root).expect("a store");
+    Store {
+        backend: Box::new(NotLocal(super::dir::Gate::open(root).expect("a store"))),
+        root: PathBuf::from("remote://"),
+        chunk_log2: local.chunk_log2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,8 @@ pub(crate) use files::PutOptions;
 pub use links::{Link, LinkError, MAX_TARGET_LEN};
 pub(crate) use links::{MountKind, LINK_EXT, LINK_MODE, MAX_LINK_LEN};
 pub use location::{is_remote, StoreLocation};
+#[cfg(test)]
+pub(crate) use meta::not_local;
 pub(crate) use node::Node;
 pub use ownership::DirMetaError;
 pub(crate) use ownership::{decode_dir_meta, legacy_dir, DIR_META_FILE, MAX_DIR_META_LEN};
