@@ -630,4 +630,5 @@ main() {
     summarize | tee "$OUT/summary.md"
 }
 
-main "$@"
+# scripts/bench-s3.sh sources this file for its helpers: run only when executed.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what tvault's demo and tests need on Debian (idempotent), then builds the release
-# binary. Needs root (or sudo) for apt; the Rust toolchain must already be present.
+# Installs what tvault's demo needs on Debian (idempotent; with --tests also what the tests
+# need), then builds the release binary. Needs root (or sudo) for apt; the Rust toolchain
+# must already be present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,20 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import safetensors, n
   echo "setup: creating $VENV with safetensors, numpy and transformers" >&2
   [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check safetensors numpy transformers
+fi
+
+# `--tests`: also what only the tests need (the demo stays fast without it): the S3-compatible
+# server the S3 tests start on loopback, built once into a cached tools directory.
+if [ "${1:-}" = "--tests" ]; then
+  TOOLS="${TVAULT_TOOLS:-/var/tmp/tvault-tools}"
+  S3S_FS_VERSION=0.14.1   # 0.17 needs a newer rustc; tests/common/s3.rs checks this version
+  if [ "$("$TOOLS/bin/s3s-fs" --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]; then
+    echo "setup: building s3s-fs $S3S_FS_VERSION into $TOOLS (once; a few minutes)" >&2
+    # Its own target directory: a CARGO_TARGET_DIR of the checkout must not collect its build.
+    CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --force --root "$TOOLS" \
+      --version "$S3S_FS_VERSION" --features binary s3s-fs
+    rm -rf "$TOOLS/build"
+  fi
 fi
 
 cargo build --release --quiet

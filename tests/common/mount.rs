@@ -122,15 +122,24 @@ pub struct MountFixture {
     pub bin: PathBuf,
     daemon: Option<Child>,
     log: PathBuf,
+    /// Environment for every command the fixture runs (e.g. S3 settings, a state directory).
+    env: Vec<(String, String)>,
 }
 
 impl MountFixture {
     /// A store with alice (uid 1001, "pw-alice") and bob (uid 1002, "pw-bob"); not mounted.
     pub fn new() -> Self {
+        let mut fx = Self::for_store(PathBuf::new(), Vec::new());
+        fx.store = store_with_users(fx.tmp.path());
+        fx
+    }
+
+    /// A fixture for a store made elsewhere (e.g. an `s3://` URL); every command it runs,
+    /// the daemon included, gets `env` on top of the defaults.
+    pub fn for_store(store: PathBuf, env: Vec<(String, String)>) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         // Other uids must be able to reach the mountpoint and the binary.
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let store = store_with_users(tmp.path());
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -145,6 +154,7 @@ impl MountFixture {
             bin,
             daemon: None,
             log,
+            env,
         }
     }
 
@@ -180,6 +190,7 @@ impl MountFixture {
             .args(extra)
             .env("RUST_LOG", "info")
             .env(tensorvault::audit::STATE_DIR_ENV, super::state_dir())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -218,7 +229,8 @@ impl MountFixture {
         cmd.args(["mount", s(&self.store), s(&self.mnt), "--foreground"])
             .args(extra)
             .env("RUST_LOG", "warn")
-            .env(tensorvault::audit::STATE_DIR_ENV, super::state_dir());
+            .env(tensorvault::audit::STATE_DIR_ENV, super::state_dir())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let out = run(cmd, "");
         assert!(
             !out.status.success(),
@@ -242,6 +254,7 @@ impl MountFixture {
         cmd.arg(program)
             .args(args)
             .env("RUST_LOG", "error")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.tmp.path());
         run(cmd, stdin)
     }
@@ -272,7 +285,8 @@ impl MountFixture {
         let out = run(
             {
                 let mut c = Command::new(&self.bin);
-                c.args(["status", s(&self.mnt), "--json"]);
+                c.args(["status", s(&self.mnt), "--json"])
+                    .envs(self.env.iter().map(|(k, v)| (k, v)));
                 c
             },
             "",
@@ -288,7 +302,8 @@ impl MountFixture {
     pub fn unmount(&mut self) {
         if is_mounted(&self.mnt) {
             let mut cmd = Command::new(&self.bin);
-            cmd.args(["umount", s(&self.mnt)]);
+            cmd.args(["umount", s(&self.mnt)])
+                .envs(self.env.iter().map(|(k, v)| (k, v)));
             let _ = run(cmd, "");
         }
         if let Some(mut child) = self.daemon.take() {
