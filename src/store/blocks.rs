@@ -1,6 +1,6 @@
 //! Ciphertext of remote objects, read in large ranges: a [`RemoteSource`] turns a [`Fetch`]
 //! (ranged GETs of one object version) into a `container::Source` whose reads are served
-//! from 1 MiB units kept in a bounded memory pool (and, optionally, a [`DiskCache`]).
+//! from 256 KiB units kept in a bounded memory pool (and, optionally, a [`DiskCache`]).
 //!
 //! A round trip to an object store costs milliseconds, so a reader that fetched each 64 KiB
 //! chunk on its own would run at a small fraction of the bandwidth. Instead each source
@@ -29,11 +29,15 @@ use crate::container::Source;
 use crate::sync::{lock, wait};
 
 /// The unit of caching and of a random read's fetch.
-pub(crate) const UNIT: u64 = 1 << 20;
-/// The most units one GET fetches.
-const RUN_UNITS: u64 = 8;
-/// How far ahead of a stream units are kept in flight, at most.
-const MAX_AHEAD_UNITS: u64 = 64;
+pub(crate) const UNIT: u64 = 256 << 10;
+/// The most units one GET fetches (8 MiB).
+const RUN_UNITS: u64 = 32;
+/// How far ahead of a stream units are kept in flight, at most (64 MiB).
+const MAX_AHEAD_UNITS: u64 = 256;
+/// How far ahead a stream starts (2 MiB): its window then grows with what it reads.
+const MIN_AHEAD_UNITS: u64 = 8;
+/// A stream is sequential once it has read this much in order.
+const SEQUENTIAL_BYTES: u64 = 1 << 20;
 /// GETs in flight at once for read-ahead.
 const WORKERS: usize = 8;
 /// Streams told apart per source: a reader and the mount's prefetch, or a few readers.
@@ -467,12 +471,12 @@ impl RemoteSource {
         stream.used = *clock;
         stream.run += end - offset;
         stream.next = stream.next.max(end);
-        // A stream is sequential once it has read half a unit in order; its window grows
-        // with what it read, as the kernel's does.
-        if stream.run < UNIT / 2 {
+        // A few small reads near each other (a header, one small tensor) fetch what they
+        // touch and no more; a stream's window grows with what it read, as the kernel's does.
+        if stream.run < SEQUENTIAL_BYTES {
             return None;
         }
-        let ahead = (stream.run / UNIT).clamp(RUN_UNITS, MAX_AHEAD_UNITS);
+        let ahead = (stream.run / UNIT).clamp(MIN_AHEAD_UNITS, MAX_AHEAD_UNITS);
         let from = end.div_ceil(UNIT).max(stream.ahead_to);
         let to = end / UNIT + 1 + ahead;
         // Asked for in steps of a run, not a unit at a time.

@@ -145,12 +145,12 @@ fn concurrent_readers_of_one_unit_share_one_fetch() {
 #[test]
 fn memory_stays_within_its_bound() {
     let object = Counted::new(100 * UNIT as usize);
-    let pool = pool(16 * UNIT, None);
+    let pool = pool(64 * UNIT, None);
     let source = remote_source(&pool, object.clone(), 100 * UNIT, "k#1".into());
     assert_eq!(read_all(&source, 1 << 20), object.data);
     let state = lock(&pool.state);
-    assert!(state.bytes <= 16 * UNIT, "{}", state.bytes);
-    assert!(state.units.len() as u64 <= 16);
+    assert!(state.bytes <= 64 * UNIT, "{}", state.bytes);
+    assert!(state.units.len() as u64 <= 64);
 }
 
 #[test]
