@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn a_squatted_staging_name_gets_a_directory_of_its_own() {
         let base = tempfile::tempdir().unwrap();
-        let uid = unsafe { libc::geteuid() };
+        let uid = crate::system::euid();
         let shared = base.path().join(format!("tvault-s3-staging-{uid}"));
         let elsewhere = base.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
