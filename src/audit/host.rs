@@ -93,6 +93,53 @@ pub fn host_key_dir(store_id: &str) -> PathBuf {
     state_dir().join(KEY_DIR).join(store_id)
 }
 
+/// Directory of the store ids this host has seen, one file per store location, in the state
+/// directory.
+const SEEN_ID_DIR: &str = "audit-store-ids";
+
+/// Checks that `store` still has the id `id` this host first saw at its location, and
+/// (`remember`) notes it the first time. Whoever can write the store could otherwise delete a
+/// host's chain and give the store a new id: the host would start a fresh chain under a fresh
+/// key, which verifies, and nothing would show that the history was cut.
+pub fn check_store_id(store: &Store, id: &str, remember: bool) -> Result<(), AuditError> {
+    let root = store.root();
+    let location = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let location = location.to_string_lossy().into_owned();
+    let name = hex::encode(&crate::crypto::sha256(location.as_bytes())[..16]);
+    let dir = state_dir().join(SEEN_ID_DIR);
+    let seen = dir.join(name);
+    match fs::read_to_string(&seen) {
+        Ok(text) => {
+            let first = text.lines().next().unwrap_or("").trim();
+            if first == id {
+                return Ok(());
+            }
+            Err(AuditError::StoreIdChanged {
+                location,
+                id: id.to_string(),
+                first: first.to_string(),
+                seen,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && remember => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(super::io_err(&dir))?;
+            let text = format!("{id}\n{location}\n");
+            crate::fsutil::write_atomic(
+                &seen,
+                0o600,
+                |f| std::io::Write::write_all(f, text.as_bytes()).map_err(super::io_err(&seen)),
+                super::io_err(&seen),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(super::io_err(&seen)(e)),
+    }
+}
+
 /// This host's chain of one store, as the daemon (or a store command) appends to it.
 pub struct HostLog {
     pub log: AuditLog,
@@ -111,6 +158,7 @@ pub fn open_host_log(
 ) -> Result<HostLog, AuditError> {
     validate_host_id(host)?;
     let store_id = store.ensure_id()?;
+    check_store_id(store, &store_id, true)?;
     let key_path = key.map_or_else(|| host_key_path(&store_id, host), Path::to_path_buf);
     let name = chain_file(host);
     match store.local_meta_dir(CHAIN_DIR) {
@@ -203,6 +251,30 @@ mod tests {
             open_host_log(&store, "../x", Some(&key), None),
             Err(AuditError::BadHostId { .. })
         ));
+    }
+
+    /// Deleting a host's chain and giving the store a new id would start a fresh chain under
+    /// a fresh key, which verifies: the host refuses the new id instead.
+    #[test]
+    fn a_replaced_store_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let store = Store::init(&root, 16).unwrap();
+        let key = dir.path().join("keys/h.key");
+        let opened = open_host_log(&store, "h3", Some(&key), None).unwrap();
+        opened.log.close().unwrap();
+        let id = store.id().unwrap().unwrap();
+        check_store_id(&store, &id, false).unwrap();
+        fs::remove_dir_all(root.join(".tvault/audit")).unwrap();
+        let forged = "ab".repeat(16);
+        fs::write(root.join(".tvault/store-id"), format!("{forged}\n")).unwrap();
+        let err = open_host_log(&store, "h3", Some(&key), None).err().unwrap();
+        assert!(err.to_string().contains(&id), "{err}");
+        let AuditError::StoreIdChanged { seen, .. } = err else {
+            panic!("another error");
+        };
+        assert!(check_store_id(&store, &forged, false).is_err());
+        fs::remove_file(seen).unwrap();
     }
 
     /// A store that is not a local directory: the chain is kept in the state directory and

@@ -53,8 +53,8 @@ pub use event::{Decision, Event, EventKind};
 pub use files::with_rotated;
 pub use head::HeadRecord;
 pub use host::{
-    chain_file, default_host_id, host_key_dir, host_key_path, open_host_log, validate_host_id,
-    HostLog, CHAIN_DIR, HOST_ID_ENV,
+    chain_file, check_store_id, default_host_id, host_key_dir, host_key_path, open_host_log,
+    validate_host_id, HostLog, CHAIN_DIR, HOST_ID_ENV,
 };
 pub use key::{default_paths, legacy_key_paths, log_id, KEY_DIR, STATE_DIR_ENV};
 pub use line::{line_hash, parse_entry, verify_line, Entry, LineError};
@@ -153,6 +153,19 @@ pub enum AuditError {
          letters, digits, '.', '_' and '-', unique among the hosts that mount this store"
     )]
     BadHostId { id: String, why: &'static str },
+    #[error(
+        "{location}: the store's id is now {id}, but this host first knew it as {first} \
+         ({seen}): whoever can write the store may have replaced the id to start this host's \
+         audit chain afresh and hide a deleted one; verify the old chain (`tvault audit STORE \
+         --verify --keys $TVAULT_STATE_DIR/audit-keys/{first}`), and only if the store was \
+         re-created on purpose remove {seen}"
+    )]
+    StoreIdChanged {
+        location: String,
+        id: String,
+        first: String,
+        seen: PathBuf,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]

@@ -171,7 +171,13 @@ fn keys_dir(
         }
         return Ok(Some(dir.clone()));
     }
-    Ok(store.id()?.map(|id| audit::host_key_dir(&id)))
+    match store.id()? {
+        Some(id) => {
+            audit::check_store_id(store, &id, false)?;
+            Ok(Some(audit::host_key_dir(&id)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// The key file of `chain`: `DIR/HOST.key`; the single log's under its own name (as its

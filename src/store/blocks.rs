@@ -90,20 +90,27 @@ impl Unit {
     }
 }
 
+/// Why a fetch failed, kept for whoever waited on it.
+type Failure = (io::ErrorKind, String);
+
+fn failure(e: &io::Error) -> Failure {
+    (e.kind(), e.to_string())
+}
+
 /// A unit being fetched, waited for by whoever else needs it.
 #[derive(Default)]
 struct Pending {
-    done: Mutex<Option<std::result::Result<Unit, String>>>,
+    done: Mutex<Option<std::result::Result<Unit, Failure>>>,
     cv: Condvar,
 }
 
 impl Pending {
-    fn finish(&self, result: std::result::Result<Unit, String>) {
+    fn finish(&self, result: std::result::Result<Unit, Failure>) {
         *lock(&self.done) = Some(result);
         self.cv.notify_all();
     }
 
-    fn wait(&self) -> std::result::Result<Unit, String> {
+    fn wait(&self) -> std::result::Result<Unit, Failure> {
         let mut done = lock(&self.done);
         loop {
             if let Some(result) = done.as_ref() {
@@ -210,11 +217,16 @@ impl BlockPool {
             }
         };
         if !mine {
-            // A failed read-ahead is tried once more by the reader that needs the unit.
-            if let Ok(unit) = pending.wait() {
-                return Ok(unit);
-            }
-            return self.fetch_now(object, index);
+            return match pending.wait() {
+                Ok(unit) => Ok(unit),
+                // The read-ahead already waited the store's whole timeout: trying again would
+                // make the read that needs it wait twice that.
+                Err((io::ErrorKind::TimedOut, why)) => {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, why))
+                }
+                // Other failures are tried once more by the reader that needs the unit.
+                Err(_) => self.fetch_now(object, index),
+            };
         }
         if let Some(bytes) = self
             .disk
@@ -235,11 +247,11 @@ impl BlockPool {
             }
             Ok(bytes) => {
                 let e = short_fetch(bytes.len(), len);
-                self.complete(&object.identity, index, Err(e.to_string()));
+                self.complete(&object.identity, index, Err(failure(&e)));
                 Err(e)
             }
             Err(e) => {
-                self.complete(&object.identity, index, Err(e.to_string()));
+                self.complete(&object.identity, index, Err(failure(&e)));
                 Err(e)
             }
         }
@@ -258,7 +270,12 @@ impl BlockPool {
     }
 
     /// Ends the fetch of a unit: the waiters get `result`, memory keeps a unit that came.
-    fn complete(&self, identity: &Arc<str>, index: u64, result: std::result::Result<Unit, String>) {
+    fn complete(
+        &self,
+        identity: &Arc<str>,
+        index: u64,
+        result: std::result::Result<Unit, Failure>,
+    ) {
         let key: UnitKey = (identity.clone(), index);
         let pending = {
             let mut state = lock(&self.state);
@@ -346,7 +363,7 @@ impl BlockPool {
                 on_disk,
             };
             if let Err(mpsc::SendError(job)) = jobs.send(job) {
-                self.fail(&job, "no fetch worker".into());
+                self.fail(&job, (io::ErrorKind::Other, "no fetch worker".into()));
             }
         }
     }
@@ -366,10 +383,10 @@ impl BlockPool {
         let (offset, len) = object.range(job.first, job.count);
         let bytes = match object.fetch.fetch(offset, len) {
             Ok(b) if b.len() == len => Arc::new(b),
-            Ok(b) => return self.fail(job, short_fetch(b.len(), len).to_string()),
+            Ok(b) => return self.fail(job, failure(&short_fetch(b.len(), len))),
             Err(e) => {
                 log::debug!("read-ahead of {}: {e}", object.identity);
-                return self.fail(job, e.to_string());
+                return self.fail(job, failure(&e));
             }
         };
         for i in 0..job.count {
@@ -384,7 +401,7 @@ impl BlockPool {
         }
     }
 
-    fn fail(&self, job: &Job, why: String) {
+    fn fail(&self, job: &Job, why: Failure) {
         for i in 0..job.count {
             self.complete(&job.source.identity, job.first + i, Err(why.clone()));
         }

@@ -195,7 +195,7 @@ fn failed_read_ahead_is_fetched_again_by_the_reader() {
         fn fetch(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
             if len as u64 > UNIT {
                 lock(&self.0.ranges).push((offset, len));
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "slow down"));
+                return Err(io::Error::other("slow down"));
             }
             self.0.fetch(offset, len)
         }
@@ -211,6 +211,42 @@ fn failed_read_ahead_is_fetched_again_by_the_reader() {
         "read-ahead was tried"
     );
     assert!(lock(&pool.state).pending.is_empty());
+}
+
+/// A read waiting on a read-ahead that timed out fails at once: fetching the unit again
+/// would make it wait the store's timeout twice (against a hung server, every read would).
+#[test]
+fn a_timed_out_read_ahead_fails_its_waiting_reader_without_a_second_wait() {
+    struct HungRuns(Arc<Counted>);
+    impl Fetch for HungRuns {
+        fn fetch(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+            if len as u64 > UNIT {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
+            }
+            self.0.fetch(offset, len)
+        }
+    }
+    let object = Counted::new(30 * UNIT as usize);
+    let pool = pool(0, None);
+    let fetch = Arc::new(HungRuns(object.clone()));
+    let source = remote_source(&pool, fetch, 30 * UNIT, "k#1".into());
+    let mut buf = vec![0u8; 128 << 10];
+    // The first unit in order: the stream is seen and units 1 to 8 go out as one run.
+    for i in 0..8u64 {
+        source.read_exact_at(&mut buf, i * (128 << 10)).unwrap();
+    }
+    let own_fetches = object.calls.load(Ordering::SeqCst);
+    let err = source.read_exact_at(&mut buf, 4 * UNIT).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert_eq!(
+        object.calls.load(Ordering::SeqCst),
+        own_fetches,
+        "the unit was not fetched a second time"
+    );
+    // Once the run has failed, a new read fetches the unit itself.
+    source.read_exact_at(&mut buf, 4 * UNIT).unwrap();
+    assert_eq!(buf, object.data[4 * UNIT as usize..][..128 << 10]);
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! object appears whole when the upload completes: until then readers get the old version,
 //! and a failed upload (aborted) leaves it.
 //!
-//! Temporary files live in a private directory of the user (`tvault-s3-staging-UID`, mode
-//! 0700, under `$TVAULT_STATE_DIR` or the system temporary directory; never in the store or
+//! Temporary files live in a private directory of the user (`tvault-s3-staging-UID`, or a
+//! fresh `tvault-s3-staging-UID-RANDOM` where another user took that name; mode 0700, under `$TVAULT_STATE_DIR` or the system temporary directory; never in the store or
 //! a mount) and are unlinked as soon as they are created: nothing is left behind, even by a
 //! crash.
 
@@ -37,6 +37,8 @@ const PARALLEL_PARTS: usize = 4;
 /// The private directory staged files are made in.
 pub struct StageDir {
     path: PathBuf,
+    /// Made for this backend alone (the shared name was taken): removed when dropped.
+    own: bool,
 }
 
 impl StageDir {
@@ -50,34 +52,28 @@ impl StageDir {
         StageDir::under(&base)
     }
 
+    /// `BASE/tvault-s3-staging-UID`, shared by this user's backends; where another user has
+    /// taken that name (anyone can, in `/tmp`), a fresh `...-UID-RANDOM` of this backend's
+    /// own instead, so that squatting the name cannot stop this user's S3 commands.
     fn under(base: &Path) -> io::Result<StageDir> {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
-        let path = base.join(format!("tvault-s3-staging-{uid}"));
-        match DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot make the staging directory {}: {e}", path.display()),
-                ))
+        let shared = base.join(format!("tvault-s3-staging-{uid}"));
+        match make_private(&shared, uid, true) {
+            Ok(()) => {
+                return Ok(StageDir {
+                    path: shared,
+                    own: false,
+                })
             }
+            Err(e) if e.kind() != io::ErrorKind::PermissionDenied => return Err(e),
+            Err(e) => log::warn!("{e}; staging in a directory of this process's own instead"),
         }
-        let meta = std::fs::symlink_metadata(&path)?;
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{}: not a private directory of uid {uid} (a directory it owns, mode \
-                     0700); remove it, or set TVAULT_STATE_DIR elsewhere",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(StageDir { path })
+        let random = fsutil::temp_name()?;
+        let path = base.join(format!("tvault-s3-staging-{uid}-{random}"));
+        make_private(&path, uid, false)?;
+        Ok(StageDir { path, own: true })
     }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -95,6 +91,42 @@ impl StageDir {
         std::fs::remove_file(&path)?;
         Ok(file)
     }
+}
+
+impl Drop for StageDir {
+    fn drop(&mut self) {
+        if self.own {
+            // Empty: staged files are unlinked as soon as they are made.
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// Makes `path` a directory of mode 0700 (`reuse`: or takes the one there), and checks that
+/// it is a real directory (not a link) of `uid`, open to nobody else.
+fn make_private(path: &Path, uid: u32, reuse: bool) -> io::Result<()> {
+    match DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if reuse && e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot make the staging directory {}: {e}", path.display()),
+            ))
+        }
+    }
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: not a private directory of uid {uid} (a directory it owns, mode 0700); \
+                 remove it, or set TVAULT_STATE_DIR elsewhere",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A staged object: what it commits to is decided at commit.
@@ -272,12 +304,37 @@ mod tests {
         assert_eq!(read_at(&f, 1, 4).unwrap(), b"eale");
         // Reused by the next backend of the same user.
         assert_eq!(StageDir::under(base.path()).unwrap().path(), path);
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+    }
+
+    /// Another user (or a link, or loose permissions) at the shared name in a world-writable
+    /// directory must not stop this user's S3 commands, nor get the staged files.
+    #[test]
+    fn a_squatted_staging_name_gets_a_directory_of_its_own() {
+        let base = tempfile::tempdir().unwrap();
+        let uid = crate::system::euid();
+        let shared = base.path().join(format!("tvault-s3-staging-{uid}"));
+        let elsewhere = base.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &shared).unwrap();
+        let dir = StageDir::under(base.path()).unwrap();
+        let own = dir.path().to_path_buf();
+        assert_ne!(own, shared);
+        let meta = std::fs::symlink_metadata(&own).unwrap();
+        assert!(meta.is_dir() && meta.mode() & 0o777 == 0o700);
+        let f = dir.file().unwrap();
+        f.write_all_at(b"sealed", 0).unwrap();
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        drop(dir);
+        assert!(!own.exists(), "removed with its backend");
+        std::fs::remove_file(&shared).unwrap();
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let open = StageDir::under(base.path()).err().unwrap();
-        assert!(
-            open.to_string().contains("not a private directory"),
-            "{open}"
+        let loose = StageDir::under(base.path()).unwrap();
+        assert_ne!(
+            loose.path(),
+            shared,
+            "a directory others can read is not used"
         );
     }
 }
