@@ -149,6 +149,13 @@ pub trait Backend: Send + Sync {
     /// The full name of `rel` (path or URL), for messages.
     fn display_path(&self, rel: &str) -> PathBuf;
 
+    /// Names this store among every store this host reaches, for what the host remembers
+    /// about it: the root's full name, and for remote storage the endpoint too (the same
+    /// bucket and prefix on two servers are two stores).
+    fn location_key(&self) -> String {
+        self.display_path("").to_string_lossy().into_owned()
+    }
+
     /// What `rel` is, without following it; `None` if nothing is there.
     fn stat(&self, rel: &str) -> Result<Option<Status>>;
 

@@ -348,6 +348,11 @@ impl Store {
         &self.root
     }
 
+    /// Names this store among all this host reaches (see [`Backend::location_key`]).
+    pub(crate) fn location_key(&self) -> String {
+        self.backend.location_key()
+    }
+
     /// Whether the store is a directory of this host (not an object store).
     pub(crate) fn is_local(&self) -> bool {
         !is_remote(&self.root)

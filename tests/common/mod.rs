@@ -14,11 +14,13 @@ pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
 /// Cheap Argon2id settings so tests do not spend seconds per unlock.
 pub const FAST_KDF: [&str; 4] = ["--kdf-memory", "1024", "--kdf-iterations", "1"];
 
-/// The state directory (audit keys) of every tvault process the tests start, instead of
-/// /var/lib/tvault. One for all tests: a key is named after its store's random id (or, for
-/// `--audit-log`, its log's path), which is unique to each test.
+/// The state directory (audit keys, store ids seen) of every tvault process the tests
+/// start, instead of /var/lib/tvault. One per test binary run: a key is named after its
+/// store's random id (or, for `--audit-log`, its log's path), unique to each test, but the
+/// id a host remembers for an S3 store is keyed by its bucket, prefix and endpoint, which
+/// an earlier run may have used for another store.
 pub fn state_dir() -> PathBuf {
-    std::env::temp_dir().join("tvault-test-state")
+    std::env::temp_dir().join(format!("tvault-test-state-{}", std::process::id()))
 }
 
 /// The host id a mount or store command started by the tests uses by default.

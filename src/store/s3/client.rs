@@ -107,6 +107,11 @@ impl Client {
     }
 
     /// `s3://BUCKET/PREFIX/REL`, for messages.
+    /// The endpoint requests go to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     pub fn url(&self, rel: &str) -> String {
         let root = self.location.to_string();
         if rel.is_empty() {

@@ -210,6 +210,10 @@ impl Backend for S3Backend {
         PathBuf::from(self.client.url(rel))
     }
 
+    fn location_key(&self) -> String {
+        format!("{} at {}", self.client.url(""), self.client.endpoint())
+    }
+
     /// Two one-key listings at once: the first key from `KEY` on (sorted, so `KEY` itself
     /// if it exists) and the first below `KEY/`; a directory wins over an object of the same
     /// name. Listings rather than HEADs: some servers (s3s-fs) fail, and retry, a HEAD of a
