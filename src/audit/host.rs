@@ -102,13 +102,9 @@ const SEEN_ID_DIR: &str = "audit-store-ids";
 /// host's chain and give the store a new id: the host would start a fresh chain under a fresh
 /// key, which verifies, and nothing would show that the history was cut.
 pub fn check_store_id(store: &Store, id: &str, remember: bool) -> Result<(), AuditError> {
-    let location = match store.is_local() {
-        true => {
-            let root = store.root();
-            let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-            root.to_string_lossy().into_owned()
-        }
-        false => store.location_key(),
+    let location = match store.is_local().then(|| fs::canonicalize(store.root())) {
+        Some(Ok(root)) => root.to_string_lossy().into_owned(),
+        _ => store.location_key(),
     };
     let name = hex::encode(&crate::crypto::sha256(location.as_bytes())[..16]);
     let dir = state_dir().join(SEEN_ID_DIR);

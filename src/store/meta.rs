@@ -124,10 +124,11 @@ pub(crate) fn not_local(root: &std::path::Path) -> Store {
     use super::backend::{Backend, SetTime, Stage, Status, Usage};
     use std::path::PathBuf;
 
-    struct NotLocal(super::dir::Gate);
+    /// The gate of a local store, and its root (each test's store is a distinct location).
+    struct NotLocal(super::dir::Gate, PathBuf);
     impl Backend for NotLocal {
         fn display_path(&self, rel: &str) -> PathBuf {
-            PathBuf::from(format!("remote://{rel}"))
+            PathBuf::from(format!("remote://{}/{rel}", self.1.display()))
         }
         fn stat(&self, rel: &str) -> Result<Option<Status>> {
             self.0.stat(rel)
@@ -165,7 +166,10 @@ pub(crate) fn not_local(root: &std::path::Path) -> Store {
     }
     let local = Store::open(root).expect("a store");
     Store {
-        backend: Box::new(NotLocal(super::dir::Gate::open(root).expect("a store"))),
+        backend: Box::new(NotLocal(
+            super::dir::Gate::open(root).expect("a store"),
+            root.to_path_buf(),
+        )),
         root: PathBuf::from("remote://"),
         chunk_log2: local.chunk_log2,
     }
