@@ -780,22 +780,7 @@ os.close(fd)
 
 /// Who holds a key slot for `rel`, from `tvault access --json`.
 fn readers(fx: &MountFixture, rel: &str) -> Vec<String> {
-    let out = ok(&["access", s(&fx.store), "--json"], "");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let file = v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == rel)
-        .unwrap_or_else(|| panic!("{rel} not in {out}"));
-    let mut names: Vec<String> = file["readers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
+    readers_in(&ok(&["access", s(&fx.store), "--json"], ""), rel)
 }
 
 #[test]

@@ -13,21 +13,7 @@ use common::*;
 use serde_json::Value;
 
 fn readers(store: &S3Store, rel: &str) -> Vec<String> {
-    let v: Value = serde_json::from_str(&store.ok(&["access", &store.url, "--json"], "")).unwrap();
-    let file = v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == rel)
-        .unwrap_or_else(|| panic!("{rel} not in access: {v}"));
-    let mut names: Vec<String> = file["readers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
+    readers_in(&store.ok(&["access", &store.url, "--json"], ""), rel)
 }
 
 #[test]

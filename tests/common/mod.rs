@@ -154,3 +154,22 @@ pub fn contains_run(haystack: &[u8], needle: &[u8], window: usize) -> bool {
         needle.windows(window).step_by(window / 2).collect();
     haystack.windows(window).any(|w| runs.contains(w))
 }
+
+/// Who holds a key slot for `rel`, sorted, from the output of `tvault access --json`.
+pub fn readers_in(access_json: &str, rel: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(access_json).unwrap();
+    let file = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == rel)
+        .unwrap_or_else(|| panic!("{rel} not in access: {v}"));
+    let mut names: Vec<String> = file["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
