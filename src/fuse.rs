@@ -1,16 +1,20 @@
 //! The `fuser` adapter: unpacks each request, calls the filesystem core (`crate::fs`), and
-//! replies. No policy, no crypto and no state live here; a handler that panics answers
-//! `EIO` instead of taking the mount down.
+//! replies. No policy and no crypto live here; a handler that panics answers `EIO` instead
+//! of taking the mount down. Its one piece of state is the kernel's registration of each
+//! plaintext copy that passthrough files read (`backing`), which the kernel requires to be
+//! one and the same for every file of an inode.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
@@ -25,11 +29,69 @@ const TTL: Duration = Duration::from_secs(1);
 
 pub struct FuseAdapter {
     core: Arc<Core>,
+    backing: Mutex<Backing>,
+}
+
+/// The kernel's registration of each copy passthrough files read (by copy id), counted by
+/// the handles open on it, and the copy each such handle reads. Leaf lock.
+#[derive(Default)]
+struct Backing {
+    ids: HashMap<u64, (BackingId, usize)>,
+    handles: HashMap<u64, u64>,
 }
 
 impl FuseAdapter {
     pub fn new(core: Arc<Core>) -> Self {
-        FuseAdapter { core }
+        FuseAdapter {
+            core,
+            backing: Mutex::new(Backing::default()),
+        }
+    }
+
+    /// Answers an open the core served from a plaintext copy with a passthrough file onto
+    /// it. If the kernel refuses the copy's registration, the handle is answered as direct
+    /// I/O instead (its reads then reach the core, which serves them chunked) and no later
+    /// open tries passthrough.
+    fn reply_passthrough(&self, reply: ReplyOpen, opened: &Opened, copy: &crate::fs::Copy) {
+        let mut backing = crate::sync::lock(&self.backing);
+        let registered = match backing.ids.get_mut(&copy.id) {
+            Some((_, n)) => {
+                *n += 1;
+                true
+            }
+            None => match reply.open_backing(copy.fd()) {
+                Ok(id) => {
+                    backing.ids.insert(copy.id, (id, 1));
+                    true
+                }
+                Err(e) => {
+                    log::warn!("the kernel refused a passthrough file ({e}); reads go through the daemon");
+                    self.core.set_passthrough(false);
+                    false
+                }
+            },
+        };
+        if !registered {
+            return reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        backing.handles.insert(opened.fh, copy.id);
+        if let Some((id, _)) = backing.ids.get(&copy.id) {
+            reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), id);
+        }
+    }
+
+    /// A handle closed: its copy's registration goes with the last handle reading it.
+    fn release_backing(&self, fh: u64) {
+        let mut backing = crate::sync::lock(&self.backing);
+        let Some(copy) = backing.handles.remove(&fh) else {
+            return;
+        };
+        if let Some((_, n)) = backing.ids.get_mut(&copy) {
+            *n -= 1;
+            if *n == 0 {
+                backing.ids.remove(&copy);
+            }
+        }
     }
 }
 
@@ -93,11 +155,14 @@ fn file_type(kind: Kind) -> FileType {
 }
 
 fn open_flags(opened: &Opened) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
     if opened.keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
     }
+    if opened.direct_io {
+        flags |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    flags
 }
 
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
@@ -138,6 +203,17 @@ impl Filesystem for FuseAdapter {
         // O_TRUNC arrives with open, so a truncating writer never reads the old version.
         let _ = config
             .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Passthrough files need the capability and a stacking depth of one.
+        if self.core.wants_passthrough() {
+            let granted = config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !granted {
+                log::warn!("the kernel offers no FUSE passthrough: every read goes through the daemon (chunked)");
+            }
+            self.core.set_passthrough(granted);
+        }
         Ok(())
     }
 
@@ -206,7 +282,10 @@ impl Filesystem for FuseAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || {
             match self.core.open(caller(req), ino.0, flags.0) {
-                Ok(opened) => reply.opened(FileHandle(opened.fh), open_flags(&opened)),
+                Ok(opened) => match &opened.passthrough {
+                    Some(copy) => self.reply_passthrough(reply, &opened, copy),
+                    None => reply.opened(FileHandle(opened.fh), open_flags(&opened)),
+                },
                 Err(e) => reply.error(errno("open", e)),
             }
         });
@@ -316,6 +395,7 @@ impl Filesystem for FuseAdapter {
     ) {
         // close(2) has returned already: a commit error here can only be logged.
         guarded("release", || {
+            self.release_backing(fh.0);
             if let Err(e) = self.core.release(fh.0) {
                 errno("release", e);
             }

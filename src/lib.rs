@@ -19,6 +19,7 @@ pub(crate) mod fsutil;
 pub(crate) mod fuse;
 pub mod keyring;
 mod memlock;
+pub mod ramfile;
 pub mod safetensors;
 pub mod store;
 pub(crate) mod sync;

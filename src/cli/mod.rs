@@ -230,6 +230,16 @@ enum Command {
         /// faster, smaller makes first and scattered accesses through mmap decrypt less
         #[arg(long, value_name = "SIZE", default_value = "512K", value_parser = parse_readahead)]
         readahead: u64,
+        /// How reads are served: `chunked` decrypts only the chunks each read touches;
+        /// `eager` decrypts a file whole at open, on every core, into locked RAM that the
+        /// kernel reads directly (FUSE passthrough); `auto` does that for a file once a
+        /// reader on this mount has read half of it, so partial readers stay chunked
+        #[arg(long, value_name = "PATH", value_enum, default_value = "auto")]
+        data_path: DataPathArg,
+        /// Locked RAM for whole-file copies; larger files are served chunked (default: a
+        /// quarter of the machine's memory)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        eager_memory: Option<u64>,
         /// Refuse every write
         #[arg(long)]
         read_only: bool,
@@ -361,6 +371,39 @@ enum UserCommand {
 }
 
 /// Parses sizes such as 65536, 64K, 64KiB, 1M, 256M, 2G.
+/// `--data-path` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DataPathArg {
+    Auto,
+    Chunked,
+    Eager,
+}
+
+impl From<DataPathArg> for crate::fs::DataPath {
+    fn from(a: DataPathArg) -> Self {
+        match a {
+            DataPathArg::Auto => crate::fs::DataPath::Auto,
+            DataPathArg::Chunked => crate::fs::DataPath::Chunked,
+            DataPathArg::Eager => crate::fs::DataPath::Eager,
+        }
+    }
+}
+
+/// A quarter of the machine's memory (1 GiB if it cannot be read).
+fn default_eager_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    match (u64::try_from(pages), u64::try_from(size)) {
+        (Ok(p), Ok(s)) if p > 0 && s > 0 => p.saturating_mul(s) / 4,
+        _ => 1 << 30,
+    }
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -483,6 +526,8 @@ pub fn run(cli: Cli) -> CliResult {
             foreground,
             cache_size,
             readahead,
+            data_path,
+            eager_memory,
             read_only,
             log_file,
             host_id,
@@ -499,6 +544,8 @@ pub fn run(cli: Cli) -> CliResult {
             foreground,
             cache_size,
             readahead,
+            data_path: data_path.into(),
+            eager_memory: eager_memory.unwrap_or_else(default_eager_memory),
             read_only,
             log_file,
             host_id,

@@ -30,6 +30,8 @@ pub struct MountArgs {
     pub foreground: bool,
     pub cache_size: u64,
     pub readahead: u64,
+    pub data_path: crate::fs::DataPath,
+    pub eager_memory: u64,
     pub read_only: bool,
     pub log_file: Option<PathBuf>,
     pub host_id: Option<String>,
@@ -73,6 +75,8 @@ pub fn mount(args: &MountArgs) -> CliResult {
         mountpoint: args.mountpoint.clone(),
         cache_bytes: args.cache_size,
         readahead_bytes: args.readahead,
+        data_path: args.data_path,
+        eager_bytes: args.eager_memory,
         read_only: args.read_only,
         audit_log: args.audit_log.clone(),
         audit_key: args.audit_key.clone(),
@@ -111,7 +115,15 @@ fn spawn_daemon(args: &MountArgs, host_id: &str) -> CliResult {
         .args(["--foreground", "--daemon-child", "--cache-size"])
         .arg(args.cache_size.to_string())
         .arg("--readahead")
-        .arg(args.readahead.to_string());
+        .arg(args.readahead.to_string())
+        .arg("--data-path")
+        .arg(match args.data_path {
+            crate::fs::DataPath::Auto => "auto",
+            crate::fs::DataPath::Chunked => "chunked",
+            crate::fs::DataPath::Eager => "eager",
+        })
+        .arg("--eager-memory")
+        .arg(args.eager_memory.to_string());
     if args.read_only {
         cmd.arg("--read-only");
     }
@@ -283,6 +295,13 @@ pub fn status(path: &Path, as_json: bool) -> CliResult {
         human(n(&c["capacity"])),
         n(&c["hits"]),
         n(&c["misses"])
+    );
+    let copies = &reply["copies"];
+    println!(
+        "copies:     {} of {} in locked RAM, passthrough {}",
+        human(n(&copies["bytes"])),
+        human(n(&copies["budget"])),
+        if copies["passthrough"].as_bool() == Some(true) { "on" } else { "off" }
     );
     println!("decrypted:  {}", human(n(&reply["bytes_decrypted"])));
     println!(

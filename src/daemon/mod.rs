@@ -29,6 +29,9 @@ pub struct MountOptions {
     pub cache_bytes: u64,
     /// The mount's kernel readahead window.
     pub readahead_bytes: u64,
+    /// How read-only opens are served, and the locked RAM whole-file copies may take.
+    pub data_path: crate::fs::DataPath,
+    pub eager_bytes: u64,
     pub read_only: bool,
     pub audit_log: Option<PathBuf>,
     pub audit_key: Option<PathBuf>,
@@ -287,6 +290,7 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         opts.read_only,
         audit.clone(),
     );
+    shared.set_data_path(opts.data_path, opts.eager_bytes);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("{SOURCE_PREFIX}{}", store_path.display())),

@@ -98,6 +98,11 @@ impl DaemonControl {
                 "hits": load(&s.cache.hits),
                 "misses": load(&s.cache.misses),
             },
+            "copies": {
+                "bytes": s.copy_bytes().0,
+                "budget": s.copy_bytes().1,
+                "passthrough": s.passthrough_available(),
+            },
             "bytes_decrypted": load(&s.stats.bytes_decrypted),
             "opens_allowed": load(&s.stats.opens_allowed),
             "opens_denied": load(&s.stats.opens_denied),

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::eager::CopyRef;
 use std::sync::{Arc, RwLock};
 
 use super::attr::Kind;
@@ -24,6 +26,11 @@ pub(super) struct Handle {
     pub rel: String,
     /// The prefetch policy's state for this handle's reads.
     pub ahead: ReadAhead,
+    /// Bytes this handle read through the daemon (the `auto` data path copies a version
+    /// whole once a handle has read half of it).
+    pub read_bytes: AtomicU64,
+    /// The plaintext copy the kernel reads for this handle (passthrough), held while open.
+    _copy: Option<CopyRef>,
     /// This handle's place in the uid's bound on open handles.
     _slot: Charge,
     /// Counts this handle among those that may fill the inode's page cache.
@@ -38,6 +45,7 @@ impl Handle {
         rel: String,
         slot: Charge,
         pages: PageRef,
+        copy: Option<CopyRef>,
     ) -> Self {
         let (file, write) = match reads {
             Reads::Version(f) => {
@@ -53,6 +61,8 @@ impl Handle {
             ino,
             rel,
             ahead: ReadAhead::default(),
+            read_bytes: AtomicU64::new(0),
+            _copy: copy,
             _slot: slot,
             _pages: pages,
         }

@@ -16,6 +16,7 @@ mod attr;
 mod buffers;
 mod cache;
 mod denials;
+mod eager;
 mod error;
 mod handles;
 mod inodes;
@@ -40,7 +41,7 @@ mod write;
 mod xattr;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::access::Access;
@@ -52,6 +53,7 @@ use buffers::BufferPool;
 pub use cache::ChunkCache;
 use denials::Denials;
 pub use denials::DeniedOp;
+pub use eager::Copy;
 pub use error::FsError;
 use handles::OpenFiles;
 use inodes::Inodes;
@@ -70,6 +72,23 @@ pub struct Caller {
     /// The primary gid; supplementary groups are read from `/proc` when a check needs them.
     pub gid: u32,
     pub pid: u32,
+}
+
+/// How read-only opens are served (`tvault mount --data-path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// Eager for versions a handle of this mount already read at least half of, else chunked.
+    Auto,
+    /// Each read decrypts the chunks it touches, through the chunk cache.
+    Chunked,
+    /// Every file within the budget is decrypted whole at open, on every core, into locked
+    /// RAM, which the kernel reads directly (FUSE passthrough).
+    Eager,
+}
+
+struct Eager {
+    path: DataPath,
+    copies: eager::Copies,
 }
 
 /// Counters reported by `tvault status`.
@@ -128,6 +147,10 @@ pub struct Core {
     denials: Denials,
     prefetch: prefetch::Prefetcher,
     invalidator: OnceLock<Invalidator>,
+    /// The data path and its copies; unset: chunked.
+    eager: OnceLock<Eager>,
+    /// Whether the kernel agreed to passthrough files (set by the adapter at `init`).
+    passthrough: AtomicBool,
     sessions: Mutex<HashMap<u64, Arc<OpenSession>>>,
     owners: owners::Owners,
     read_only: bool,
@@ -168,6 +191,8 @@ impl Core {
             denials: Denials::default(),
             prefetch: prefetch::Prefetcher::new(weak.clone()),
             invalidator: OnceLock::new(),
+            eager: OnceLock::new(),
+            passthrough: AtomicBool::new(false),
             sessions: Mutex::new(HashMap::new()),
             owners: owners::Owners::default(),
             read_only,
@@ -177,6 +202,37 @@ impl Core {
 
     pub fn set_invalidator(&self, invalidator: Invalidator) {
         let _ = self.invalidator.set(invalidator);
+    }
+
+    /// Chooses the data path, with `budget` bytes of locked RAM for whole-file copies (set
+    /// once, before the mount serves requests).
+    pub fn set_data_path(&self, path: DataPath, budget: u64) {
+        let _ = self.eager.set(Eager {
+            path,
+            copies: eager::Copies::new(budget),
+        });
+    }
+
+    /// Whether the data path may hand files to the kernel for passthrough.
+    pub fn wants_passthrough(&self) -> bool {
+        self.eager.get().is_some_and(|e| e.path != DataPath::Chunked)
+    }
+
+    /// The kernel takes passthrough files (or no longer does).
+    pub fn set_passthrough(&self, available: bool) {
+        self.passthrough.store(available, Ordering::Relaxed);
+    }
+
+    /// Whether opens may be answered with passthrough files now.
+    pub fn passthrough_available(&self) -> bool {
+        self.wants_passthrough() && self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of locked RAM held by whole-file copies, and their budget.
+    pub fn copy_bytes(&self) -> (u64, u64) {
+        self.eager
+            .get()
+            .map_or((0, 0), |e| (e.copies.used(), e.copies.budget()))
     }
 
     /// The mount is going away: every user is locked and every decrypted chunk dropped.
@@ -190,6 +246,9 @@ impl Core {
     pub fn forget_plaintext(&self) {
         self.cache.clear();
         self.versions.clear();
+        if let Some(eager) = self.eager.get() {
+            eager.copies.clear();
+        }
     }
 
     /// Memory mapped for decrypted chunks: the cache's buffers plus free ones kept for reuse.
@@ -238,6 +297,10 @@ impl Core {
         // The next open of these inodes must not reuse pages either.
         for &ino in &inos {
             self.versions.forget_pages(ino);
+        }
+        // Passthrough reads never reach the daemon: the copies they read are emptied.
+        if let Some(eager) = self.eager.get() {
+            eager.copies.revoke(uid);
         }
         inos.len()
     }

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
+use super::eager::{Acquired, Copy, CopyRef};
 use super::error::{FsError, FsResult};
 use super::handles::{Handle, Reads};
 use super::limits::Charge;
 use super::op::{Allowed, Op, Recorded, Refusal};
-use super::versions::{Conflict, Content, FileVersion, PageCache, PageRef, VersionKey};
-use super::{perm, Caller, Core};
+use super::versions::{Conflict, Content, FileVersion, IoMode, PageCache, PageRef, VersionKey};
+use super::{perm, Caller, Core, DataPath};
 use crate::access::{Denial, UserSession};
 use crate::audit::EventKind;
 use crate::container::{Container, ContainerError, Source};
@@ -25,12 +26,30 @@ use crate::sync::lock;
 /// any other.
 const MAX_PREFETCH_HEADER: u64 = 16 << 20;
 
+/// Files smaller than this are never copied whole: the chunked path serves them as fast.
+const EAGER_MIN: u64 = 1 << 20;
+
 /// A new handle.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Opened {
     pub fh: u64,
     /// The kernel may keep the inode's cached pages: they hold this very content.
     pub keep_cache: bool,
+    /// Reads bypass the page cache (passthrough files of the same inode read another way).
+    pub direct_io: bool,
+    /// The kernel reads this plaintext copy directly (FUSE passthrough).
+    pub passthrough: Option<Arc<Copy>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("fh", &self.fh)
+            .field("keep_cache", &self.keep_cache)
+            .field("direct_io", &self.direct_io)
+            .field("passthrough", &self.passthrough.as_ref().map(|c| c.id))
+            .finish()
+    }
 }
 
 impl Core {
@@ -47,25 +66,70 @@ impl Core {
                 perm::need(caller, &rel, &self.reachable(caller, &rel)?, perm::MAY_READ)?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, user) = self.open_version(caller.uid, &rel)?;
-                let pages = self.open_pages(ino, Content::Version(version.key))?;
+                let copy = self.eager_copy(caller.uid, &version);
+                // A lock that came while the copy was made applies to it.
+                if user.is_locked() {
+                    return Err(Refusal::Failed(FsError::new(libc::EACCES)));
+                }
+                let want = copy
+                    .as_ref()
+                    .map_or(IoMode::Cached, |c| IoMode::Passthrough(c.copy.id));
+                let pages = self.open_pages(ino, Content::Version(version.key), want)?;
+                // The inode's open files may rule passthrough out: the copy stays cached.
+                let copy = copy.filter(|_| matches!(pages.1.mode(), IoMode::Passthrough(_)));
                 Ok(Allowed {
                     user,
-                    value: (version, slot, pages),
+                    value: (version, slot, pages, copy),
                 })
             },
             |Allowed { user, value }, recorded| {
-                let (version, slot, pages) = value;
+                let (version, slot, pages, copy) = value;
                 Ok(self.add_handle(
                     recorded,
                     Reads::Version(version),
                     user,
-                    ino,
-                    &rel,
+                    (ino, &rel),
                     slot,
                     pages,
+                    copy,
                 ))
             },
         )
+    }
+
+    /// The whole-file copy an open of `version` by `uid` reads, where the data path wants
+    /// one (`eager`: every file within the budget; `auto`: a version that an earlier handle
+    /// read at least half of, so that partial readers never pay for a whole file) and the
+    /// kernel takes passthrough files. Local stores only: a remote one would have to
+    /// download the whole file before the open returns.
+    fn eager_copy(&self, uid: u32, version: &FileVersion) -> Option<CopyRef> {
+        let eager = self.eager.get()?;
+        let len = version.reader.len();
+        if eager.path == DataPath::Chunked
+            || !self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
+            || !self.store.is_local()
+            || len < EAGER_MIN
+            || len > eager.copies.budget()
+            || (eager.path == DataPath::Auto && !self.versions.read_whole(&version.key))
+        {
+            return None;
+        }
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        match eager.copies.acquire(version, uid, threads) {
+            Acquired::Held(copy) => {
+                if copy.made {
+                    self.stats
+                        .bytes_decrypted
+                        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(copy)
+            }
+            Acquired::Failed(e) => {
+                log::warn!("no plaintext copy of a file (served chunked): {e}");
+                None
+            }
+            Acquired::OtherHolder | Acquired::NoRoom => None,
+        }
     }
 
     /// close(2) of the last descriptor of handle `fh`: a write session loses a writer (the
@@ -171,8 +235,9 @@ impl Core {
         &self,
         ino: u64,
         content: Content,
+        want: IoMode,
     ) -> Result<(PageCache, PageRef), FsError> {
-        let opened = self.versions.open_pages(ino, content).map_err(|Conflict| {
+        let opened = self.versions.open_pages(ino, content, want).map_err(|Conflict| {
             lock(&self.inodes).detach(ino);
             FsError::new(libc::ESTALE)
         })?;
@@ -194,15 +259,19 @@ impl Core {
         _: &Recorded,
         reads: Reads,
         user: Arc<UserSession>,
-        ino: u64,
-        rel: &str,
+        (ino, rel): (u64, &str),
         slot: Charge,
-        (mode, pages): (PageCache, PageRef),
+        (cache, pages): (PageCache, PageRef),
+        copy: Option<CopyRef>,
     ) -> Opened {
-        let handle = Handle::new(reads, user, ino, rel.to_string(), slot, pages);
+        let direct_io = pages.mode() == IoMode::Direct;
+        let passthrough = copy.as_ref().map(|c| c.copy.clone());
+        let handle = Handle::new(reads, user, ino, rel.to_string(), slot, pages, copy);
         Opened {
             fh: self.files.add(handle),
-            keep_cache: matches!(mode, PageCache::Keep),
+            keep_cache: matches!(cache, PageCache::Keep),
+            direct_io,
+            passthrough,
         }
     }
 

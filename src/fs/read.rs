@@ -48,7 +48,7 @@ impl Core {
         }
         let file = handle.file.as_ref().ok_or(FsError::new(libc::EBADF))?;
         self.prefetch(&handle.ahead, file, offset, size);
-        self.read_range(file, offset, size).map_err(|e| {
+        let data = self.read_range(file, offset, size).map_err(|e| {
             if matches!(e, ContainerError::ChunkAuthentication { .. }) {
                 let _ = self.audit.record(
                     &Event::from_pid(EventKind::IntegrityFailure, caller.pid)
@@ -60,7 +60,14 @@ impl Core {
             }
             log::error!("{}: read at {offset}: {e}", handle.rel);
             FsError::from(e)
-        })
+        })?;
+        let n = data.as_slice().len() as u64;
+        let before = handle.read_bytes.fetch_add(n, Ordering::Relaxed);
+        let half = file.reader.len() / 2;
+        if before < half && before + n >= half {
+            self.versions.mark_read_whole(file.key);
+        }
+        Ok(data)
     }
 
     /// Decrypted chunk `index` of `file`, from the cache or freshly decrypted into it. The

@@ -90,23 +90,59 @@ pub(crate) enum PageCache {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Conflict;
 
+/// How the kernel runs an open file. An inode cannot have cached and passthrough files
+/// open at once, nor two backing files (the kernel fails such an open with `EIO`); direct
+/// I/O files mix with either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IoMode {
+    /// Reads go through the inode's page cache.
+    Cached,
+    /// Reads bypass the page cache (`FOPEN_DIRECT_IO`); each reaches the daemon.
+    Direct,
+    /// Reads go straight to the plaintext copy with this id (FUSE passthrough).
+    Passthrough(u64),
+}
+
 #[derive(Default)]
 struct InodePages {
     content: Option<Content>,
     /// Open handles of the inode; each may fill its page cache with `content`.
     open: usize,
+    /// Of those, the ones in cached mode.
+    cached: usize,
+    /// The copy that passthrough handles of the inode read, and how many there are.
+    passthrough: Option<(u64, usize)>,
 }
 
 /// Counts an open handle of an inode until dropped.
 pub(crate) struct PageRef {
     pages: Arc<Mutex<HashMap<u64, InodePages>>>,
     ino: u64,
+    mode: IoMode,
+}
+
+impl PageRef {
+    pub(crate) fn mode(&self) -> IoMode {
+        self.mode
+    }
 }
 
 impl Drop for PageRef {
     fn drop(&mut self) {
         if let Some(p) = lock(&self.pages).get_mut(&self.ino) {
             p.open = p.open.saturating_sub(1);
+            match self.mode {
+                IoMode::Cached => p.cached = p.cached.saturating_sub(1),
+                IoMode::Passthrough(_) => {
+                    if let Some((_, n)) = &mut p.passthrough {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            p.passthrough = None;
+                        }
+                    }
+                }
+                IoMode::Direct => {}
+            }
         }
     }
 }
@@ -114,6 +150,8 @@ impl Drop for PageRef {
 pub(crate) struct Versions {
     live: Mutex<HashMap<VersionKey, Weak<FileVersion>>>,
     ids: Mutex<LruCache<VersionKey, u64>>,
+    /// Versions that one handle read at least half of (whole-file readers).
+    read_whole: Mutex<LruCache<VersionKey, ()>>,
     next_id: AtomicU64,
     pages: Arc<Mutex<HashMap<u64, InodePages>>>,
 }
@@ -125,9 +163,22 @@ impl Versions {
             ids: Mutex::new(LruCache::new(
                 NonZeroUsize::new(REMEMBERED_IDS).unwrap_or(NonZeroUsize::MIN),
             )),
+            read_whole: Mutex::new(LruCache::new(
+                NonZeroUsize::new(REMEMBERED_IDS).unwrap_or(NonZeroUsize::MIN),
+            )),
             next_id: AtomicU64::new(1),
             pages: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    pub(crate) fn mark_read_whole(&self, key: VersionKey) {
+        lock(&self.read_whole).put(key, ());
+    }
+
+    /// Whether a handle read at least half of version `key` since the mount (or the last
+    /// time every plaintext was forgotten).
+    pub(crate) fn read_whole(&self, key: &VersionKey) -> bool {
+        lock(&self.read_whole).get(key).is_some()
     }
 
     /// A fresh id for a version that is not named (a draft being written).
@@ -163,17 +214,21 @@ impl Versions {
         version
     }
 
-    /// Decides how an open reading `content` on inode `ino` may use the page cache. While
-    /// handles of other content are open on the inode, the open is refused ([`Conflict`]):
-    /// the inode's pages may hold their plaintext, and this handle's would mix with it.
+    /// Decides how an open reading `content` on inode `ino` may use the page cache, and in
+    /// which mode the kernel runs it: `want`, unless the inode's open files rule it out (a
+    /// passthrough open where cached files are open becomes cached; any other open where
+    /// passthrough files are open becomes direct I/O). While handles of other content are
+    /// open on the inode, the open is refused ([`Conflict`]): the inode's pages may hold
+    /// their plaintext, and this handle's would mix with it.
     pub(crate) fn open_pages(
         &self,
         ino: u64,
         content: Content,
+        want: IoMode,
     ) -> Result<(PageCache, PageRef), Conflict> {
         let mut pages = lock(&self.pages);
         let p = pages.entry(ino).or_default();
-        let mode = if p.content == Some(content) {
+        let cache = if p.content == Some(content) {
             PageCache::Keep
         } else if p.open == 0 {
             p.content = Some(content);
@@ -181,12 +236,28 @@ impl Versions {
         } else {
             return Err(Conflict);
         };
+        let mode = match (want, p.passthrough) {
+            (IoMode::Passthrough(_), _) if p.cached > 0 => IoMode::Cached,
+            (IoMode::Passthrough(c), Some((other, _))) if other != c => IoMode::Direct,
+            (IoMode::Passthrough(c), _) => IoMode::Passthrough(c),
+            (_, Some(_)) => IoMode::Direct,
+            (want, None) => want,
+        };
         p.open += 1;
+        match mode {
+            IoMode::Cached => p.cached += 1,
+            IoMode::Passthrough(c) => {
+                let n = p.passthrough.map_or(0, |(_, n)| n);
+                p.passthrough = Some((c, n + 1));
+            }
+            IoMode::Direct => {}
+        }
         let page_ref = PageRef {
             pages: self.pages.clone(),
             ino,
+            mode,
         };
-        Ok((mode, page_ref))
+        Ok((cache, page_ref))
     }
 
     /// The next open of `ino` must not reuse its pages (after a lock, unlink or rename),
@@ -211,6 +282,7 @@ impl Versions {
     /// Forgets every version name, so that no cached chunk is found again.
     pub(crate) fn clear(&self) {
         lock(&self.ids).clear();
+        lock(&self.read_whole).clear();
         for p in lock(&self.pages).values_mut() {
             p.content = None;
         }
@@ -226,30 +298,56 @@ mod tests {
         let v = Versions::new();
         let a = Content::Version(([1u8; FILE_ID_LEN], [1u8; MAC_LEN]));
         let b = Content::Version(([2u8; FILE_ID_LEN], [2u8; MAC_LEN]));
-        let (m1, r1) = v.open_pages(7, a).unwrap();
+        let (m1, r1) = v.open_pages(7, a, IoMode::Cached).unwrap();
         assert_eq!(m1, PageCache::Fresh);
-        let (m2, r2) = v.open_pages(7, a).unwrap();
+        let (m2, r2) = v.open_pages(7, a, IoMode::Cached).unwrap();
         assert_eq!(m2, PageCache::Keep);
         // Another version, or a write session, while `a` is open on the inode: refused.
-        assert_eq!(v.open_pages(7, b).err(), Some(Conflict));
-        assert_eq!(v.open_pages(7, Content::Session(3)).err(), Some(Conflict));
+        assert_eq!(v.open_pages(7, b, IoMode::Cached).err(), Some(Conflict));
+        assert_eq!(v.open_pages(7, Content::Session(3), IoMode::Cached).err(), Some(Conflict));
         // Other inodes are not concerned.
-        assert_eq!(v.open_pages(8, b).unwrap().0, PageCache::Fresh);
+        assert_eq!(v.open_pages(8, b, IoMode::Cached).unwrap().0, PageCache::Fresh);
         // Forgetting while `a` is open keeps what its handles may have cached.
         v.forget_pages(7);
-        assert_eq!(v.open_pages(7, b).err(), Some(Conflict));
+        assert_eq!(v.open_pages(7, b, IoMode::Cached).err(), Some(Conflict));
         drop((r1, r2));
         // Nobody holds `a` any more: `b` starts a fresh page cache.
-        let (m3, r3) = v.open_pages(7, b).unwrap();
+        let (m3, r3) = v.open_pages(7, b, IoMode::Cached).unwrap();
         assert_eq!(m3, PageCache::Fresh);
         drop(r3);
         v.forget_pages(7);
-        assert_eq!(v.open_pages(7, b).unwrap().0, PageCache::Fresh);
+        assert_eq!(v.open_pages(7, b, IoMode::Cached).unwrap().0, PageCache::Fresh);
         let (ka, kb) = (
             ([1u8; FILE_ID_LEN], [1u8; MAC_LEN]),
             ([2u8; FILE_ID_LEN], [2u8; MAC_LEN]),
         );
         assert_eq!(v.id_for(&ka), v.id_for(&ka));
         assert_ne!(v.id_for(&ka), v.id_for(&kb));
+    }
+
+    #[test]
+    fn an_inode_never_mixes_cached_and_passthrough_files_or_two_copies() {
+        let v = Versions::new();
+        let a = Content::Version(([1u8; FILE_ID_LEN], [1u8; MAC_LEN]));
+        let mode = |r: &(PageCache, PageRef)| r.1.mode();
+        let p1 = v.open_pages(1, a, IoMode::Passthrough(10)).unwrap();
+        assert_eq!(mode(&p1), IoMode::Passthrough(10));
+        // Same copy: passthrough; a chunked open beside it: direct I/O; another copy: direct.
+        let p2 = v.open_pages(1, a, IoMode::Passthrough(10)).unwrap();
+        assert_eq!(mode(&p2), IoMode::Passthrough(10));
+        let d = v.open_pages(1, a, IoMode::Cached).unwrap();
+        assert_eq!(mode(&d), IoMode::Direct);
+        let other = v.open_pages(1, a, IoMode::Passthrough(11)).unwrap();
+        assert_eq!(mode(&other), IoMode::Direct);
+        drop((p1, p2, d, other));
+        // Cached files open: a passthrough open becomes cached.
+        let c = v.open_pages(1, a, IoMode::Cached).unwrap();
+        assert_eq!(mode(&c), IoMode::Cached);
+        let p3 = v.open_pages(1, a, IoMode::Passthrough(11)).unwrap();
+        assert_eq!(mode(&p3), IoMode::Cached);
+        drop((c, p3));
+        // Nothing open: passthrough onto the new copy.
+        let p4 = v.open_pages(1, a, IoMode::Passthrough(11)).unwrap();
+        assert_eq!(mode(&p4), IoMode::Passthrough(11));
     }
 }

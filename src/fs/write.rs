@@ -15,7 +15,7 @@ use super::error::{FsError, FsResult};
 use super::handles::Reads;
 use super::op::{Allowed, Op, Recorded};
 use super::session::{self, WriteError, WriteSession};
-use super::versions::{Content, FileVersion, VersionKey};
+use super::versions::{Content, FileVersion, IoMode, VersionKey};
 use super::{perm, Caller, Core, Opened};
 use crate::access::UserSession;
 use crate::audit::EventKind;
@@ -433,7 +433,7 @@ impl Core {
         truncate: bool,
     ) -> FsResult<Opened> {
         let ready = self
-            .open_pages(ino, Content::Session(session.id))
+            .open_pages(ino, Content::Session(session.id), IoMode::Cached)
             .and_then(|pages| {
                 if truncate {
                     session.with(|ws| ws.truncate(&self.store, rel, 0))?;
@@ -445,10 +445,10 @@ impl Core {
                 recorded,
                 Reads::Session(session),
                 user,
-                ino,
-                rel,
+                (ino, rel),
                 slot,
                 pages,
+                None,
             )),
             Err(e) => {
                 self.abandon(ino, &session);
