@@ -14,10 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, Caller, Changes, Core, FsError, Kind, Opened};
@@ -59,17 +58,19 @@ impl FuseAdapter {
                 *n += 1;
                 true
             }
-            None => match reply.open_backing(copy.fd()) {
-                Ok(id) => {
-                    backing.ids.insert(copy.id, (id, 1));
-                    true
+            None => {
+                match reply.open_backing(copy.fd()) {
+                    Ok(id) => {
+                        backing.ids.insert(copy.id, (id, 1));
+                        true
+                    }
+                    Err(e) => {
+                        log::warn!("the kernel refused a passthrough file ({e}); reads go through the daemon");
+                        self.core.set_passthrough(false);
+                        false
+                    }
                 }
-                Err(e) => {
-                    log::warn!("the kernel refused a passthrough file ({e}); reads go through the daemon");
-                    self.core.set_passthrough(false);
-                    false
-                }
-            },
+            }
         };
         if !registered {
             return reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_DIRECT_IO);
@@ -155,14 +156,11 @@ fn file_type(kind: Kind) -> FileType {
 }
 
 fn open_flags(opened: &Opened) -> FopenFlags {
-    let mut flags = FopenFlags::empty();
     if opened.keep_cache {
-        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
     }
-    if opened.direct_io {
-        flags |= FopenFlags::FOPEN_DIRECT_IO;
-    }
-    flags
 }
 
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
@@ -205,9 +203,7 @@ impl Filesystem for FuseAdapter {
             .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC);
         // Passthrough files need the capability and a stacking depth of one.
         if self.core.wants_passthrough() {
-            let granted = config
-                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
-                .is_ok()
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
             if !granted {
                 log::warn!("the kernel offers no FUSE passthrough: every read goes through the daemon (chunked)");

@@ -72,8 +72,7 @@ impl RamFile {
             if huge {
                 libc::madvise(ptr, map_len, libc::MADV_HUGEPAGE);
             }
-            libc::mlock2(ptr, map_len, libc::MLOCK_ONFAULT) == 0
-                || libc::mlock(ptr, map_len) == 0
+            libc::mlock2(ptr, map_len, libc::MLOCK_ONFAULT) == 0 || libc::mlock(ptr, map_len) == 0
         };
         Ok(RamFile {
             fd,
@@ -250,9 +249,7 @@ mod tests {
         assert!(buf.iter().all(|&b| b == 7));
         f.empty();
         // SAFETY: as above.
-        let n = unsafe {
-            libc::pread(f.fd().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-        };
+        let n = unsafe { libc::pread(f.fd().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         assert_eq!(n, 0, "an emptied copy reads as an empty file");
     }
 }

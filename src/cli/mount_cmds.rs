@@ -301,7 +301,11 @@ pub fn status(path: &Path, as_json: bool) -> CliResult {
         "copies:     {} of {} in locked RAM, passthrough {}",
         human(n(&copies["bytes"])),
         human(n(&copies["budget"])),
-        if copies["passthrough"].as_bool() == Some(true) { "on" } else { "off" }
+        if copies["passthrough"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        }
     );
     println!("decrypted:  {}", human(n(&reply["bytes_decrypted"])));
     println!(

@@ -5,7 +5,8 @@
 //! One copy per version, shared by the handles of **one uid at a time** (its holder): a
 //! `lock --force` of that uid empties the copy, which ends every read and mapping through it,
 //! and because no other uid reads through it, nobody else loses an open file. Another uid
-//! opening the version meanwhile is served by the chunked path. A copy nobody holds stays
+//! opening the version meanwhile is served by the chunked path, on an inode of its own (the
+//! kernel allows only passthrough opens beside passthrough files). A copy nobody holds stays
 //! cached (least recently used first out) within the mount's budget, so the next open of the
 //! same version, by any uid whose open is allowed, costs nothing to prepare.
 //!

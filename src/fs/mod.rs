@@ -215,7 +215,9 @@ impl Core {
 
     /// Whether the data path may hand files to the kernel for passthrough.
     pub fn wants_passthrough(&self) -> bool {
-        self.eager.get().is_some_and(|e| e.path != DataPath::Chunked)
+        self.eager
+            .get()
+            .is_some_and(|e| e.path != DataPath::Chunked)
     }
 
     /// The kernel takes passthrough files (or no longer does).

@@ -35,8 +35,6 @@ pub struct Opened {
     pub fh: u64,
     /// The kernel may keep the inode's cached pages: they hold this very content.
     pub keep_cache: bool,
-    /// Reads bypass the page cache (passthrough files of the same inode read another way).
-    pub direct_io: bool,
     /// The kernel reads this plaintext copy directly (FUSE passthrough).
     pub passthrough: Option<Arc<Copy>>,
 }
@@ -46,7 +44,6 @@ impl std::fmt::Debug for Opened {
         f.debug_struct("Opened")
             .field("fh", &self.fh)
             .field("keep_cache", &self.keep_cache)
-            .field("direct_io", &self.direct_io)
             .field("passthrough", &self.passthrough.as_ref().map(|c| c.id))
             .finish()
     }
@@ -66,7 +63,7 @@ impl Core {
                 perm::need(caller, &rel, &self.reachable(caller, &rel)?, perm::MAY_READ)?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, user) = self.open_version(caller.uid, &rel)?;
-                let copy = self.eager_copy(caller.uid, &version);
+                let copy = self.eager_copy(caller.uid, ino, &version);
                 // A lock that came while the copy was made applies to it.
                 if user.is_locked() {
                     return Err(Refusal::Failed(FsError::new(libc::EACCES)));
@@ -97,12 +94,14 @@ impl Core {
         )
     }
 
-    /// The whole-file copy an open of `version` by `uid` reads, where the data path wants
-    /// one (`eager`: every file within the budget; `auto`: a version that an earlier handle
-    /// read at least half of, so that partial readers never pay for a whole file) and the
-    /// kernel takes passthrough files. Local stores only: a remote one would have to
-    /// download the whole file before the open returns.
-    fn eager_copy(&self, uid: u32, version: &FileVersion) -> Option<CopyRef> {
+    /// The whole-file copy an open of `version` by `uid` on `ino` reads, where the data path
+    /// wants one and the kernel takes passthrough files. `eager`: every file within the
+    /// budget. `auto`: a version that an earlier handle read at least half of (so partial
+    /// readers never pay for a whole file), unless the inode's page cache already holds it
+    /// (the kernel then has a plaintext copy, and a second would only cost a fill). Local
+    /// stores only: a remote one would have to download the whole file before the open
+    /// returns.
+    fn eager_copy(&self, uid: u32, ino: u64, version: &FileVersion) -> Option<CopyRef> {
         let eager = self.eager.get()?;
         let len = version.reader.len();
         if eager.path == DataPath::Chunked
@@ -110,7 +109,9 @@ impl Core {
             || !self.store.is_local()
             || len < EAGER_MIN
             || len > eager.copies.budget()
-            || (eager.path == DataPath::Auto && !self.versions.read_whole(&version.key))
+            || (eager.path == DataPath::Auto
+                && (!self.versions.read_whole(&version.key)
+                    || self.versions.pages_hold(ino, Content::Version(version.key))))
         {
             return None;
         }
@@ -237,10 +238,13 @@ impl Core {
         content: Content,
         want: IoMode,
     ) -> Result<(PageCache, PageRef), FsError> {
-        let opened = self.versions.open_pages(ino, content, want).map_err(|Conflict| {
-            lock(&self.inodes).detach(ino);
-            FsError::new(libc::ESTALE)
-        })?;
+        let opened = self
+            .versions
+            .open_pages(ino, content, want)
+            .map_err(|Conflict| {
+                lock(&self.inodes).detach(ino);
+                FsError::new(libc::ESTALE)
+            })?;
         if opened.0 == PageCache::Fresh {
             if let Some(invalidate) = self.invalidator.get() {
                 // ENOENT: the kernel holds no such inode, so no attributes either.
@@ -264,13 +268,11 @@ impl Core {
         (cache, pages): (PageCache, PageRef),
         copy: Option<CopyRef>,
     ) -> Opened {
-        let direct_io = pages.mode() == IoMode::Direct;
         let passthrough = copy.as_ref().map(|c| c.copy.clone());
         let handle = Handle::new(reads, user, ino, rel.to_string(), slot, pages, copy);
         Opened {
             fh: self.files.add(handle),
             keep_cache: matches!(cache, PageCache::Keep),
-            direct_io,
             passthrough,
         }
     }

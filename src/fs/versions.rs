@@ -90,15 +90,14 @@ pub(crate) enum PageCache {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Conflict;
 
-/// How the kernel runs an open file. An inode cannot have cached and passthrough files
-/// open at once, nor two backing files (the kernel fails such an open with `EIO`); direct
-/// I/O files mix with either.
+/// How the kernel runs an open file. While an inode has passthrough files open, every
+/// other open of it must be passthrough onto the same backing file (the kernel fails any
+/// other with `EIO`, direct I/O included); a passthrough open while cached files are open
+/// fails too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum IoMode {
     /// Reads go through the inode's page cache.
     Cached,
-    /// Reads bypass the page cache (`FOPEN_DIRECT_IO`); each reaches the daemon.
-    Direct,
     /// Reads go straight to the plaintext copy with this id (FUSE passthrough).
     Passthrough(u64),
 }
@@ -141,7 +140,6 @@ impl Drop for PageRef {
                         }
                     }
                 }
-                IoMode::Direct => {}
             }
         }
     }
@@ -215,11 +213,12 @@ impl Versions {
     }
 
     /// Decides how an open reading `content` on inode `ino` may use the page cache, and in
-    /// which mode the kernel runs it: `want`, unless the inode's open files rule it out (a
-    /// passthrough open where cached files are open becomes cached; any other open where
-    /// passthrough files are open becomes direct I/O). While handles of other content are
-    /// open on the inode, the open is refused ([`Conflict`]): the inode's pages may hold
-    /// their plaintext, and this handle's would mix with it.
+    /// which mode the kernel runs it: `want`, except that a passthrough open where cached
+    /// files are open becomes cached. While handles of other content are open on the inode,
+    /// the open is refused ([`Conflict`]): the inode's pages may hold their plaintext, and
+    /// this handle's would mix with it. So is any open other than passthrough onto the same
+    /// copy while passthrough files are open (the kernel allows no other): it is served on
+    /// an inode of its own.
     pub(crate) fn open_pages(
         &self,
         ino: u64,
@@ -238,10 +237,9 @@ impl Versions {
         };
         let mode = match (want, p.passthrough) {
             (IoMode::Passthrough(_), _) if p.cached > 0 => IoMode::Cached,
-            (IoMode::Passthrough(c), Some((other, _))) if other != c => IoMode::Direct,
-            (IoMode::Passthrough(c), _) => IoMode::Passthrough(c),
-            (_, Some(_)) => IoMode::Direct,
-            (want, None) => want,
+            (IoMode::Passthrough(c), Some((other, _))) if other != c => return Err(Conflict),
+            (IoMode::Cached, Some(_)) => return Err(Conflict),
+            (want, _) => want,
         };
         p.open += 1;
         match mode {
@@ -250,7 +248,6 @@ impl Versions {
                 let n = p.passthrough.map_or(0, |(_, n)| n);
                 p.passthrough = Some((c, n + 1));
             }
-            IoMode::Direct => {}
         }
         let page_ref = PageRef {
             pages: self.pages.clone(),
@@ -258,6 +255,13 @@ impl Versions {
             mode,
         };
         Ok((cache, page_ref))
+    }
+
+    /// Whether the kernel may still cache `content` in the pages of `ino`.
+    pub(crate) fn pages_hold(&self, ino: u64, content: Content) -> bool {
+        lock(&self.pages)
+            .get(&ino)
+            .is_some_and(|p| p.content == Some(content))
     }
 
     /// The next open of `ino` must not reuse its pages (after a lock, unlink or rename),
@@ -304,9 +308,15 @@ mod tests {
         assert_eq!(m2, PageCache::Keep);
         // Another version, or a write session, while `a` is open on the inode: refused.
         assert_eq!(v.open_pages(7, b, IoMode::Cached).err(), Some(Conflict));
-        assert_eq!(v.open_pages(7, Content::Session(3), IoMode::Cached).err(), Some(Conflict));
+        assert_eq!(
+            v.open_pages(7, Content::Session(3), IoMode::Cached).err(),
+            Some(Conflict)
+        );
         // Other inodes are not concerned.
-        assert_eq!(v.open_pages(8, b, IoMode::Cached).unwrap().0, PageCache::Fresh);
+        assert_eq!(
+            v.open_pages(8, b, IoMode::Cached).unwrap().0,
+            PageCache::Fresh
+        );
         // Forgetting while `a` is open keeps what its handles may have cached.
         v.forget_pages(7);
         assert_eq!(v.open_pages(7, b, IoMode::Cached).err(), Some(Conflict));
@@ -316,7 +326,10 @@ mod tests {
         assert_eq!(m3, PageCache::Fresh);
         drop(r3);
         v.forget_pages(7);
-        assert_eq!(v.open_pages(7, b, IoMode::Cached).unwrap().0, PageCache::Fresh);
+        assert_eq!(
+            v.open_pages(7, b, IoMode::Cached).unwrap().0,
+            PageCache::Fresh
+        );
         let (ka, kb) = (
             ([1u8; FILE_ID_LEN], [1u8; MAC_LEN]),
             ([2u8; FILE_ID_LEN], [2u8; MAC_LEN]),
@@ -332,14 +345,12 @@ mod tests {
         let mode = |r: &(PageCache, PageRef)| r.1.mode();
         let p1 = v.open_pages(1, a, IoMode::Passthrough(10)).unwrap();
         assert_eq!(mode(&p1), IoMode::Passthrough(10));
-        // Same copy: passthrough; a chunked open beside it: direct I/O; another copy: direct.
+        // Same copy: passthrough; a chunked open or another copy beside it: another inode.
         let p2 = v.open_pages(1, a, IoMode::Passthrough(10)).unwrap();
         assert_eq!(mode(&p2), IoMode::Passthrough(10));
-        let d = v.open_pages(1, a, IoMode::Cached).unwrap();
-        assert_eq!(mode(&d), IoMode::Direct);
-        let other = v.open_pages(1, a, IoMode::Passthrough(11)).unwrap();
-        assert_eq!(mode(&other), IoMode::Direct);
-        drop((p1, p2, d, other));
+        assert!(v.open_pages(1, a, IoMode::Cached).is_err());
+        assert!(v.open_pages(1, a, IoMode::Passthrough(11)).is_err());
+        drop((p1, p2));
         // Cached files open: a passthrough open becomes cached.
         let c = v.open_pages(1, a, IoMode::Cached).unwrap();
         assert_eq!(mode(&c), IoMode::Cached);
