@@ -33,9 +33,10 @@ pub struct RamFile {
     pub huge: bool,
 }
 
-// SAFETY: the mapping is owned by this value; shared access only reads it (`as_slice`), and
-// writing needs `&mut self`.
+// SAFETY: the mapping is owned by this value and written only through `&mut self`; shared
+// access (`fd`, `empty`) makes system calls on the descriptor and never touches the memory.
 unsafe impl Send for RamFile {}
+// SAFETY: as above.
 unsafe impl Sync for RamFile {}
 
 impl RamFile {

@@ -17,6 +17,8 @@ mod buffers;
 mod cache;
 mod denials;
 mod eager;
+#[cfg(test)]
+mod eager_tests;
 mod error;
 mod handles;
 mod inodes;

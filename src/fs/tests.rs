@@ -129,7 +129,7 @@ impl Fixture {
     }
 
     /// Writes `data` to a new file `rel` in the root as `uid`.
-    fn put(&self, uid: u32, rel: &str, data: &[u8]) {
+    pub(super) fn put(&self, uid: u32, rel: &str, data: &[u8]) {
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let (_, opened) = self
             .core
@@ -142,11 +142,11 @@ impl Fixture {
         self.core.release(opened.fh).unwrap();
     }
 
-    fn ino(&self, rel: &str) -> u64 {
+    pub(super) fn ino(&self, rel: &str) -> u64 {
         self.core.lookup(caller(0), ROOT, name(rel)).unwrap().ino
     }
 
-    fn read_all(&self, uid: u32, rel: &str) -> FsResult<Vec<u8>> {
+    pub(super) fn read_all(&self, uid: u32, rel: &str) -> FsResult<Vec<u8>> {
         let opened = self.core.open(caller(uid), self.ino(rel), libc::O_RDONLY)?;
         let mut out = Vec::new();
         loop {
