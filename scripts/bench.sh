@@ -9,12 +9,12 @@
 # Workloads (each on a FRESH mount of every FUSE target: mounted, measured, unmounted, so
 # neither the kernel page cache of the mount nor a daemon's cache survives between reps;
 # the BACKING files stay in the page cache, warmed with `cat` before each workload):
-#   seq      dd if=FILE of=/dev/null bs=1M                                  GB/s (10^9)
+#   seq      dd if=FILE of=/dev/null bs=1M, open included                   GB/s (10^9)
 #   load     safetensors.numpy.load_file(FILE)                               s
 #   load2    a second load_file of the same file in the same process/mount   s
 #   conc     BENCH_CONC (4) processes load_file the same file at once: wall time   s
 #   tensor   safe_open(FILE).get_tensor(small tensor nearest the middle)     ms (open included)
-#   pread    2000 random 4 KiB-aligned os.pread of 4 KiB, fixed seed         ms
+#   pread    open + 2000 random 4 KiB-aligned os.pread of 4 KiB, fixed seed  ms
 #   cold     seq after `sync; echo 3 > /proc/sys/vm/drop_caches`           GB/s
 #   write    save_file of the model's tensors (~1.1 GB) to MNT/out (+ rename) MB/s (10^6)
 #   gpu      safetensors.torch.load_file(FILE, device="cuda"), alone and 8 processes at
@@ -184,9 +184,13 @@ record() { # TARGET METRIC REP VALUE
     printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"
     printf '   %-10s %-14s rep %s: %s\n' "$1" "$2" "$3" "$4" >&2
 }
-dd_gbps() { # FILE -> GB/s (bytes / dd's own seconds)
-    LC_ALL=C dd if="$1" of=/dev/null bs=1M 2>&1 | tail -n1 |
-        sed -E 's/^([0-9]+) bytes.* copied, ([0-9.e+-]+) s,.*/\1 \2/' | awk '{printf "%.3f\n", $1 / $2 / 1e9}'
+dd_gbps() { # FILE -> GB/s: bytes / seconds of the whole dd, open included (dd's own clock
+    # starts after the open, which is where an eager open decrypts the file)
+    local t0 t1 bytes
+    t0="$(date +%s.%N)"
+    bytes="$(LC_ALL=C dd if="$1" of=/dev/null bs=1M 2>&1 | tail -n1 | sed -E 's/^([0-9]+) bytes.*/\1/')"
+    t1="$(date +%s.%N)"
+    awk -v b="$bytes" -v a="$t0" -v z="$t1" 'BEGIN {printf "%.3f\n", b / (z - a) / 1e9}'
 }
 
 # ------------------------------------------------------------------------------------------
@@ -266,13 +270,13 @@ elif cmd == "tensor":  # ms, safe_open included
     with safe_open(path, framework="np") as f:
         x = f.get_tensor(name)
     print(f"{(time.perf_counter() - t0) * 1e3:.3f}")
-elif cmd == "pread":  # ms for N random 4 KiB-aligned 4 KiB preads, fixed seed
+elif cmd == "pread":  # ms for N random 4 KiB-aligned 4 KiB preads, fixed seed, open included
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
-    fd = os.open(path, os.O_RDONLY)
-    pages = os.fstat(fd).st_size // 4096
+    pages = os.stat(path).st_size // 4096
     rng = random.Random(1234)
     offs = [rng.randrange(pages) * 4096 for _ in range(n)]
     t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
     for o in offs:
         if len(os.pread(fd, 4096, o)) != 4096:
             sys.exit("short read")

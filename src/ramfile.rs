@@ -22,6 +22,20 @@ const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 
+/// Physical memory, in bytes (0 if unknown).
+pub fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    u64::try_from(pages)
+        .unwrap_or(0)
+        .saturating_mul(u64::try_from(size).unwrap_or(0))
+}
+
 /// A locked, mapped in-memory file of a fixed length.
 pub struct RamFile {
     fd: OwnedFd,
@@ -144,12 +158,14 @@ fn huge_tmpfs() -> std::io::Result<&'static OwnedFd> {
 
 fn mount_huge_tmpfs() -> std::io::Result<OwnedFd> {
     let cstr = |s: &str| CString::new(s).map_err(|_| std::io::ErrorKind::InvalidInput);
-    let (tmpfs, huge, always, mode, private) = (
+    let (tmpfs, huge, always, mode, private, size, all) = (
         cstr("tmpfs")?,
         cstr("huge")?,
         cstr("always")?,
         cstr("mode")?,
         cstr("0700")?,
+        cstr("size")?,
+        cstr("100%")?,
     );
     // SAFETY: fsopen with a valid C string; the result is checked.
     let fs = unsafe { libc::syscall(libc::SYS_fsopen, tmpfs.as_ptr(), FSOPEN_CLOEXEC) };
@@ -177,6 +193,9 @@ fn mount_huge_tmpfs() -> std::io::Result<OwnedFd> {
     };
     set(&huge, &always)?;
     set(&mode, &private)?;
+    // tmpfs's default limit (half the RAM) would make a fill past it fault (SIGBUS); the
+    // mount's budget, capped below the RAM, is what bounds the copies.
+    set(&size, &all)?;
     // SAFETY: fsconfig CMD_CREATE on our fs context takes no pointers.
     let r = unsafe {
         libc::syscall(

@@ -391,16 +391,9 @@ impl From<DataPathArg> for crate::fs::DataPath {
 
 /// A quarter of the machine's memory (1 GiB if it cannot be read).
 fn default_eager_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    match (u64::try_from(pages), u64::try_from(size)) {
-        (Ok(p), Ok(s)) if p > 0 && s > 0 => p.saturating_mul(s) / 4,
-        _ => 1 << 30,
+    match crate::ramfile::physical_memory() {
+        0 => 1 << 30,
+        ram => ram / 4,
     }
 }
 

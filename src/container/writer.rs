@@ -200,6 +200,80 @@ impl Draft {
         Ok(())
     }
 
+    /// Seals `plaintext`, a run of whole chunks from chunk `first` on (none of them the last),
+    /// on up to `threads` threads side by side, and writes the run's ciphertext with one
+    /// `pwrite`: a large sequential write is sealed on every core.
+    pub(crate) fn seal_run(
+        &mut self,
+        first: u64,
+        plaintext: &[u8],
+        threads: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let cs = self.chunk_size() as usize;
+        if plaintext.len() % cs != 0 {
+            return Err(ContainerError::ChunkTooLong {
+                index: first,
+                len: plaintext.len(),
+                chunk_size: self.chunk_size(),
+            });
+        }
+        scratch.clear();
+        scratch.extend_from_slice(plaintext);
+        let count = plaintext.len() / cs;
+        let per_thread = count.div_ceil(threads.max(1)).max(1);
+        let keys = &self.keys;
+        let sealed: Vec<Result<Vec<([u8; NONCE_LEN], [u8; TAG_LEN])>>> =
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = scratch
+                    .chunks_mut(per_thread * cs)
+                    .enumerate()
+                    .map(|(t, part)| {
+                        scope.spawn(move || {
+                            part.chunks_mut(cs)
+                                .enumerate()
+                                .map(|(i, chunk)| {
+                                    let index = first + (t * per_thread + i) as u64;
+                                    Ok(keys.seal_chunk(index, false, chunk)?)
+                                })
+                                .collect::<Result<Vec<_>>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(ContainerError::Io(std::io::Error::other(
+                                "a sealing thread panicked",
+                            )))
+                        })
+                    })
+                    .collect()
+            });
+        let mut entries = Vec::with_capacity(count);
+        for part in sealed {
+            entries.extend(part?);
+        }
+        self.file.write_all_at(
+            scratch,
+            self.data_offset + (first << self.header.chunk_log2),
+        )?;
+        for (i, (nonce, tag)) in entries.into_iter().enumerate() {
+            self.table.insert(
+                first + i as u64,
+                DraftEntry {
+                    nonce,
+                    tag,
+                    len: cs as u32,
+                    last: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// (length, last flag) of chunk `index` if it has been sealed.
     pub(crate) fn sealed(&self, index: u64) -> Option<(usize, bool)> {
         let entry = self.table.get(&index)?;

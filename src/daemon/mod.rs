@@ -290,7 +290,20 @@ pub fn run(opts: &MountOptions, on_ready: impl FnOnce()) -> Result<(), DaemonErr
         opts.read_only,
         audit.clone(),
     );
-    shared.set_data_path(opts.data_path, opts.eager_bytes);
+    // Copies are locked RAM: a budget near the machine's memory would only trade them for
+    // the OOM killer.
+    let ram = crate::ramfile::physical_memory();
+    let eager_bytes = match ram {
+        0 => opts.eager_bytes,
+        ram => opts.eager_bytes.min(ram / 4 * 3),
+    };
+    if eager_bytes < opts.eager_bytes {
+        log::warn!(
+            "--eager-memory {} is over three quarters of the RAM: using {eager_bytes}",
+            opts.eager_bytes
+        );
+    }
+    shared.set_data_path(opts.data_path, eager_bytes);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("{SOURCE_PREFIX}{}", store_path.display())),

@@ -169,10 +169,19 @@ impl Copies {
             },
         );
         drop(state);
+        let started = std::time::Instant::now();
         let made = RamFile::new(len)
             .map_err(|e| format!("cannot allocate {len} bytes of locked memory: {e}"))
             .and_then(|mut ram| {
                 fill(file, &mut ram, threads).map_err(|e| e.to_string())?;
+                if !ram.locked {
+                    log::warn!("a plaintext copy could not be locked in memory; it may reach swap");
+                }
+                log::info!(
+                    "copied {len} bytes into {} in {:.3} s on {threads} threads",
+                    if ram.huge { "huge pages" } else { "a memfd" },
+                    started.elapsed().as_secs_f64()
+                );
                 Ok(ram)
             });
         let mut state = lock(&self.state);

@@ -21,6 +21,11 @@ use crate::store::{Store, StoreDraft, StoreError};
 /// Bound on plaintext of partly written chunks per session: a 10 GB save does not need
 /// 10 GB of memory.
 const MAX_DIRTY_BYTES: u64 = 16 << 20;
+
+/// Threads that seal one large write side by side (a 1 MiB request is 16 chunks of 64 KiB):
+/// one per core, at most 8.
+static SEAL_THREADS: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));
 /// Memory the draft's chunk table and the committed version's table take per chunk, charged
 /// as the file grows (a write at a 1 TB offset must not allocate gigabytes unaccounted).
 const TABLE_COST_PER_CHUNK: u64 = 96;
@@ -225,14 +230,23 @@ impl WriteSession {
             let chunk_start = index << self.chunk_log2;
             let chunk_end = chunk_start + cs;
             let upto = end.min(chunk_end);
-            // A whole chunk in one request (sequential writers with large writes) is sealed
-            // straight from the request: no chunk buffer to fill, copy and wipe.
+            // Whole chunks in one request (sequential writers with large writes) are sealed
+            // straight from the request: no chunk buffer to fill, copy and wipe; a run of
+            // several is sealed on every core.
             if pos == chunk_start && upto == chunk_end {
-                self.dirty.remove(&index);
-                let piece = &data[(pos - offset) as usize..(upto - offset) as usize];
+                let run = (end - pos) / cs;
+                let run_end = pos + run * cs;
+                for i in index..index + run {
+                    self.dirty.remove(&i);
+                }
+                let piece = &data[(pos - offset) as usize..(run_end - offset) as usize];
                 let draft = self.draft.as_mut().ok_or(WriteError::NoDraft)?;
-                draft.seal(index, piece, false, &mut self.scratch)?;
-                pos = upto;
+                if run > 1 {
+                    draft.seal_run(index, piece, *SEAL_THREADS, &mut self.scratch)?;
+                } else {
+                    draft.seal(index, piece, false, &mut self.scratch)?;
+                }
+                pos = run_end;
                 continue;
             }
             if !self.dirty.contains_key(&index) {

@@ -45,6 +45,17 @@ impl StoreDraft {
         self.draft.seal(index, plain, last, scratch)
     }
 
+    /// Seals a run of whole chunks from `first` on, on up to `threads` threads.
+    pub(crate) fn seal_run(
+        &mut self,
+        first: u64,
+        plain: &[u8],
+        threads: usize,
+        scratch: &mut Vec<u8>,
+    ) -> container::Result<()> {
+        self.draft.seal_run(first, plain, threads, scratch)
+    }
+
     /// (length, final flag) of chunk `index` if it is sealed.
     pub(crate) fn sealed(&self, index: u64) -> Option<(usize, bool)> {
         self.draft.sealed(index)
