@@ -600,6 +600,9 @@ main() {
     trap 'exit 143' TERM
     rm -rf "$W"
     mkdir -p "$W/plain" "$W/mnt"
+    # Audit keys and store-id pins of these throwaway stores stay with the run: a store made
+    # again at the same path is another store, which a lasting pin would refuse.
+    export TVAULT_STATE_DIR="$W/state"
     for t in $TARGETS; do [ "$t" = plain ] || mkdir -p "$W/mnt/$t"; done
     mkdir -p "$W/mnt/tvault"
     write_helper

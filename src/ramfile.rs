@@ -17,6 +17,7 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 /// `fsconfig` commands (linux/mount.h); not all libc versions name them.
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
@@ -61,9 +62,16 @@ impl RamFile {
             Ok(fd) => (fd, true),
             Err(_) => (memfd()?, false),
         };
-        // SAFETY: ftruncate on the descriptor just made.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        // Every page is allocated now: a tmpfs or memory cgroup that is full gives an error
+        // here instead of a SIGBUS when the fill touches the page.
+        // SAFETY: ftruncate and fallocate on the descriptor just made.
+        unsafe {
+            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if len > 0 && libc::fallocate(fd.as_raw_fd(), 0, 0, len as libc::off_t) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         let map_len = len.max(1);
         // SAFETY: a fresh shared mapping of the file just sized; nothing else maps it yet.
@@ -196,6 +204,23 @@ fn mount_huge_tmpfs() -> std::io::Result<OwnedFd> {
     // tmpfs's default limit (half the RAM) would make a fill past it fault (SIGBUS); the
     // mount's budget, capped below the RAM, is what bounds the copies.
     set(&size, &all)?;
+    // Never swapped, even if the daemon dies and its locks go while the kernel still holds a
+    // copy for open files (Linux 6.4+; older kernels rely on the lock alone).
+    let noswap = cstr("noswap")?;
+    // SAFETY: fsconfig on our fs context with a valid C string and no value.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_FLAG,
+            noswap.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    } < 0
+    {
+        log::info!("tmpfs without noswap here: copies rely on mlock alone");
+    }
     // SAFETY: fsconfig CMD_CREATE on our fs context takes no pointers.
     let r = unsafe {
         libc::syscall(

@@ -136,6 +136,9 @@ pub struct Draft {
     table: std::collections::BTreeMap<u64, DraftEntry>,
 }
 
+/// A sealed chunk's nonce and tag.
+type NonceTag = ([u8; NONCE_LEN], [u8; TAG_LEN]);
+
 impl Draft {
     /// Writes the header placeholder and the slot section (key slots for `recipients`, then
     /// `ownership`) into `file` (empty).
@@ -212,7 +215,7 @@ impl Draft {
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let cs = self.chunk_size() as usize;
-        if plaintext.len() % cs != 0 {
+        if !plaintext.len().is_multiple_of(cs) {
             return Err(ContainerError::ChunkTooLong {
                 index: first,
                 len: plaintext.len(),
@@ -224,34 +227,33 @@ impl Draft {
         let count = plaintext.len() / cs;
         let per_thread = count.div_ceil(threads.max(1)).max(1);
         let keys = &self.keys;
-        let sealed: Vec<Result<Vec<([u8; NONCE_LEN], [u8; TAG_LEN])>>> =
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = scratch
-                    .chunks_mut(per_thread * cs)
-                    .enumerate()
-                    .map(|(t, part)| {
-                        scope.spawn(move || {
-                            part.chunks_mut(cs)
-                                .enumerate()
-                                .map(|(i, chunk)| {
-                                    let index = first + (t * per_thread + i) as u64;
-                                    Ok(keys.seal_chunk(index, false, chunk)?)
-                                })
-                                .collect::<Result<Vec<_>>>()
-                        })
+        let sealed: Vec<Result<Vec<NonceTag>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = scratch
+                .chunks_mut(per_thread * cs)
+                .enumerate()
+                .map(|(t, part)| {
+                    scope.spawn(move || {
+                        part.chunks_mut(cs)
+                            .enumerate()
+                            .map(|(i, chunk)| {
+                                let index = first + (t * per_thread + i) as u64;
+                                Ok(keys.seal_chunk(index, false, chunk)?)
+                            })
+                            .collect::<Result<Vec<_>>>()
                     })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            Err(ContainerError::Io(std::io::Error::other(
-                                "a sealing thread panicked",
-                            )))
-                        })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(ContainerError::Io(std::io::Error::other(
+                            "a sealing thread panicked",
+                        )))
                     })
-                    .collect()
-            });
+                })
+                .collect()
+        });
         let mut entries = Vec::with_capacity(count);
         for part in sealed {
             entries.extend(part?);

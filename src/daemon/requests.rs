@@ -192,6 +192,7 @@ impl Handler for DaemonControl {
         let comm = crate::system::process_comm(peer.pid as u32).unwrap_or_default();
         match request {
             Request::Unlock { passphrase } => {
+                let before = self.shared.access.session(peer.uid).map(|s| s.name.clone());
                 let result =
                     self.shared
                         .access
@@ -206,6 +207,11 @@ impl Handler for DaemonControl {
                             // Fail closed: no unaudited session.
                             self.shared.access.lock(peer.uid);
                             return Err(Refusal::UnlockNotAudited(e));
+                        }
+                        // A session under another keyring replaced the old one, which is
+                        // locked: its handles, passthrough ones included, are cut off.
+                        if before.is_some_and(|name| name != user) {
+                            self.shared.invalidate_open_files_of(peer.uid);
                         }
                         Ok(json!({"user": user, "uid": peer.uid}))
                     }

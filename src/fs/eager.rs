@@ -43,9 +43,17 @@ pub(crate) enum Acquired {
     OtherHolder,
     /// The budget has no room for it, even after evicting idle copies.
     NoRoom,
-    /// It could not be made (a damaged chunk, no memory): serve this open chunked.
-    Failed(String),
+    /// It could not be made (no memory, a damaged chunk: `integrity`): serve this open
+    /// chunked. A version whose chunks failed is not tried again.
+    Failed { error: String, integrity: bool },
+    /// An earlier attempt found a damaged chunk: serve it chunked.
+    Damaged,
 }
+
+/// At most this many copies exist at once (each is a descriptor and a mapping of the daemon).
+const MAX_COPIES: usize = 256;
+/// Versions remembered as damaged, so that none is decrypted whole again at every open.
+const MAX_DAMAGED: usize = 1024;
 
 struct Entry {
     /// The copy's id, given when it is reserved (a copy finished after its entry was revoked
@@ -66,6 +74,10 @@ struct State {
     /// Bytes of all entries, filled or being filled.
     used: u64,
     clock: u64,
+    /// Copies being made whose entry was revoked or cleared: their bytes stay in `used`
+    /// until the fill ends.
+    orphans: HashMap<u64, u64>,
+    damaged: std::collections::HashSet<VersionKey>,
 }
 
 pub(crate) struct Copies {
@@ -126,8 +138,12 @@ impl Copies {
     pub(crate) fn acquire(&self, file: &FileVersion, uid: u32, threads: usize) -> Acquired {
         let len = file.reader.len();
         let mut state = lock(&self.state);
+        if state.damaged.contains(&file.key) {
+            return Acquired::Damaged;
+        }
         loop {
             match state.entries.get(&file.key) {
+                Some(e) if e.holder.is_some_and(|h| h != uid) => return Acquired::OtherHolder,
                 Some(e) if e.copy.is_none() => {
                     state = self
                         .filled
@@ -170,20 +186,18 @@ impl Copies {
         );
         drop(state);
         let started = std::time::Instant::now();
-        let made = RamFile::new(len)
-            .map_err(|e| format!("cannot allocate {len} bytes of locked memory: {e}"))
-            .and_then(|mut ram| {
-                fill(file, &mut ram, threads).map_err(|e| e.to_string())?;
-                if !ram.locked {
-                    log::warn!("a plaintext copy could not be locked in memory; it may reach swap");
-                }
-                log::info!(
-                    "copied {len} bytes into {} in {:.3} s on {threads} threads",
-                    if ram.huge { "huge pages" } else { "a memfd" },
-                    started.elapsed().as_secs_f64()
-                );
-                Ok(ram)
-            });
+        // A panic while making it (no thread to be had) must not leave the reservation behind
+        // for every later opener to wait on.
+        let made =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make(file, len, threads)))
+                .unwrap_or_else(|_| Err(("making the copy panicked".to_string(), false)))
+                .inspect(|ram| {
+                    log::info!(
+                        "copied {len} bytes into {} in {:.3} s on {threads} threads",
+                        if ram.huge { "huge pages" } else { "a memfd" },
+                        started.elapsed().as_secs_f64()
+                    );
+                });
         let mut state = lock(&self.state);
         let result = match made {
             Ok(ram) => {
@@ -195,15 +209,31 @@ impl Copies {
                         Acquired::Held(self.hold(copy, file.key, true))
                     }
                     // Revoked or cleared (a lock, the mount going away) while it was made.
-                    _ => Acquired::Failed("the copy was dropped while it was made".into()),
+                    _ => {
+                        if let Some(n) = state.orphans.remove(&id) {
+                            state.used = state.used.saturating_sub(n);
+                        }
+                        Acquired::Failed {
+                            error: "the copy was dropped while it was made".into(),
+                            integrity: false,
+                        }
+                    }
                 }
             }
-            Err(e) => {
+            Err((error, integrity)) => {
+                if integrity {
+                    if state.damaged.len() >= MAX_DAMAGED {
+                        state.damaged.clear();
+                    }
+                    state.damaged.insert(file.key);
+                }
                 if state.entries.get(&file.key).is_some_and(|e| e.id == id) {
                     state.entries.remove(&file.key);
                     state.used = state.used.saturating_sub(len);
+                } else if let Some(n) = state.orphans.remove(&id) {
+                    state.used = state.used.saturating_sub(n);
                 }
-                Acquired::Failed(e)
+                Acquired::Failed { error, integrity }
             }
         };
         drop(state);
@@ -233,9 +263,14 @@ impl Copies {
             .collect();
         for key in &keys {
             if let Some(e) = state.entries.remove(key) {
-                state.used = state.used.saturating_sub(e.len);
-                if let Some(copy) = e.copy {
-                    copy.file.empty();
+                match e.copy {
+                    Some(copy) => {
+                        state.used = state.used.saturating_sub(e.len);
+                        copy.file.empty();
+                    }
+                    None => {
+                        state.orphans.insert(e.id, e.len);
+                    }
                 }
             }
         }
@@ -248,20 +283,42 @@ impl Copies {
     pub(crate) fn clear(&self) {
         let mut state = lock(&self.state);
         let entries: Vec<Entry> = state.entries.drain().map(|(_, e)| e).collect();
-        state.used = 0;
         for e in entries {
-            if let Some(copy) = e.copy {
-                copy.file.empty();
+            match e.copy {
+                Some(copy) => copy.file.empty(),
+                None => {
+                    state.orphans.insert(e.id, e.len);
+                }
             }
         }
+        state.used = state.orphans.values().sum();
         drop(state);
         self.filled.notify_all();
     }
 }
 
-/// Evicts idle copies, least recently used first, until `len` more bytes fit `budget`.
+/// A locked file of `len` bytes filled with `file`'s plaintext; the error says whether a
+/// chunk failed to authenticate.
+fn make(file: &FileVersion, len: u64, threads: usize) -> Result<RamFile, (String, bool)> {
+    let mut ram = RamFile::new(len)
+        .map_err(|e| (format!("cannot allocate {len} bytes of memory: {e}"), false))?;
+    if !ram.locked {
+        return Err((
+            "cannot lock the copy in memory (it could reach swap)".into(),
+            false,
+        ));
+    }
+    fill(file, &mut ram, threads).map_err(|e| {
+        let integrity = matches!(e, ContainerError::ChunkAuthentication { .. });
+        (e.to_string(), integrity)
+    })?;
+    Ok(ram)
+}
+
+/// Evicts idle copies, least recently used first, until `len` more bytes fit `budget` and
+/// one more copy fits [`MAX_COPIES`].
 fn make_room(state: &mut State, len: u64, budget: u64) -> bool {
-    while state.used + len > budget {
+    while state.used + len > budget || state.entries.len() + state.orphans.len() >= MAX_COPIES {
         let victim = state
             .entries
             .iter()
@@ -289,11 +346,11 @@ fn fill(file: &FileVersion, ram: &mut RamFile, threads: usize) -> Result<(), Con
     let per_thread = count.div_ceil(threads.max(1));
     let out = ram.as_mut_slice();
     std::thread::scope(|scope| {
-        let workers: Vec<_> = out
-            .chunks_mut(per_thread * chunk)
-            .enumerate()
-            .map(|(t, part)| {
-                scope.spawn(move || {
+        let mut workers = Vec::new();
+        for (t, part) in out.chunks_mut(per_thread * chunk).enumerate() {
+            let worker = std::thread::Builder::new()
+                .name("tvault-copy".into())
+                .spawn_scoped(scope, move || {
                     let mut scratch = Vec::new();
                     let first = t * per_thread;
                     for (i, piece) in part.chunks_mut(chunk).enumerate() {
@@ -301,19 +358,113 @@ fn fill(file: &FileVersion, ram: &mut RamFile, threads: usize) -> Result<(), Con
                             .read_chunk_with((first + i) as u64, piece, &mut scratch)?;
                     }
                     Ok::<(), ContainerError>(())
-                })
-            })
-            .collect();
+                });
+            workers.push(worker.map_err(ContainerError::Io));
+        }
+        // Every worker is joined before the first error is returned.
+        let mut result = Ok(());
         for w in workers {
-            match w.join() {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(ContainerError::Io(std::io::Error::other(
+            let r = w.and_then(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(ContainerError::Io(std::io::Error::other(
                         "a decryption thread panicked",
                     )))
-                }
+                })
+            });
+            if result.is_ok() {
+                result = r;
             }
         }
-        Ok(())
+        result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Accounting of copies being made, and who waits for them.
+    use super::*;
+    use crate::fs::tests::{fixture, ALICE, BOB};
+    use std::time::Duration;
+
+    /// What `acquire` does before it drops the lock to fill: reserve `len`.
+    fn reserve(copies: &Copies, key: VersionKey, len: u64, uid: u32) {
+        let mut state = lock(&copies.state);
+        assert!(make_room(&mut state, len, copies.budget));
+        state.used += len;
+        state.entries.insert(
+            key,
+            Entry {
+                id: 999,
+                copy: None,
+                len,
+                holder: Some(uid),
+                handles: 0,
+                last_used: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn a_copy_being_made_stays_counted_after_its_holder_locks() {
+        let fx = fixture();
+        fx.put(ALICE, "m.bin", &vec![7u8; 3 << 20]);
+        let (version, _) = fx.core.open_version(ALICE, "m.bin").ok().unwrap();
+        let len = version.reader.len();
+        // Room for one copy of this file, not two.
+        let copies = Copies::new(len + (1 << 20));
+        reserve(&copies, version.key, len, ALICE);
+        // The fill is under way and holds its locked file of `len` bytes...
+        let in_flight = RamFile::new(len).unwrap();
+        // ...when alice locks (the open has no handle yet, so a plain lock is enough).
+        copies.revoke(ALICE);
+        let used_after_revoke = copies.used();
+        // Unlocked again, she opens once more: a second fill must not fit beside the first.
+        let second = copies.acquire(&version, ALICE, 2);
+        let admitted = matches!(second, Acquired::Held(ref c) if c.made);
+        drop(in_flight);
+        assert!(
+            !admitted,
+            "a second {len}-byte copy was made while the revoked fill still held {len} bytes \
+             (budget {}, used() said {used_after_revoke} after the revoke): \
+             {} bytes of locked RAM for a budget of {}",
+            copies.budget,
+            2 * len,
+            copies.budget
+        );
+    }
+
+    #[test]
+    fn another_uid_does_not_wait_for_a_copy_it_cannot_hold() {
+        let fx = fixture();
+        fx.put(ALICE, "m.bin", &vec![7u8; 3 << 20]);
+        let (version, _) = fx.core.open_version(ALICE, "m.bin").ok().unwrap();
+        let len = version.reader.len();
+        let copies = Arc::new(Copies::new(64 << 20));
+        // Alice's open is making the copy.
+        reserve(&copies, version.key, len, ALICE);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c2, v2) = (copies.clone(), version.clone());
+        std::thread::spawn(move || {
+            let other = matches!(c2.acquire(&v2, BOB, 1), Acquired::OtherHolder);
+            let _ = tx.send(other);
+        });
+        let quick = rx.recv_timeout(Duration::from_millis(500));
+        // Alice's fill ends: the copy is hers.
+        {
+            let mut state = lock(&copies.state);
+            let e = state.entries.get_mut(&version.key).unwrap();
+            e.copy = Some(Arc::new(Copy {
+                id: 999,
+                file: RamFile::new(len).unwrap(),
+            }));
+            e.handles = 1;
+        }
+        copies.filled.notify_all();
+        let late = rx.recv_timeout(Duration::from_secs(5));
+        assert!(
+            quick.is_ok(),
+            "bob's open (a FUSE thread) blocked for the whole of alice's fill, only to be told \
+             OtherHolder={late:?} and served chunked"
+        );
+    }
 }

@@ -63,7 +63,7 @@ impl Core {
                 perm::need(caller, &rel, &self.reachable(caller, &rel)?, perm::MAY_READ)?;
                 let slot = self.handle_slot(caller.uid)?;
                 let (version, user) = self.open_version(caller.uid, &rel)?;
-                let copy = self.eager_copy(caller.uid, ino, &version);
+                let copy = self.eager_copy(caller, (ino, &rel), &version, &user.name);
                 // A lock that came while the copy was made applies to it.
                 if user.is_locked() {
                     return Err(Refusal::Failed(FsError::new(libc::EACCES)));
@@ -101,7 +101,13 @@ impl Core {
     /// (the kernel then has a plaintext copy, and a second would only cost a fill). Local
     /// stores only: a remote one would have to download the whole file before the open
     /// returns.
-    fn eager_copy(&self, uid: u32, ino: u64, version: &FileVersion) -> Option<CopyRef> {
+    fn eager_copy(
+        &self,
+        caller: Caller,
+        (ino, rel): (u64, &str),
+        version: &FileVersion,
+        user: &str,
+    ) -> Option<CopyRef> {
         let eager = self.eager.get()?;
         let len = version.reader.len();
         if eager.path == DataPath::Chunked
@@ -116,7 +122,7 @@ impl Core {
             return None;
         }
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        match eager.copies.acquire(version, uid, threads) {
+        match eager.copies.acquire(version, caller.uid, threads) {
             Acquired::Held(copy) => {
                 if copy.made {
                     self.stats
@@ -125,11 +131,21 @@ impl Core {
                 }
                 Some(copy)
             }
-            Acquired::Failed(e) => {
-                log::warn!("no plaintext copy of a file (served chunked): {e}");
+            Acquired::Failed { error, integrity } => {
+                log::warn!("no plaintext copy of a file (served chunked): {error}");
+                if integrity {
+                    Core::count(&self.stats.integrity_failures);
+                    let _ = self.audit.record(
+                        &crate::audit::Event::from_pid(EventKind::IntegrityFailure, caller.pid)
+                            .uid(caller.uid)
+                            .user(user)
+                            .path(rel)
+                            .detail(error),
+                    );
+                }
                 None
             }
-            Acquired::OtherHolder | Acquired::NoRoom => None,
+            Acquired::OtherHolder | Acquired::NoRoom | Acquired::Damaged => None,
         }
     }
 
