@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Stdio};
 
 use common::mount::*;
 use common::*;
@@ -116,24 +115,7 @@ while sys.stdin.readline():
     except OSError as e:
         print("read-failed", e.errno, flush=True)
 "#;
-    let mut child = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "--",
-            &python(),
-            "-c",
-            code,
-            path,
-            &at.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (child, mut out) = spawn_python_as(uid, code, &[path, &at.to_string()]);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "opened");
@@ -170,15 +152,8 @@ print("mapped", flush=True)
 sys.stdin.readline()
 print("byte", m[int(sys.argv[2])], flush=True)
 "#;
-    let mut mapper = setpriv(ALICE)
-        .arg(python())
-        .args(["-c", map_code, s(&file), &(at + 4096).to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut m_out = std::io::BufReader::new(mapper.stdout.take().unwrap());
+    let (mut mapper, mut m_out) =
+        spawn_python_as(ALICE, map_code, &[s(&file), &(at + 4096).to_string()]);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut m_out, &mut line).unwrap();
     assert_eq!(line.trim(), "mapped");
@@ -203,12 +178,16 @@ print("byte", m[int(sys.argv[2])], flush=True)
 
     // Alice's open descriptor reads nothing any more; her mapping faults (SIGBUS).
     assert_eq!(ask(&mut a, &mut a_out), "read 0");
-    std::io::Write::write_all(mapper.stdin.as_mut().unwrap(), b"go\n").unwrap();
-    let status = wait_with_timeout(mapper, "mapper");
+    let touched = ask(&mut mapper, &mut m_out);
     assert!(
-        !stdout(&status).contains("byte"),
-        "a mapping read plaintext after the lock: {}",
-        stdout(&status)
+        !touched.contains("byte"),
+        "a mapping read plaintext after the lock: {touched}"
+    );
+    let died = mapper.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&died),
+        Some(libc::SIGBUS),
+        "the mapping faults"
     );
     // Bob's open file is not disturbed by alice's lock.
     assert_eq!(ask(&mut b, &mut b_out), expect);
