@@ -236,7 +236,7 @@ fn files_over_the_budget_and_partial_readers_stay_chunked() {
     let mut fx = MountFixture::new();
     let big = put(&fx, "big.bin", 8 * MIB, "alice");
     let other = put(&fx, "other.bin", 3 * MIB, "alice");
-    fx.mount(&["--eager-memory", "4M"]);
+    fx.mount(&["--eager-memory", "6M"]);
     fx.unlock(ALICE, "pw-alice");
 
     // Over the budget: chunked, whatever is read.

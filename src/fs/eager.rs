@@ -41,7 +41,8 @@ pub(crate) enum Acquired {
     Held(CopyRef),
     /// Another uid holds the copy: serve this open chunked.
     OtherHolder,
-    /// The budget has no room for it, even after evicting idle copies.
+    /// The budget has no room for it, even after evicting idle copies, or the uid already
+    /// holds half of it.
     NoRoom,
     /// It could not be made (no memory, a damaged chunk: `integrity`): serve this open
     /// chunked. A version whose chunks failed is not tried again.
@@ -168,7 +169,14 @@ impl Copies {
                 None => break,
             }
         }
-        if !make_room(&mut state, len, self.budget) {
+        // One uid holds at most half the budget: the rest stays for everyone else.
+        let held: u64 = state
+            .entries
+            .values()
+            .filter(|e| e.holder == Some(uid))
+            .map(|e| e.len)
+            .sum();
+        if held + len > self.budget / 2 || !make_room(&mut state, len, self.budget) {
             return Acquired::NoRoom;
         }
         state.used += len;
@@ -410,11 +418,11 @@ mod tests {
         fx.put(ALICE, "m.bin", &vec![7u8; 3 << 20]);
         let (version, _) = fx.core.open_version(ALICE, "m.bin").ok().unwrap();
         let len = version.reader.len();
-        // Room for one copy of this file, not two.
-        let copies = Copies::new(len + (1 << 20));
-        reserve(&copies, version.key, len, ALICE);
-        // The fill is under way and holds its locked file of `len` bytes...
-        let in_flight = RamFile::new(len).unwrap();
+        let copies = Copies::new(4 * len);
+        // A fill under way takes most of the budget...
+        let in_flight_len = 3 * len + len / 2;
+        reserve(&copies, version.key, in_flight_len, ALICE);
+        let in_flight = RamFile::new(in_flight_len).unwrap();
         // ...when alice locks (the open has no handle yet, so a plain lock is enough).
         copies.revoke(ALICE);
         let used_after_revoke = copies.used();
@@ -424,13 +432,32 @@ mod tests {
         drop(in_flight);
         assert!(
             !admitted,
-            "a second {len}-byte copy was made while the revoked fill still held {len} bytes \
-             (budget {}, used() said {used_after_revoke} after the revoke): \
-             {} bytes of locked RAM for a budget of {}",
-            copies.budget,
-            2 * len,
+            "a {len}-byte copy was made while the revoked fill still held {in_flight_len} bytes \
+             (budget {}, used() said {used_after_revoke} after the revoke)",
             copies.budget
         );
+    }
+
+    #[test]
+    fn one_uid_holds_at_most_half_the_budget() {
+        let fx = fixture();
+        fx.put(ALICE, "a.bin", &vec![1u8; 3 << 20]);
+        fx.put(ALICE, "b.bin", &vec![2u8; 3 << 20]);
+        let (a, _) = fx.core.open_version(ALICE, "a.bin").ok().unwrap();
+        let (b, _) = fx.core.open_version(ALICE, "b.bin").ok().unwrap();
+        let copies = Copies::new(4 * a.reader.len());
+        let Acquired::Held(held) = copies.acquire(&a, ALICE, 2) else {
+            panic!("the first copy fits");
+        };
+        let Acquired::Held(_second) = copies.acquire(&b, ALICE, 2) else {
+            panic!("half the budget holds two");
+        };
+        fx.put(ALICE, "c.bin", &vec![3u8; 3 << 20]);
+        let (c, _) = fx.core.open_version(ALICE, "c.bin").ok().unwrap();
+        assert!(matches!(copies.acquire(&c, ALICE, 2), Acquired::NoRoom));
+        // Once alice closes one, it is idle and no longer counts as hers.
+        drop(held);
+        assert!(matches!(copies.acquire(&c, ALICE, 2), Acquired::Held(_)));
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Core {
             || !self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
             || !self.store.is_local()
             || len < EAGER_MIN
-            || len > eager.copies.budget()
+            || len > eager.copies.budget() / 2
             || (eager.path == DataPath::Auto
                 && (!self.versions.read_whole(&version.key)
                     || self.versions.pages_hold(ino, Content::Version(version.key))))
