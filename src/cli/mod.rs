@@ -236,8 +236,8 @@ enum Command {
         /// reader on this mount has read half of it, so partial readers stay chunked
         #[arg(long, value_name = "PATH", value_enum, default_value = "auto")]
         data_path: DataPathArg,
-        /// Locked RAM for whole-file copies; larger files are served chunked (default: a
-        /// quarter of the machine's memory)
+        /// Locked RAM for whole-file copies; files over half of it are served chunked, and
+        /// one user holds at most half (default: a quarter of the machine's memory)
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         eager_memory: Option<u64>,
         /// Refuse every write
