@@ -143,31 +143,25 @@ impl Copies {
             return Acquired::Damaged;
         }
         loop {
-            match state.entries.get(&file.key) {
-                Some(e) if e.holder.is_some_and(|h| h != uid) => return Acquired::OtherHolder,
-                Some(e) if e.copy.is_none() => {
-                    state = self
-                        .filled
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                Some(e) if e.holder.is_some_and(|h| h != uid) => return Acquired::OtherHolder,
-                Some(_) => {
-                    state.clock += 1;
-                    let now = state.clock;
-                    let Some(e) = state.entries.get_mut(&file.key) else {
-                        continue;
-                    };
-                    let Some(copy) = e.copy.clone() else {
-                        continue;
-                    };
-                    e.holder = Some(uid);
-                    e.handles += 1;
-                    e.last_used = now;
-                    return Acquired::Held(self.hold(copy, file.key, false));
-                }
-                None => break,
+            state.clock += 1;
+            let now = state.clock;
+            let Some(e) = state.entries.get_mut(&file.key) else {
+                break;
+            };
+            if e.holder.is_some_and(|h| h != uid) {
+                return Acquired::OtherHolder;
             }
+            if let Some(copy) = e.copy.clone() {
+                e.holder = Some(uid);
+                e.handles += 1;
+                e.last_used = now;
+                return Acquired::Held(self.hold(copy, file.key, false));
+            }
+            // Being made by this uid's other open: wait for it.
+            state = self
+                .filled
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         // One uid holds at most half the budget: the rest stays for everyone else.
         let held: u64 = state

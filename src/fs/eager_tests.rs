@@ -101,3 +101,44 @@ fn auto_copies_only_what_was_read_whole_and_is_not_in_the_page_cache() {
     assert!(plain.passthrough.is_none());
     fx.core.release(plain.fh).unwrap();
 }
+
+#[test]
+fn a_damaged_chunk_means_no_copy_is_recorded_and_not_tried_again() {
+    let fx = fixture();
+    fx.core.set_data_path(DataPath::Eager, 64 << 20);
+    fx.core.set_passthrough(true);
+    fx.put(ALICE, "m.bin", &data());
+    // A store writer flips one byte of chunk data (the header and table stay valid).
+    let path = fx.container("m.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let ino = fx.ino("m.bin");
+    let stats = |fx: &super::tests::Fixture| {
+        let s = &fx.core.stats;
+        (
+            s.integrity_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            s.bytes_decrypted.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let first = fx.core.open(caller(ALICE), ino, libc::O_RDONLY).unwrap();
+    assert!(first.passthrough.is_none(), "no copy of a damaged file");
+    assert_eq!(stats(&fx).0, 1, "the failure is counted");
+    fx.core.release(first.fh).unwrap();
+    fx.core.versions.forget_pages(ino);
+    let before = stats(&fx);
+    let again = fx.core.open(caller(ALICE), ino, libc::O_RDONLY).unwrap();
+    assert!(again.passthrough.is_none());
+    assert_eq!(stats(&fx), before, "not decrypted whole again");
+    // Served chunked: a chunk away from the damage still reads.
+    assert_eq!(
+        fx.core
+            .read(caller(ALICE), again.fh, 0, 4096)
+            .unwrap()
+            .as_slice(),
+        &data()[..4096]
+    );
+    fx.core.release(again.fh).unwrap();
+}

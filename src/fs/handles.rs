@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use super::eager::CopyRef;
 use std::sync::{Arc, RwLock};
 
 use super::attr::Kind;
+use super::eager::CopyRef;
 use super::limits::Charge;
 use super::prefetch::ReadAhead;
 use super::versions::{FileVersion, PageRef};

@@ -30,7 +30,6 @@ const MAX_PREFETCH_HEADER: u64 = 16 << 20;
 const EAGER_MIN: u64 = 1 << 20;
 
 /// A new handle.
-#[derive(Clone)]
 pub struct Opened {
     pub fh: u64,
     /// The kernel may keep the inode's cached pages: they hold this very content.
@@ -110,8 +109,7 @@ impl Core {
     ) -> Option<CopyRef> {
         let eager = self.eager.get()?;
         let len = version.reader.len();
-        if eager.path == DataPath::Chunked
-            || !self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
+        if !self.passthrough_available()
             || !self.store.is_local()
             || len < EAGER_MIN
             || len > eager.copies.budget() / 2

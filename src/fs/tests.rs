@@ -124,7 +124,7 @@ pub(super) fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    fn container(&self, rel: &str) -> PathBuf {
+    pub(super) fn container(&self, rel: &str) -> PathBuf {
         self.root.join(format!("{rel}.tvlt"))
     }
 
